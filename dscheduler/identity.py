@@ -1,0 +1,158 @@
+"""The identity contract: canonical JSON and kind-tagged digests.
+
+Every cache decision in dscheduler rests on these few pure functions, so they
+are stable across processes, machines, hash seeds, dict orderings and
+releases of the same ``FORMAT``:
+
+* canonical JSON: keys sorted, separators ``(",", ":")``, ``ensure_ascii=False``,
+  tuples as lists, ``Path`` as a POSIX string, datetimes as ISO 8601 UTC,
+  pydantic models as ``model_dump(mode="json")``, enums as their value.
+  NaN/Infinity, bytes, mixed-type sets and unknown objects are rejected with
+  an :class:`IdentityError` naming the field path (``config.layers[2]``).
+* a digest is sha256 over ``"dscheduler/{FORMAT}/{kind}\\n"`` + canonical JSON;
+  the full hex digest is stored in manifests, ids are its first 16 hex chars.
+
+Never ``hash()``, never pickle bytes, never ``dask.base.tokenize``: none of
+them is stable across interpreters or library versions.  Changing anything
+here changes every id: ``tests/test_identity.py`` pins golden digests so that
+such a change is deliberate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Any
+
+from .errors import CollisionError, IdentityError
+
+FORMAT = "1"
+SHORT = 16
+
+_encoder = json.JSONEncoder(
+    sort_keys=True,
+    separators=(",", ":"),
+    ensure_ascii=False,
+    allow_nan=False,
+    default=lambda o: _default(o),
+)
+# The C encoder behind ``json.dumps``, called directly with the same options:
+# json's Python-level wrapper is 40% of the cost of hashing a small config,
+# and ids for 100,000 configs must take well under a second.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+
+
+def _utc(value: dt.datetime) -> str:
+    # Naive datetimes are taken as UTC: configs written by hand rarely carry a zone.
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).isoformat()
+
+
+def _default(obj: Any) -> Any:
+    """JSON form of the non-builtin types the contract knows; anything else fails."""
+    from pydantic import BaseModel  # local: keeps this module importable alone
+
+    if isinstance(obj, PurePath):
+        return obj.as_posix()
+    if isinstance(obj, dt.datetime):
+        return _utc(obj)
+    if isinstance(obj, dt.date | dt.time):
+        return obj.isoformat()
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, set | frozenset):
+        kinds = {type(x) for x in obj}
+        if len(kinds) <= 1 and kinds <= {str, int, float}:
+            return sorted(obj)
+    hook = getattr(obj, "__ds_identity__", None)
+    if hook is not None:
+        return hook()
+    raise TypeError(type(obj).__name__)
+
+
+def canonical_json(value: Any, path: str = "value") -> str:
+    """The canonical JSON text of ``value``; ``path`` names it in errors."""
+    try:
+        if _fast is not None:
+            return "".join(_fast(value, 0))
+        return _encoder.encode(value)
+    except (TypeError, ValueError, RecursionError):
+        # The fast encoder failed: walk the value to name the field that did.
+        _find_problem(value, path)
+        raise
+
+
+_fast = (
+    _c_make_encoder(
+        None, _default, json.encoder.encode_basestring, None, ":", ",", True, False, False
+    )
+    if _c_make_encoder is not None
+    else None
+)
+
+
+def _find_problem(value: Any, path: str) -> None:
+    """Raise IdentityError at the first value the encoder cannot take."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise IdentityError(path, f"{value!r} has no JSON form; use a finite number or null")
+    if isinstance(value, str | int | float | bool) or value is None:
+        return
+    if isinstance(value, Mapping):
+        keys = list(value)
+        for key in keys:
+            if not isinstance(key, str):
+                raise IdentityError(
+                    f"{path}[{key!r}]", "mapping keys must be strings; quote the key"
+                )
+        for key in keys:
+            _find_problem(value[key], f"{path}.{key}" if path else key)
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _find_problem(item, f"{path}[{i}]")
+        return
+    if isinstance(value, bytes | bytearray):
+        raise IdentityError(path, "bytes have no canonical form; store a str or a file digest")
+    if isinstance(value, set | frozenset):
+        raise IdentityError(path, "a set of mixed types has no order; use a list")
+    try:
+        converted = _default(value)
+    except TypeError:
+        raise IdentityError(
+            path,
+            f"{type(value).__name__} object {value!r:.60} has no canonical form; "
+            "use plain JSON values (str, int, float, bool, None, list, dict), "
+            "Path, datetime or a pydantic model",
+        ) from None
+    _find_problem(converted, path)
+
+
+def digest(kind: str, value: Any, path: str = "value") -> str:
+    """Full sha256 hex digest of ``value`` tagged with ``kind``."""
+    text = canonical_json(value, path)
+    return hashlib.sha256(f"dscheduler/{FORMAT}/{kind}\n{text}".encode()).hexdigest()
+
+
+def short_id(full_digest: str) -> str:
+    """The id used in paths and keys: the first 16 hex characters."""
+    return full_digest[:SHORT]
+
+
+def check_collision(full_digest: str, stored_full_digest: str | None, where: str = "") -> None:
+    """Fail loudly when a stored record for the same short id has another digest."""
+    if stored_full_digest is None or stored_full_digest == full_digest:
+        return
+    raise CollisionError(
+        f"short id {short_id(full_digest)} collides{' at ' + where if where else ''}: "
+        f"stored digest {stored_full_digest} differs from {full_digest}. "
+        "This is either a sha256 prefix collision or a hand-edited record; "
+        "move the stored directory aside and run again."
+    )
