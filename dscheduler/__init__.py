@@ -42,6 +42,7 @@ __all__ = [
     "LeaseTimeout",
     "MountError",
     "RunConfig",
+    "Store",
     "StoreError",
     "TaskError",
     "load_experiment",

@@ -21,6 +21,7 @@ hosts sharing a store are assumed to agree to well within the ttl.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -90,10 +91,10 @@ class Lease:
             self._start_heartbeat()
             return True
         info = read_lease(self.path)
-        if info is not None and is_stale(info) and self._break(info):
-            if atomic.create_once(self.path, self._content()):
-                self._start_heartbeat()
-                return True
+        stale_broken = info is not None and is_stale(info) and self._break(info)
+        if stale_broken and atomic.create_once(self.path, self._content()):
+            self._start_heartbeat()
+            return True
         self.token = ""
         return False
 
@@ -174,10 +175,8 @@ class Lease:
         moved = read_lease(aside)
         if moved is not None and moved.get("token") != judged.get("token"):
             # Between our read and our rename a new holder took it: put it back.
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.link(aside, self.path)
-            except FileExistsError:
-                pass
             aside.unlink(missing_ok=True)
             return False
         aside.unlink(missing_ok=True)

@@ -1,0 +1,215 @@
+"""The identity contract (DESIGN 2): golden digests and properties."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dscheduler as ds
+from dscheduler import identity
+
+
+class Model(ds.RunConfig):
+    ENV_FIELDS: ClassVar = ("checkpoint", "extra_requirements")
+    checkpoint: str
+    extra_requirements: list[str] = []
+    config: dict[str, Any] = {}
+    steps: str = "0/120/6"
+    members: int = 1
+    label: str = ""
+    resources: dict[str, Any] = {}
+
+
+# -- golden values: a change here is a format change, bump identity.FORMAT ----
+
+GOLDEN_CONFIG = {"checkpoint": "ckpt/a.pt", "config": {"lr": 0.001, "layers": [64, 64]}}
+
+
+def test_golden_canonical_json() -> None:
+    value = {"b": (1, 2.5), "a": {"z": None, "y": True}, "p": PurePosixPath("/x/y"), "é": "ü"}
+    assert identity.canonical_json(value) == (
+        '{"a":{"y":true,"z":null},"b":[1,2.5],"p":"/x/y","é":"ü"}'
+    )
+    when = dt.datetime(2020, 1, 1, 13, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert identity.canonical_json(when) == '"2020-01-01T12:00:00+00:00"'
+
+
+def test_golden_digests() -> None:
+    assert identity.digest("run", {"a": 1}) == (
+        "b4f8932011def2fc94f01f9ab23d52e2f748dc03e15eec2bea2663dee52cdde1"
+    )
+    # The format, spelled out: sha256 of the kind tag line and the canonical JSON.
+    spelled = hashlib.sha256(b'dscheduler/1/run\n{"a":1}').hexdigest()
+    assert identity.digest("run", {"a": 1}) == spelled
+    assert identity.short_id(spelled) == spelled[:16]
+
+
+def test_golden_run_config_ids() -> None:
+    cfg = Model(**GOLDEN_CONFIG)
+    assert cfg.env_id == "5b0daf573277ba3d"
+    assert cfg.config_hash == "95777feeb5d27ea8"
+    assert cfg.run_id == f"{cfg.env_id}/{cfg.config_hash}"
+    assert len(cfg.env_digest) == 64 and cfg.env_digest.startswith(cfg.env_id)
+
+
+def test_golden_env_ids() -> None:
+    env = ds.Env(python="3.11", requirements=["numpy==1.26.4", "xarray>=2024.1"])
+    assert env.env_id == "f01d24e3a6b6cafa"
+    assert len(env.digest) == 64 and env.digest.startswith(env.env_id)
+    assert ds.Env(python="3.11").env_id == "106182a0e359ca90"
+
+
+# -- properties -----------------------------------------------------------
+
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=4),
+    max_leaves=12,
+)
+
+
+def _reordered(value: Any) -> Any:
+    """The same value with every dict built in reverse key order."""
+    if isinstance(value, dict):
+        return {k: _reordered(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reordered(v) for v in value]
+    return value
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_value)
+def test_key_order_does_not_change_digest(value: Any) -> None:
+    assert identity.digest("x", value) == identity.digest("x", _reordered(value))
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_value)
+def test_canonical_json_round_trips(value: Any) -> None:
+    text = identity.canonical_json(value)
+    assert identity.canonical_json(json.loads(text)) == text
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), json_value, max_size=5))
+def test_construction_order_does_not_change_ids(config: dict[str, Any]) -> None:
+    a = Model(checkpoint="c", config=config, members=3, label="x")
+    b = Model(label="x", members=3, config=_reordered(config), checkpoint="c")
+    assert (a.env_id, a.config_hash) == (b.env_id, b.config_hash)
+
+
+fields_strategy = st.fixed_dictionaries(
+    {
+        "checkpoint": st.text(min_size=1, max_size=8),
+        "extra_requirements": st.lists(st.text(min_size=1, max_size=6), max_size=2),
+        "config": st.dictionaries(st.text(max_size=4), json_leaf, max_size=3),
+        "steps": st.text(max_size=6),
+        "members": st.integers(0, 100),
+        "label": st.text(max_size=6),
+        "resources": st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    }
+)
+
+
+def _change(field: str, value: Any) -> Any:
+    if isinstance(value, str):
+        return value + "_"
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, "extra"]
+    return {**value, "__changed__": 1}
+
+
+@settings(max_examples=60, deadline=None)
+@given(fields_strategy, st.sampled_from(list(Model.model_fields)))
+def test_each_field_moves_exactly_its_id(fields: dict[str, Any], field: str) -> None:
+    base = Model(**fields)
+    changed = Model(**{**fields, field: _change(field, fields[field])})
+    if field in Model.ENV_FIELDS:
+        assert changed.env_id != base.env_id
+        assert changed.config_hash == base.config_hash
+    elif field in Model.HASH_EXCLUDE:
+        assert changed.run_id == base.run_id
+    else:
+        assert changed.config_hash != base.config_hash
+        assert changed.env_id == base.env_id
+
+
+def test_every_field_is_classified() -> None:
+    # Each field is in exactly one of: env fields, excluded, run fields.
+    run_fields = set(Model.model_fields) - set(Model.ENV_FIELDS) - set(Model.HASH_EXCLUDE)
+    assert run_fields == {"config", "steps", "members"}
+
+
+@pytest.mark.parametrize("seed", ["0", "1", "12345"])
+def test_ids_are_the_same_in_another_process(seed: str) -> None:
+    cfg = Model(checkpoint="c", config={"b": {"y": 2, "x": [1.5, None]}, "a": "é"}, members=2)
+    env = ds.Env(requirements=["xarray", "NumPy>=1"], find_links=["/w"])
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]);"
+        "from test_identity import Model; import dscheduler as ds;"
+        "cfg = Model(members=2, config={'a': 'é', 'b': {'x': [1.5, None], 'y': 2}},"
+        " checkpoint='c');"
+        "env = ds.Env(find_links=['/w'], requirements=['numpy>=1', 'xarray']);"
+        "print(json.dumps([cfg.run_id, env.env_id]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent)],
+        env={**os.environ, "PYTHONHASHSEED": seed},
+        capture_output=True, text=True, check=True,
+    )
+    assert json.loads(out.stdout) == [cfg.run_id, env.env_id]
+
+
+# -- errors and collisions -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "fragment"),
+    [
+        ({"a": [1, {"b": float("nan")}]}, "config.a[1].b", "nan"),
+        ({"a": float("inf")}, "config.a", "inf"),
+        ({"a": b"raw"}, "config.a", "bytes"),
+        ({"a": {1, "x"}}, "config.a", "set"),
+        ({"a": object()}, "config.a", "object"),
+        ({"a": {1: "x", "b": 2}}, "config.a[1]", "keys must be strings"),
+    ],
+)
+def test_values_without_canonical_form_name_their_path(value: Any, path: str,
+                                                       fragment: str) -> None:
+    with pytest.raises(ds.IdentityError) as info:
+        identity.canonical_json(value, "config")
+    assert info.value.path == path
+    assert fragment in str(info.value)
+
+
+def test_homogeneous_sets_are_sorted() -> None:
+    assert identity.canonical_json({3, 1, 2}) == "[1,2,3]"
+
+
+def test_collision_is_a_hard_error() -> None:
+    full = identity.digest("run", {"a": 1})
+    identity.check_collision(full, None)
+    identity.check_collision(full, full)
+    other = full[:16] + "0" * 48
+    with pytest.raises(ds.CollisionError, match=full[:16]):
+        identity.check_collision(full, other, "runs/x")

@@ -1,0 +1,117 @@
+"""Leases with real processes: exclusion, breaking a dead holder, never a live one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dscheduler as ds
+
+HOLDER = """
+import os, sys, time
+from dscheduler import Lease
+lease = Lease(sys.argv[1], ttl=float(sys.argv[2]), poll=0.02, owner="holder")
+lease.acquire(timeout=30)
+open(sys.argv[3], "w").write(str(os.getpid()))
+time.sleep(float(sys.argv[4]))
+lost = lease.lost
+lease.release()
+print("lost" if lost else "kept")
+"""
+
+CONTENDER = """
+import os, sys, time
+from pathlib import Path
+from dscheduler import Lease
+inside = Path(sys.argv[2])
+for _ in range(int(sys.argv[3])):
+    with Lease(sys.argv[1], ttl=5, poll=0.01, owner=str(os.getpid())):
+        try:
+            fd = os.open(inside, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            print("OVERLAP"); sys.exit(3)
+        os.close(fd)
+        time.sleep(0.01)
+        inside.unlink()
+print("ok")
+"""
+
+
+def _start(code: str, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.02)
+
+
+def test_contending_processes_never_overlap(tmp_path: Path) -> None:
+    lease, inside = tmp_path / "x.lease", tmp_path / "inside"
+    procs = [_start(CONTENDER, lease, inside, 15) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
+    assert not lease.exists()
+
+
+def test_holder_killed_is_broken_after_ttl(tmp_path: Path) -> None:
+    lease, started = tmp_path / "x.lease", tmp_path / "started"
+    ttl = 1.0
+    holder = _start(HOLDER, lease, ttl, started, 60)
+    _wait_for(started)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    killed_at = time.time()
+    heartbeat = json.loads(lease.read_text())["heartbeat"]
+
+    waiter = ds.Lease(lease, ttl=ttl, poll=0.02)
+    assert not waiter.try_acquire()  # fresh heartbeat: not yet breakable
+    waiter.acquire(timeout=10)
+    try:
+        took = time.time() - killed_at
+        assert time.time() - heartbeat > ttl  # broken only once the heartbeat was stale
+        assert took < ttl + 2, f"took {took:.2f} s to break a dead holder's lease"
+        assert json.loads(lease.read_text())["token"] == waiter.token
+    finally:
+        waiter.release()
+
+
+def test_live_holder_is_never_broken(tmp_path: Path) -> None:
+    lease, started = tmp_path / "x.lease", tmp_path / "started"
+    ttl, hold = 0.4, 3.0  # several TTLs
+    holder = _start(HOLDER, lease, ttl, started, hold)
+    _wait_for(started)
+    waiter = ds.Lease(lease, ttl=ttl, poll=0.02)
+    with pytest.raises(ds.LeaseTimeout, match="still held"):
+        waiter.acquire(timeout=hold - 0.5)
+    out, err = holder.communicate(timeout=30)
+    assert holder.returncode == 0, err
+    assert out.strip() == "kept"
+    waiter.acquire(timeout=5)  # free once the holder let go
+    waiter.release()
+
+
+def test_release_only_removes_own_lease(tmp_path: Path) -> None:
+    path = tmp_path / "x.lease"
+    a = ds.Lease(path, ttl=0.2, poll=0.01)
+    assert a.try_acquire()
+    a._stop.set()  # simulate a stalled holder: no more heartbeats
+    a._thread.join()  # type: ignore[union-attr]
+    time.sleep(0.3)
+    b = ds.Lease(path, ttl=5)
+    assert b.try_acquire()  # a's lease was stale and got broken
+    a.release()  # must not remove b's lease
+    assert json.loads(path.read_text())["token"] == b.token
+    b.release()
+    assert not path.exists()

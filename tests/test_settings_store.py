@@ -1,0 +1,123 @@
+"""Defaults precedence, the store layout, atomic writes and exported names."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import dscheduler as ds
+from dscheduler import atomic, settings
+
+
+def _setting_in_subprocess(env: dict[str, str], code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", "import dscheduler.settings as s;" + code],
+                         env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_precedence_argument_env_userfile_default(tmp_path: Path) -> None:
+    config_dir = tmp_path / "dask"
+    config_dir.mkdir()
+    (config_dir / "mine.yaml").write_text("dscheduler:\n  lease:\n    ttl: 11\n")
+    show = "print(s.get('lease.ttl'), s.get('lease.ttl', 7))"
+    assert _setting_in_subprocess({"DASK_CONFIG": str(tmp_path / "none")}, show) == "60 7"
+    assert _setting_in_subprocess({"DASK_CONFIG": str(config_dir)}, show) == "11 7"
+    assert _setting_in_subprocess(
+        {"DASK_CONFIG": str(config_dir), "DASK_DSCHEDULER__LEASE__TTL": "22"}, show
+    ) == "22 7"
+
+
+def test_store_layout_paths(tmp_path: Path) -> None:
+    store = ds.Store(tmp_path / "data").ensure()
+    assert store.env("abc").record == tmp_path / "data/envs/abc/env.json"
+    assert store.image("f" * 16) == tmp_path / f"data/images/{'f' * 16}.sqsh"
+    node = store.run("e1/c1").node("202001011200", "forecast")
+    assert node.record == tmp_path / "data/runs/e1/c1/202001011200/forecast.json"
+    assert node.zarr.name == "forecast.zarr"
+    assert store.task("mean", "k1").record == tmp_path / "data/tasks/mean/k1/mean.json"
+    for d in (store.envs_dir, store.runs_dir, store.locks_dir):
+        assert not d.stat().st_mode & stat.S_IWOTH
+
+
+@pytest.mark.parametrize("bad", ["../../x", "a/b", ".hidden", "", "x" * 200, "a b"])
+def test_unsafe_names_are_rejected(tmp_path: Path, bad: str) -> None:
+    store = ds.Store(tmp_path)
+    with pytest.raises(ds.ConfigError, match="cannot name a directory"):
+        store.run("e1/c1").node(bad, "forecast")
+    assert not any(tmp_path.iterdir())
+
+
+def test_write_run_record(tmp_path: Path) -> None:
+    from typing import ClassVar
+
+    class Cfg(ds.RunConfig):
+        ENV_FIELDS: ClassVar = ("ck",)
+        ck: str
+        label: str = ""
+
+    store = ds.Store(tmp_path)
+    cfg = Cfg(ck="a", label="first")
+    path = store.write_run(cfg)
+    record = store.read_record(path)
+    assert record["run_id"] == cfg.run_id and record["label"] == "first"
+    assert record["config"] == {"ck": "a", "label": "first"}
+    frame = store.runs()
+    assert list(frame["run_id"]) == [cfg.run_id]
+
+
+def test_atomic_writes_never_show_a_partial_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    big = {"x": "y" * 200_000}
+    atomic.write_json(path, big)
+    seen: list[object] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            seen.append(atomic.read_json(path))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for i in range(30):
+        atomic.write_json(path, {**big, "i": i})
+    stop.set()
+    t.join()
+    assert all(isinstance(s, dict) and len(s["x"]) == 200_000 for s in seen)
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_create_once_and_publish_dir(tmp_path: Path) -> None:
+    target = tmp_path / "once"
+    assert atomic.create_once(target, b"a")
+    assert not atomic.create_once(target, b"b")
+    assert target.read_bytes() == b"a"
+
+    final = tmp_path / "dir"
+    with pytest.raises(RuntimeError), atomic.publish_dir(final) as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("fails half-way")
+    assert not final.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["once"]
+    with atomic.publish_dir(final) as tmp:
+        (tmp / "whole").write_text("x")
+    assert (final / "whole").exists()
+
+
+def test_exported_names() -> None:
+    assert sorted(ds.__all__) == ds.__all__
+    for name in ds.__all__:
+        assert getattr(ds, name) is not None
+    public = {n for n in dir(ds) if not n.startswith("_")}
+    modules = {n for n in public if type(getattr(ds, n)).__name__ == "module"}
+    assert public - modules - {"annotations"} <= set(ds.__all__) | {"settings"}
+
+
+def test_settings_namespace_is_registered() -> None:
+    assert settings.get("env.compression_level") == 3
+    assert settings.get("store") == "data"
