@@ -47,7 +47,8 @@ def pytest_runtest_makereport(
     markers = [m for m in GUARDED_MARKERS if item.get_closest_marker(m) is not None]
     if not markers:
         return report
-    reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else "skipped"
+    reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else "?"
+    reason = reason.removeprefix("Skipped: ")
     report.outcome = "failed"
     report.longrepr = (
         f"CI=true: a test marked {'/'.join(markers)} must not skip here "
@@ -64,7 +65,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
-        tr.write_sep("=", f"{len(converted)} slurm/squashfs test(s) skipped under CI=true", red=True)
+        tr.ensure_newline()
+        title = f"{len(converted)} slurm/squashfs test(s) skipped under CI=true"
+        tr.write_sep("=", title, red=True)
         for line in converted:
             tr.write_line(line)
     # The failed reports already make the exit code 1; this is a second lock for

@@ -45,7 +45,9 @@ def inner(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-def test_skips_fail_the_run_under_ci(inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_skips_fail_the_run_under_ci(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CI", "true")
     result = inner.runpytest("-p", "ci_guard", "-ra")
     assert result.ret != 0

@@ -79,18 +79,21 @@ def _sbatch(partition: str, out: Path, *args: str) -> subprocess.CompletedProces
     )
 
 
-def test_sbatch_gpu_request_is_granted(slurm_available: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ngpus", [1, 2])
+def test_sbatch_gpu_request_is_granted(slurm_available: str, tmp_path: Path, ngpus: int) -> None:
+    # SLURM 22.05 sets, in the batch step of a --gres=gpu:N job, CUDA_VISIBLE_DEVICES,
+    # SLURM_JOB_GPUS and GPU_DEVICE_ORDINAL to the GPU indices (SLURM_STEP_GPUS only
+    # inside srun steps); the indices are the digits ending gres.conf's File= names.
     out = tmp_path / "gpu.out"
-    proc = _sbatch(slurm_available, out, "--gres=gpu:1", "--wrap", "env")
+    proc = _sbatch(slurm_available, out, f"--gres=gpu:{ngpus}", "--wrap", "env")
     assert proc.returncode == 0, f"sbatch: {proc.returncode} {proc.stdout} {proc.stderr}"
-    job_env = dict(
-        line.split("=", 1) for line in out.read_text().splitlines() if "=" in line
-    )
+    job_env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
     gpu_env = {k: job_env[k] for k in GPU_VARS if k in job_env}
     print(f"job {proc.stdout.strip()} GPU variables: {gpu_env}")
-    assert gpu_env, f"no GPU variable set in a --gres=gpu:1 job: {sorted(job_env)}"
-    # one of the two fake GPUs, by index
-    assert job_env.get("CUDA_VISIBLE_DEVICES") in {"0", "1"}
+    assert gpu_env, f"no GPU variable set in a --gres=gpu:{ngpus} job: {sorted(job_env)}"
+    visible = job_env.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    assert len(visible) == ngpus and set(visible) <= {"0", "1"}, gpu_env
+    assert job_env.get("SLURM_JOB_GPUS") == job_env["CUDA_VISIBLE_DEVICES"], gpu_env
 
 
 def test_sbatch_refuses_more_gpus_than_the_node_has(slurm_available: str, tmp_path: Path) -> None:
