@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import DSchedulerError
@@ -34,7 +35,9 @@ ModelOption = Annotated[
 
 def fail(err: Exception) -> typer.Exit:
     """Print a dscheduler error without a traceback; exit code 2."""
-    Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(
+        f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True
+    )
     return typer.Exit(2)
 
 

@@ -1,0 +1,209 @@
+"""Env build time: dscheduler against the same steps by hand, and against pip.
+
+Run:  .venv/bin/python bench/env_build.py [--packages "numpy xarray"] [--repeat 3]
+      .venv/bin/python bench/env_build.py --heavy      # torch 2.13.0 CPU from /opt/wheels
+
+In one invocation, with a warm uv cache (one warm-up install first):
+
+* by hand: ``uv venv --relocatable``, ``uv pip install``, ``compileall`` as in
+  notes/reproducible-images.md (plus ``-j0``, as dscheduler runs it), and
+  ``mksquashfs -comp zstd -Xcompression-level 3`` with the reproducible flags;
+* dscheduler: ``build_env`` into a fresh store (the same steps plus the lease,
+  ``uv pip freeze``, the import smoke test, mode normalisation, fsync and the
+  publish renames);
+* pip: ``python -m venv`` + ``pip install`` (pip compiles .pyc itself; no image),
+  with pip's cache warmed by one install first;
+* reuse: ``build_env`` of the published env + ``ds.mount`` enter/exit.
+
+Targets (DESIGN 7): dscheduler / by hand <= 1.1; reuse < 0.1 s.  The pip
+ratio is reported.  Medians over ``--repeat`` rounds, the three builds
+interleaved in each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dscheduler as ds
+from dscheduler.build import build_env
+from dscheduler.buildsteps import uv_bin
+from dscheduler.interpreters import find_interpreter
+
+HEAVY = ["torch==2.13.0", "numpy"]
+
+
+def run(cmd: list[str | Path], env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)
+        ) -> None:
+    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}, check=False)
+    if out.returncode not in ok:
+        sys.exit(f"failed ({out.returncode}): {shlex.join(map(str, cmd))}\n{out.stderr[-3000:]}")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(cmd: list[str | Path], env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)
+          ) -> float:
+    start = time.perf_counter()
+    run(cmd, env, ok)
+    return time.perf_counter() - start
+
+
+def by_hand(work: Path, python: Path, packages: list[str], index: list[str], cache: Path,
+            level: int) -> dict[str, float]:
+    venv, image = work / "env", work / "env.sqsh"
+    uv = uv_bin()
+    steps = {
+        "venv": timed([uv, "venv", "-q", "--relocatable", "--no-python-downloads",
+                       "--python", python, venv]),
+        "install": timed([uv, "pip", "install", "-q", "--python", venv / "bin" / "python",
+                          "--cache-dir", cache, *index, *packages]),
+        "compile": timed([venv / "bin" / "python", "-m", "compileall", "-q", "-j0",
+                          "-s", venv, "-p", "/env", "--invalidation-mode", "unchecked-hash",
+                          venv / "lib"], env={"SOURCE_DATE_EPOCH": "0"},
+                         ok=(0, 1)),  # 1: some files do not compile (torch has such)
+        "squash": timed(["mksquashfs", venv, image, "-noappend", "-no-progress", "-comp", "zstd",
+                         "-Xcompression-level", str(level), "-all-time", "0", "-mkfs-time", "0",
+                         "-force-uid", "0", "-force-gid", "0"]),
+    }
+    steps["total"] = sum(steps.values())
+    return steps
+
+
+def with_pip(work: Path, python: Path, packages: list[str], index: list[str]) -> float:
+    venv = work / "pipenv"
+    start = time.perf_counter()
+    run([python, "-m", "venv", venv])
+    run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         *index, *packages])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--packages", default="numpy xarray")
+    parser.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--reuse-repeat", type=int, default=30)
+    parser.add_argument("--heavy", action="store_true",
+                        help="torch 2.13.0 CPU + numpy, torch from --find-links /opt/wheels")
+    parser.add_argument("--find-links", default="/opt/wheels")
+    parser.add_argument("--no-pip", action="store_true", help="skip the pip comparison")
+    parser.add_argument("--no-smoke", action="store_true",
+                        help="dscheduler without its import smoke test (smoke_imports=[])")
+    args = parser.parse_args()
+
+    packages = HEAVY if args.heavy else args.packages.split()
+    links = [args.find_links] if args.heavy else []
+    index = [x for link in links for x in ("--find-links", link)]
+    python = find_interpreter(args.python).path
+    level = int(ds.settings.get("env.compression_level"))
+    base = Path(tempfile.mkdtemp(prefix="dscheduler-bench-"))
+    cache = base / "uv-cache"
+    env = ds.Env(python=args.python, requirements=packages, find_links=links)
+    print(f"packages: {' '.join(packages)}; python {python}; zstd level {level}; "
+          f"{os.cpu_count()} cores; work dir {base}")
+    try:
+        warm = base / "warm"
+        by_hand(warm, python, packages, index, cache, level)  # fills the uv cache
+        if not args.no_pip:
+            with_pip(warm, python, packages, index)  # fills pip's cache
+        shutil.rmtree(warm)
+
+        hand, dsched, pip, phases = [], [], [], []
+        cpu: dict[str, list[float]] = {"hand": [], "ds": []}
+        store = None
+
+        def hand_round(r: int) -> None:
+            work = base / f"hand{r}"
+            before = cpu_seconds()
+            hand.append(by_hand(work, python, packages, index, cache, level))
+            cpu["hand"].append(cpu_seconds() - before)
+            shutil.rmtree(work)
+
+        def ds_round(r: int) -> ds.BuiltEnv:
+            nonlocal store
+            if store is not None:
+                shutil.rmtree(store.root)
+            store = ds.Store(base / f"store{r}")
+            before, start = cpu_seconds(), time.perf_counter()
+            built = build_env(store, env, uv_cache=cache, scratch=base / "scratch",
+                              smoke_imports=[] if args.no_smoke else None)
+            dsched.append(time.perf_counter() - start)
+            cpu["ds"].append(cpu_seconds() - before)
+            phases.append(built.record["timings"])
+            return built
+
+        for r in range(args.repeat):
+            # Alternate which goes first: neither always gets the warmer page cache.
+            if r % 2:
+                built = ds_round(r)
+                hand_round(r)
+            else:
+                hand_round(r)
+                built = ds_round(r)
+            if not args.no_pip:
+                work = base / f"pip{r}"
+                pip.append(with_pip(work, python, packages, index))
+                shutil.rmtree(work)
+        assert store is not None
+
+        reuse = []
+        for _ in range(args.reuse_repeat):
+            start = time.perf_counter()
+            with ds.mount(build_env(store, env)) as prefix:
+                pass
+            reuse.append(time.perf_counter() - start)
+        still_mounted = (prefix / "pyvenv.cfg").exists()  # the last one out unmounts
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    med = statistics.median
+    hand_total = med(h["total"] for h in hand)
+    ds_total = med(dsched)
+    print("\nby hand (median s):  " + "  ".join(
+        f"{k} {med(h[k] for h in hand):.2f}" for k in ("venv", "install", "compile", "squash")
+    ) + f"  = {hand_total:.2f}")
+    order = ["lease_wait", "venv", "install", "freeze", "compile", "smoke", "squash"]
+    keys = [k for k in order if k in phases[0]]
+    print("dscheduler (median s): " + "  ".join(f"{k} {med(p[k] for p in phases):.2f}"
+                                                for k in keys)
+          + f"  = {ds_total:.2f} (wall, build_env call)")
+    print(f"image: {built.record['sizes']['image_bytes'] / 1e6:.1f} MB, "
+          f"{built.record['sizes']['files']} files, "
+          f"{built.record['sizes']['venv_bytes'] / 1e6:.0f} MB unpacked")
+    print("rounds (s): by hand " + ", ".join(f"{h['total']:.2f}" for h in hand)
+          + "; dscheduler " + ", ".join(f"{t:.2f}" for t in dsched))
+    print(f"\ndscheduler / by hand = {ds_total / hand_total:.2f}   (target <= 1.1; wall, medians)")
+    print(f"  best rounds: {min(dsched):.2f} / {min(h['total'] for h in hand):.2f} = "
+          f"{min(dsched) / min(h['total'] for h in hand):.2f}; CPU seconds (median): "
+          f"{med(cpu['ds']):.2f} / {med(cpu['hand']):.2f} = "
+          f"{med(cpu['ds']) / med(cpu['hand']):.2f}")
+    if pip:
+        uv_only = med(h["venv"] + h["install"] for h in hand)
+        print(f"pip venv+install      = {med(pip):.2f} s: {med(pip) / ds_total:.1f}x dscheduler's "
+              f"whole build, {med(pip) / uv_only:.1f}x uv venv+install ({uv_only:.2f} s)")
+    print(f"reuse (build_env on a published env + mount enter/exit, {args.reuse_repeat} times): "
+          f"median {med(reuse) * 1000:.0f} ms, max {max(reuse) * 1000:.0f} ms   (target < 100 ms)")
+    if still_mounted:
+        print("warning: the image was still mounted after the last mount exited")
+    print("\nreproduce: .venv/bin/python bench/env_build.py " + shlex.join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
