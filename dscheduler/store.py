@@ -6,7 +6,8 @@
       envs/{env_id}/            env.json, build.log, image.sqsh or venv/
       images/{lock_digest}.sqsh content-addressed images shared by env_ids
       runs/{env_id}/{config_hash}/run.json
-      runs/{env_id}/{config_hash}/{case}/{task}.zarr|.value.json|.json, logs/
+      runs/{env_id}/{config_hash}/{case}/{task}.zarr|.value.json|.json, logs/,
+                                .{task}.done (index: symlink to the finished key)
       tasks/{task}/{key}/       outputs of tasks not bound to a run
       locks/                    leases
 
@@ -89,6 +90,15 @@ class NodePaths:
     @property
     def log(self) -> Path:
         return self.dir / "logs" / f"{self.task}.log"
+
+    @property
+    def done(self) -> Path:
+        """Index entry: a symlink whose target is the key of the succeeded record.
+
+        Written after the record; planning reads it with one ``readlink``
+        instead of parsing the record (see :mod:`dscheduler.plan`).
+        """
+        return self.dir / f".{self.task}.done"
 
 
 @dataclass(frozen=True)

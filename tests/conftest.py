@@ -19,7 +19,7 @@ import pytest
 # on sys.path before importing this conftest.
 # "pytester" gives tests the `pytester` fixture for running inner pytest sessions.
 # =====================================================================================
-pytest_plugins = ["ci_guard", "pytester"]
+pytest_plugins = ["ci_guard", "pytester", "wheelhouse", "graphfixtures"]
 
 
 # =====================================================================================

@@ -1,0 +1,688 @@
+"""Running one node on a worker: lease, record, call, persist (DESIGN section 5).
+
+:func:`run_node` is what a ``{task}-{key16}`` Dask task calls::
+
+    take the lease locks/node-{key16}.lease
+      (a holder on this host whose process is gone is broken at once; a
+       holder elsewhere after its TTL, see dscheduler.lease)
+    a succeeded record with this key?  -> return it (another driver did it)
+    a record left "running"?           -> its attempt was killed: mark it failed
+    write the record: state "running", this attempt appended   (the marker a
+      killed attempt leaves for the next one)
+    run the function:
+      no env   -> in this worker process
+      an env   -> mount it; ENV/bin/python -m _dscheduler_runner PAYLOAD RESULT
+                  (cloudpickle payload; stdout+stderr to logs/{task}.log;
+                   own process group, killed on timeout or cancellation)
+    persist the value (dscheduler.results), then the record (state
+    "succeeded" or "failed", every attempt kept), then the .done link.
+
+A failed attempt raises :class:`~dscheduler.errors.TaskError` so that Dask's
+``retries=`` runs the next one; the record gains one attempt per try.
+
+Cost per tiny task matters (thousands per graph): node leases share one
+heartbeat thread per process (:class:`NodeLease`), records are compact JSON
+and fsynced only when the setting ``task.fsync`` says so, the ``.done`` link
+is created in place.  See ``bench/throughput.py``.
+
+Functions and arguments travel as a cloudpickle made by the driver
+(:func:`dumps`): modules that are not installed packages (a script, a
+notebook, a test module, a recipe file loaded by path) are pickled by value,
+so neither a worker nor an env needs to import them.  Inside an env, a
+RunConfig argument arrives as a read-only ``ConfigView`` (same fields and
+ids), because the env has neither dscheduler nor pydantic.  Tasks without an
+env run in the worker's thread: their output is not captured and a time
+limit cannot be enforced there (Python cannot kill a thread); give the task
+an env when it needs either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib.machinery
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import cloudpickle
+
+from . import _runner, atomic, settings
+from .env import Env
+from .errors import TaskError
+from .lease import Lease, read_lease
+from .results import load_value, remove_partials, save_value
+from .runconfig import RunConfig
+from .store import NodePaths, Store
+
+# -- what travels to the worker ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Stands for an upstream node's value inside a spec's arguments."""
+
+    name: str
+    key: str
+    paths: NodePaths
+
+
+@dataclass
+class NodeSpec:
+    """Everything a worker needs to run one node; plain data plus one pickle."""
+
+    name: str  # the Dask key, f"{task}-{key16}"
+    key: str
+    task: str
+    version: str
+    store: Store
+    paths: NodePaths
+    payload: bytes  # cloudpickle of (function, args, kwargs) with Refs for upstream nodes
+    env: Env | None
+    env_id: str | None
+    run_id: str | None = None
+    case: str | None = None
+    upstream: list[str] = field(default_factory=list)  # full keys
+    timeout: float | None = None
+    submission: str = ""  # id of the ds.compute/ds.submit call, for cancellation
+    rerun: bool = False  # forced or cache=False: run even if a success is stored
+
+    @property
+    def key16(self) -> str:
+        return self.key[:16]
+
+    @property
+    def cancel_path(self) -> Path:
+        return cancel_path(self.store, self.submission)
+
+
+def cancel_path(store: Store, submission: str) -> Path:
+    """The file whose existence cancels every task of one submission."""
+    return store.locks_dir / f"cancel-{submission}"
+
+
+_pickle_lock = threading.Lock()
+_INSTALLED = tuple(
+    os.path.realpath(p) + os.sep
+    for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+
+
+_importable: dict[str, bool] = {}
+
+
+def _is_importable(module_name: str) -> bool:
+    """Whether another process with this sys.path can import the module by its name.
+
+    Not so for a recipe file loaded by path under a made-up name.
+    """
+    found = _importable.get(module_name)
+    if found is None:
+        top = module_name.partition(".")[0]
+        found = _importable[module_name] = (
+            importlib.machinery.PathFinder.find_spec(top) is not None
+        )
+    return found
+
+
+def _by_value(module_name: str, for_env: bool) -> ModuleType | None:
+    """The module to pickle by value, or None for by reference.
+
+    For an env, all user code (anything not an installed package): the env
+    has only its requirements.  For a worker of the driver's environment,
+    only modules it could not import by name: by reference keeps the real
+    file names in tracebacks (cloudpickle's by-value code says <dynamic-code>).
+    """
+    module = sys.modules.get(module_name)
+    if module is None or module_name == "__main__":
+        return None  # cloudpickle already pickles __main__ by value
+    file = getattr(module, "__file__", None)
+    if not file or os.path.realpath(file).startswith(_INSTALLED):
+        return None
+    if module_name.split(".")[0] == "dscheduler":
+        return None
+    if not for_env and _is_importable(module_name):
+        return None
+    return module
+
+
+def _modules_of(obj: Any, out: set[str]) -> None:
+    """Modules of the function and of the argument objects a pickle will reference."""
+    if isinstance(obj, list | tuple | set | frozenset):
+        for item in obj:
+            _modules_of(item, out)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _modules_of(item, out)
+    elif not isinstance(obj, str | int | float | bool | type(None) | Ref):
+        out.add(getattr(obj, "__module__", None) or type(obj).__module__)
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    """A task's function named by module and attribute, for workers that can import it.
+
+    ``@ds.task`` replaces the module attribute with the Task, so cloudpickle,
+    finding ``module.name`` is not the bare function, would pickle the
+    function by value, and tracebacks would say ``<dynamic-code>``.
+    """
+
+    module: str
+    qualname: str
+
+    def resolve(self) -> Any:
+        import importlib
+
+        obj: Any = importlib.import_module(self.module)
+        for part in self.qualname.split("."):
+            obj = getattr(obj, part)
+        return getattr(obj, "fn", obj)
+
+
+def function_for(task: Any) -> Any:
+    """What the driver sends for ``task``: a FunctionRef when workers can import it."""
+    fn = task.fn
+    module_name, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    module = sys.modules.get(module_name or "")
+    if module is None or module_name == "__main__" or "<" in qualname:
+        return fn
+    if not _is_importable(module_name or ""):
+        return fn
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if getattr(obj, "fn", None) is fn:
+        return FunctionRef(module_name or "", qualname)
+    return fn
+
+
+def dumps(obj: Any, *, for_env: bool = False, extra: tuple[ModuleType, ...] = ()) -> bytes:
+    """cloudpickle ``obj``, user modules by value as :func:`_by_value` says."""
+    names: set[str] = set()
+    _modules_of(obj, names)
+    modules = [m for m in (_by_value(n, for_env) for n in sorted(names)) if m is not None]
+    with _pickle_lock:
+        registered = []
+        for module in [*modules, *extra]:
+            try:
+                cloudpickle.register_pickle_by_value(module)
+                registered.append(module)
+            except ValueError:
+                pass  # registered already (by the caller, or it is a package's submodule)
+        try:
+            return cloudpickle.dumps(obj, protocol=4)
+        finally:
+            for module in registered:
+                cloudpickle.unregister_pickle_by_value(module)
+
+
+# -- records -----------------------------------------------------------------------
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _worker_address() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return None
+
+
+def _pid_gone(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return False
+    return False
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 16384))
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class _Heartbeats:
+    """One heartbeat thread per process for every node lease it holds.
+
+    :class:`~dscheduler.lease.Lease` starts a thread per lease and joins it
+    on release: fine for env builds, but a worker running hundreds of tiny
+    tasks a second then spends more time starting and joining threads (and
+    handing the GIL back and forth with its event loop) than running tasks.
+    The lock is held while a lease's file is rewritten and while a lease
+    leaves the set, so a released lease is never written again.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.leases: dict[int, NodeLease] = {}
+        self.thread: threading.Thread | None = None
+
+    def add(self, lease: NodeLease) -> None:
+        with self.lock:
+            self.leases[id(lease)] = lease
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="node-lease-heartbeats",
+                                               daemon=True)
+                self.thread.start()
+
+    def remove(self, lease: NodeLease) -> None:
+        with self.lock:
+            self.leases.pop(id(lease), None)
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                ttls = [lease.ttl for lease in self.leases.values()]
+            time.sleep(max(min(ttls, default=4.0) / 8, 0.05))
+            now = time.time()
+            with self.lock:
+                for key, lease in list(self.leases.items()):
+                    if now - lease.beaten < lease.ttl / 4:
+                        continue
+                    info = read_lease(lease.path)
+                    if info is None or info.get("token") != lease.token:
+                        lease.lost = True
+                        del self.leases[key]
+                        continue
+                    try:
+                        atomic.write_bytes(lease.path, lease._content(), durable=False)
+                        lease.beaten = now
+                    except OSError:
+                        pass  # transient; the next round tries again
+
+
+_heartbeats = _Heartbeats()
+
+
+class NodeLease(Lease):
+    """A :class:`Lease` whose heartbeat is the process's shared thread."""
+
+    beaten = 0.0
+
+    def _start_heartbeat(self) -> None:
+        self.lost = False
+        self.beaten = time.time()
+        _heartbeats.add(self)
+
+    def release(self) -> None:
+        _heartbeats.remove(self)
+        super().release()
+
+
+def _take_lease(spec: NodeSpec) -> Lease:
+    """The node's lease; a holder on this host whose process died is broken at once.
+
+    The lease module breaks a dead holder only after its TTL (it cannot know
+    a remote process is gone).  On the same host we can: a worker killed with
+    kill -9 leaves a lease whose pid no longer exists, and its task, which
+    Dask reschedules at once, should not wait a TTL for it.
+    """
+    lease = NodeLease(spec.store.lease(f"node-{spec.key16}").path,
+                      ttl=settings.get("task.lease_ttl"),
+                      owner=f"{spec.name} {_worker_address() or ''}".strip())
+    host = socket.gethostname()
+    while not lease.try_acquire():
+        info = read_lease(lease.path)
+        if info is not None and info.get("host") == host and _pid_gone(info.get("pid")):
+            lease._break(info)  # package-internal: the same safe rename-aside as a stale break
+            continue
+        if spec.cancel_path.exists():
+            raise TaskError(f"{spec.name}: cancelled while waiting for its lease")
+        time.sleep(lease.poll)
+    return lease
+
+
+def _base_record(spec: NodeSpec) -> dict[str, Any]:
+    return {
+        "task": spec.task,
+        "version": spec.version,
+        "key": spec.key,
+        "name": spec.name,
+        "env_id": spec.env_id,
+        "run_id": spec.run_id,
+        "case": spec.case,
+        "upstream": spec.upstream,
+        "state": "running",
+        "attempts": [],
+    }
+
+
+def _write_record(paths: NodePaths, record: dict[str, Any], final: bool = True) -> None:
+    """Write the record atomically; fsync only when the setting task.fsync says so.
+
+    A record is rewritten two or three times per task; concurrent fsyncs
+    serialise on the filesystem journal and halved small-task throughput
+    here.  Without fsync a record is still never seen half-written; only a
+    machine crash may lose it (Zarr outputs are not fsynced by zarr either).
+    Records are compact JSON: indented JSON goes through json's pure-Python
+    encoder, 5x slower, a third of a tiny task's cost on the worker
+    (``python -m json.tool`` or ``dscheduler status`` show them to people).
+    """
+    text = json.dumps(record, separators=(",", ":"), default=str)
+    atomic.write_bytes(paths.record, text.encode(),
+                       durable=bool(final and settings.get("task.fsync")))
+
+
+def _set_done(paths: NodePaths, key: str) -> None:
+    """Point ``.{task}.done`` at ``key``; creating a symlink is atomic by itself.
+
+    Only an existing link (healing after a crash) needs one made aside and
+    renamed over it.
+    """
+    done = paths.done
+    try:
+        os.symlink(key, done)
+    except FileExistsError:
+        tmp = atomic.temp_sibling(done)
+        os.symlink(key, tmp)
+        os.replace(tmp, done)
+
+
+# -- running -----------------------------------------------------------------------
+
+
+def run_node(spec: NodeSpec, built: Any = None) -> dict[str, Any]:
+    """Run ``spec`` once under its lease; the outcome (small) for the driver."""
+    paths = spec.paths
+    lease = _take_lease(spec)
+    try:
+        record = atomic.read_json(paths.record)
+        if isinstance(record, dict) and record.get("key") == spec.key:
+            if record.get("state") == "succeeded" and not spec.rerun:
+                _set_done(paths, spec.key)  # heal a missing index entry
+                return {"name": spec.name, "state": "cached", "attempts": 0}
+            attempts = list(record.get("attempts", []))
+            if record.get("state") == "running" and attempts:
+                _mark_interrupted(attempts[-1])
+        else:
+            attempts = []
+        record = _base_record(spec)
+        attempt: dict[str, Any] = {
+            "attempt": len(attempts) + 1,
+            "state": "running",
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "worker": _worker_address(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "start": _now(),
+        }
+        if spec.env_id is not None:
+            attempt["log"] = str(paths.log)
+        record["attempts"] = [*attempts, attempt]
+        # A new key at this path (version bump, changed input): the old result
+        # is no longer this node's.  Drop its index entry before any output moves.
+        paths.done.unlink(missing_ok=True)
+        # Compact (C encoder; indented JSON is a pure-Python encode, 5x slower):
+        # this version lives only while the attempt runs.
+        _write_record(paths, record, final=False)
+        remove_partials(paths)
+        started = time.monotonic()
+        try:
+            if spec.cancel_path.exists():
+                raise TaskError(f"{spec.name}: cancelled before it started")
+            value = _call(spec, built, attempt)
+            output = save_value(paths, value)
+            lease.check()  # never commit under a lease that was broken meanwhile
+        except BaseException as err:
+            cancelled = spec.cancel_path.exists()
+            attempt.update(
+                state="cancelled" if cancelled else "failed",
+                end=_now(),
+                seconds=round(time.monotonic() - started, 3),
+                error=attempt.get("error") or f"{type(err).__name__}: {err}",
+                traceback=attempt.get("traceback") or _user_traceback(err),
+            )
+            if "log" in attempt:
+                attempt["log_tail"] = _log_tail(paths.log)
+            record["state"] = attempt["state"]
+            _write_record(paths, record)
+            if isinstance(err, Exception):  # Dask retries on it; the record has the details
+                raise TaskError(_failure_message(spec, attempt), record) from None
+            raise
+        attempt.update(state="succeeded", end=_now(),
+                       seconds=round(time.monotonic() - started, 3))
+        record.update(state="succeeded", output=output)
+        _write_record(paths, record)
+        _set_done(paths, spec.key)
+        return {"name": spec.name, "state": "succeeded", "attempts": len(record["attempts"])}
+    finally:
+        lease.release()
+
+
+def _mark_interrupted(attempt: dict[str, Any]) -> None:
+    attempt.update(
+        state="failed",
+        error=(
+            f"attempt interrupted: the process running it (host {attempt.get('host')}, "
+            f"pid {attempt.get('pid')}, worker {attempt.get('worker')}) died before finishing"
+        ),
+    )
+    attempt.setdefault("end", None)
+
+
+def _user_traceback(err: BaseException) -> str:
+    """The traceback without dscheduler's own frames above the task's function."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    if tb is None or isinstance(err, TaskError):
+        return ""  # our own error (timeout, missing result): its message says it all
+    return "".join(traceback.format_exception(type(err), err, tb))
+
+
+def _failure_message(spec: NodeSpec, attempt: dict[str, Any]) -> str:
+    parts = [f"{spec.name} failed (attempt {attempt['attempt']}): {attempt.get('error')}"]
+    if attempt.get("traceback"):
+        parts.append(str(attempt["traceback"]).rstrip())
+    if attempt.get("log"):
+        parts.append(f"log: {attempt['log']}")
+    return "\n".join(parts)
+
+
+def _load_arguments(spec: NodeSpec) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    fn, args, kwargs = cloudpickle.loads(spec.payload)
+    if isinstance(fn, FunctionRef):
+        fn = fn.resolve()
+    cache: dict[str, Any] = {}
+
+    def sub(value: Any) -> Any:
+        if isinstance(value, Ref):
+            if value.key not in cache:
+                record = atomic.read_json(value.paths.record) or {}
+                if record.get("key") != value.key or record.get("state") != "succeeded":
+                    raise TaskError(
+                        f"{spec.name}: upstream {value.name} has no succeeded record at "
+                        f"{value.paths.record}; was it removed while the graph ran?"
+                    )
+                cache[value.key] = load_value(value.paths, record.get("output"), load=True)
+            return cache[value.key]
+        if isinstance(value, list):
+            return [sub(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(sub(v) for v in value)
+        if isinstance(value, dict):
+            return {k: sub(v) for k, v in value.items()}
+        return value
+
+    return fn, sub(args), sub(kwargs)
+
+
+def _call(spec: NodeSpec, built: Any, attempt: dict[str, Any]) -> Any:
+    fn, args, kwargs = _load_arguments(spec)
+    if spec.env is None:
+        return fn(*args, **kwargs)
+    return _call_in_env(spec, built, attempt, fn, args, kwargs)
+
+
+def _views(value: Any) -> Any:
+    """RunConfigs -> ConfigViews, recursively (the env has no pydantic)."""
+    if isinstance(value, RunConfig):
+        fields = {name: _views(getattr(value, name)) for name in type(value).model_fields}
+        ids = {"env_id": value.env_id, "config_hash": value.config_hash,
+               "run_id": value.run_id}
+        return _runner.ConfigView(type(value).__name__, fields, ids)
+    if isinstance(value, list):
+        return [_views(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_views(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _views(v) for k, v in value.items()}
+    return value
+
+
+def runner_dir() -> Path:
+    """A node-local directory holding only cloudpickle and ``_dscheduler_runner``.
+
+    The env's Python must unpickle the payload, but envs are built from the
+    user's requirements and do not have cloudpickle.  Putting the driver's
+    pure-Python cloudpickle (and nothing else: no dscheduler, no numpy) on
+    the subprocess's ``PYTHONPATH`` gives it that one package without
+    touching the env or shadowing anything the env has.  Made once per node
+    and version (create-once rename: a concurrent maker's copy is dropped).
+    """
+    source = Path(_runner.__file__).read_bytes()
+    import hashlib
+
+    tag = hashlib.sha256(source + cloudpickle.__version__.encode()).hexdigest()[:12]
+    base = settings.node_local("task.runner_dir", "dscheduler-runner")
+    final = base / f"{cloudpickle.__version__}-{tag}"
+    if final.is_dir():
+        return final
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = atomic.temp_sibling(final)
+    tmp.mkdir()
+    try:
+        shutil.copytree(Path(cloudpickle.__file__).parent, tmp / "cloudpickle",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        (tmp / "_dscheduler_runner.py").write_bytes(source)
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _subprocess_env(runner: Path, spec: NodeSpec) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+    env.update(
+        PYTHONPATH=str(runner),  # only cloudpickle and the runner: see runner_dir()
+        PYTHONNOUSERSITE="1",
+        PYTHONUNBUFFERED="1",
+        DSCHEDULER_NODE=spec.name,
+        DSCHEDULER_NODE_DIR=str(spec.paths.dir),
+        DSCHEDULER_STORE=str(spec.store.root),
+    )
+    return env
+
+
+def _call_in_env(spec: NodeSpec, built: Any, attempt: dict[str, Any], fn: Any,
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    from .mount import mount
+
+    if built is None and spec.env is not None:  # published before planning: no build task
+        from .build import build_env, published_env
+
+        built = published_env(spec.store, str(spec.env_id)) or build_env(spec.store, spec.env)
+    runner = runner_dir()
+    timeout = settings.get("task.timeout", spec.timeout)
+    spec.paths.log.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dscheduler-task-") as tmp:
+        payload, result = Path(tmp) / "payload.pkl", Path(tmp) / "result.pkl"
+        payload.write_bytes(dumps((fn, _views(args), _views(kwargs)), for_env=True,
+                                 extra=(_runner,)))
+        with mount(built, spec.store) as prefix, \
+                open(spec.paths.log, "ab") as log:
+            log.write(f"=== {spec.name} attempt {attempt['attempt']} {_now()} on "
+                      f"{attempt['host']} ===\n".encode())
+            log.flush()
+            cmd = [str(Path(prefix) / "bin" / "python"), "-s", "-m", "_dscheduler_runner",
+                   str(payload), str(result), str(os.getpid())]
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=_subprocess_env(runner, spec), start_new_session=True,
+            )
+            attempt["subprocess_pid"] = proc.pid
+            stop = threading.Event()
+            watcher = threading.Thread(target=_watch_cancel, args=(spec, proc, stop),
+                                       daemon=True)
+            watcher.start()
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                code = proc.wait()
+                attempt["exit_code"] = code
+                raise TaskError(f"timed out after {timeout} s (setting task.timeout or "
+                                "the task's timeout option); the process group was killed") \
+                    from None
+            finally:
+                stop.set()
+        attempt["exit_code"] = code
+        if not result.exists():
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            raise TaskError(f"the task's process ended without a result ({how}); "
+                            f"see its log {spec.paths.log}")
+        status, value, info = cloudpickle.loads(result.read_bytes())
+    attempt["function_seconds"] = round(float(info.get("seconds", 0.0)), 4)
+    if status == "error":
+        attempt["error"] = f"{value['type']}: {value['message']}"
+        attempt["traceback"] = value["traceback"]
+        raise TaskError(attempt["error"])
+    return value
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _watch_cancel(spec: NodeSpec, proc: subprocess.Popen[bytes], stop: threading.Event) -> None:
+    """Kill the task's process group once its submission is cancelled."""
+    poll = float(settings.get("task.cancel_poll"))
+    while not stop.wait(poll):
+        if proc.poll() is not None:
+            return
+        if spec.cancel_path.exists():
+            _kill_group(proc)
+            return
+
+
+# -- the Dask task functions ---------------------------------------------------------
+
+
+def node_task(spec: NodeSpec, built: Any = None, *upstream: Any) -> dict[str, Any]:
+    """The function behind a ``{task}-{key16}`` key; upstream outcomes only order it."""
+    return run_node(spec, built)
+
+
+def build_task(store: Store, env: Env) -> Any:
+    """The function behind a ``build_env-{env_id}`` key."""
+    from .build import build_env
+
+    return build_env(store, env)

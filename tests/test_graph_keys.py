@@ -1,0 +1,181 @@
+"""Node keys, output paths and planning: no cluster, no env."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from graphfixtures import Cfg, work
+
+import dscheduler as ds
+import dscheduler.identity
+
+# ds.plan is the function; the module is reached through sys.modules.
+plan_mod = importlib.import_module("dscheduler.plan")
+
+
+@ds.task(version="1")
+def add(a: int, b: int = 2) -> int:
+    return a + b
+
+
+@ds.task(version="1")
+def read(path: Any) -> str:
+    return Path(path).read_text()
+
+
+class NoEnv(ds.RunConfig):
+    ENV_FIELDS: ClassVar = ("checkpoint",)
+    checkpoint: str = "x"
+    label: str = ""
+
+
+class FromCheckpoint(ds.RunConfig):
+    ENV_FIELDS: ClassVar = ("checkpoint",)
+    checkpoint: str
+    label: str = ""
+
+    def env(self) -> ds.Env:
+        return ds.Env.from_checkpoint(self.checkpoint)
+
+
+def test_golden_key() -> None:
+    # Pins the key format: a change here changes every stored result's key.
+    node = add(1, 2)
+    assert node.key == "b92eec19c4e863c2dc5ac1239d11ceead55aaca8cc72b22adc29aff98462da4b"
+    # ... and it is the documented formula.
+    spec = {"task": "add", "version": "1", "env": None, "args": {"a": 1, "b": 2}}
+    assert node.key == dscheduler.identity.digest("node", spec)
+    assert node.name == "add-b92eec19c4e863c2"
+
+
+def test_key_stable_across_processes() -> None:
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); import test_graph_keys as t; "
+        "print(t.add(1, 2).key)"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env, cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip() == add(1, 2).key
+
+
+def test_binding_defaults_and_options_do_not_move_keys() -> None:
+    assert add(1).key == add(1, 2).key == add(a=1, b=2).key == add(1, b=2).key
+    assert add(1, 3).key != add(1, 2).key
+    assert add.options(retries=3, resources={"GPU": 1}, timeout=5, priority=9)(1).key == \
+        add(1).key
+    bumped = ds.task(version="2", name="add")(add.fn)
+    assert bumped(1).key != add(1).key
+    assert add.options(env=ds.Env(image="dir"))(1).key != add(1).key
+
+
+def test_upstream_changes_propagate() -> None:
+    a1, a2 = add(1), add(2)
+    assert add(a1).key != add(a2).key
+    assert add(a1).upstream == (a1,)
+    nested = add.options()([a1, {"k": a2}])
+    assert {n.key for n in nested.upstream} == {a1.key, a2.key}
+
+
+def test_files_by_content_strings_by_value(tmp_path: Path) -> None:
+    f = tmp_path / "input.txt"
+    f.write_text("one")
+    k1, s1 = read(f).key, read(str(f)).key
+    f.write_text("two")
+    os.utime(f, ns=(1, 1))  # a new mtime too, as any real edit has
+    assert read(f).key != k1  # content changed
+    assert read(str(f)).key == s1  # a str is just a string
+    assert read(tmp_path).key == read(tmp_path).key  # a directory hashes as its path
+
+
+def test_runconfig_identity_only() -> None:
+    a = Cfg(x=1, label="one")
+    b = Cfg(x=1, label="two")  # label is HASH_EXCLUDE
+    assert work(a, "c").key == work(b, "c").key
+    assert work(Cfg(x=2), "c").key != work(a, "c").key
+    node = work(a, "202001010000")
+    assert node.case == "202001010000" and node.env_id == a.env_id and node.cfg is a
+
+
+def test_output_paths(tmp_path: Path) -> None:
+    store = ds.Store(tmp_path)
+    cfg = Cfg(x=1)
+    node = work(cfg, "c1")
+    assert node.paths(store) == store.run(cfg.run_id).node("c1", "work")
+    free = add(1)
+    assert free.paths(store) == store.task("add", free.key16)
+    # The fast marker path of planning is the layout's own.
+    markers = plan_mod._Markers(store)
+    assert markers.path(node) == str(node.paths(store).done)
+    assert markers.path(free) == str(free.paths(store).done)
+
+    @ds.task(case="when")
+    def at(cfg: Cfg, other: int, when: str) -> None: ...
+
+    assert at(cfg, 1, "c9").paths(store) == store.run(cfg.run_id).node("c9", "at")
+
+
+def test_bad_input_at_call_time() -> None:
+    with pytest.raises(ds.ConfigError, match=r"argument b: .*object"):
+        add(1, object())
+    with pytest.raises(ds.ConfigError, match=r"argument a\.x\[1\]: nan"):
+        add({"x": [1, float("nan")]})
+    with pytest.raises(ds.ConfigError, match=r"unknown option.*'colour'.*valid options"):
+        add.options(colour="red")
+    with pytest.raises(ds.ConfigError, match="case"):
+        work(Cfg(), "../../x")
+    with pytest.raises(ds.ConfigError, match="missing a required argument"):
+        work(Cfg())
+    with pytest.raises(ds.ConfigError, match="name"):
+        ds.task(lambda x: x)
+
+
+def test_cycle_rejected(tmp_path: Path) -> None:
+    a = add(1)
+    b = add(a)
+    # Nodes are immutable; a cycle can only be made by tampering with one.
+    a.upstream = (b,)
+    with pytest.raises(ds.GraphError, match="cycle"):
+        ds.plan(b, store=tmp_path)
+
+
+def test_missing_env_rejected_at_plan(tmp_path: Path) -> None:
+    with pytest.raises(ds.GraphError, match="does not say how to make its environment"):
+        ds.plan(work(NoEnv(), "c"), store=tmp_path)
+    with pytest.raises(ds.GraphError, match="does not exist"):
+        ds.plan(work(FromCheckpoint(checkpoint=str(tmp_path / "nope.ckpt")), "c"),
+                store=tmp_path)
+
+
+def test_plan_reasons(tmp_path: Path) -> None:
+    store = ds.Store(tmp_path)
+    a = add(1)
+    b = add(a)
+    p = ds.plan(b, store=store)
+    assert p.reason(a) == plan_mod.NO_RECORD
+    assert p.reason(b).startswith(plan_mod.UPSTREAM)
+    assert [n.key for n in p.nodes] == [a.key, b.key]  # upstream first
+    # Finished a: only b runs.  A record with another key at the same path is "changed".
+    paths = a.paths(store)
+    paths.dir.mkdir(parents=True)
+    store.write_record(paths.record, {"key": a.key, "state": "succeeded", "attempts": []})
+    os.symlink(a.key, paths.done)
+    p = ds.plan(b, store=store)
+    assert p.reason(a) is None and p.reason(b) == plan_mod.NO_RECORD
+    assert ds.plan(b, store=store, force=True).reason(a) == plan_mod.FORCED
+    assert ds.plan(add.options(cache=False)(1), store=store).reasons
+    store.write_record(paths.record, {"key": a.key, "state": "failed", "attempts": []})
+    paths.done.unlink()
+    assert ds.plan(a, store=store).reason(a) == plan_mod.FAILED
+
+
+def test_plan_lists_envs_to_build(tmp_path: Path) -> None:
+    p = ds.plan([work(Cfg(flavor=f), "c") for f in "abc"], store=tmp_path)
+    assert len(p.build) == 3 and set(p.envs) == set(p.build)
+    assert "build_env-" in p.explain()
