@@ -35,15 +35,8 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from . import atomic, settings
 from .cluster import get_client, is_local
 from .errors import GraphError, TaskError
-from .execute import (
-    NodeSpec,
-    Ref,
-    build_task,
-    cancel_path,
-    dumps,
-    function_for,
-    node_task,
-)
+from .execute import NodeSpec, build_task, cancel_path, node_task
+from .payload import Ref, dumps, function_for
 from .plan import FORCED, NO_CACHE, Plan, plan
 from .results import load_value
 from .store import Store

@@ -25,12 +25,9 @@ heartbeat thread per process (:class:`NodeLease`), records are compact JSON
 and fsynced only when the setting ``task.fsync`` says so, the ``.done`` link
 is created in place.  See ``bench/throughput.py``.
 
-Functions and arguments travel as a cloudpickle made by the driver
-(:func:`dumps`): modules that are not installed packages (a script, a
-notebook, a test module, a recipe file loaded by path) are pickled by value,
-so neither a worker nor an env needs to import them.  Inside an env, a
-RunConfig argument arrives as a read-only ``ConfigView`` (same fields and
-ids), because the env has neither dscheduler nor pydantic.  Tasks without an
+Functions and arguments travel as cloudpickles (:mod:`dscheduler.payload`);
+a task with an env runs in a subprocess of the env's Python
+(:mod:`dscheduler.envcall`).  Tasks without an
 env run in the worker's thread: their output is not captured and a time
 limit cannot be enforced there (Python cannot kill a thread); give the task
 an env when it needs either.
@@ -38,46 +35,30 @@ an env when it needs either.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import importlib.machinery
 import json
 import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
-import sysconfig
-import tempfile
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import cloudpickle
 
-from . import _runner, atomic, settings
+from . import atomic, settings
 from .env import Env
+from .envcall import call_in_env
 from .errors import TaskError
 from .lease import Lease, read_lease
+from .payload import FunctionRef, Ref
 from .results import load_value, remove_partials, save_value
-from .runconfig import RunConfig
 from .store import NodePaths, Store
 
 # -- what travels to the worker ------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Ref:
-    """Stands for an upstream node's value inside a spec's arguments."""
-
-    name: str
-    key: str
-    paths: NodePaths
 
 
 @dataclass
@@ -112,121 +93,6 @@ class NodeSpec:
 def cancel_path(store: Store, submission: str) -> Path:
     """The file whose existence cancels every task of one submission."""
     return store.locks_dir / f"cancel-{submission}"
-
-
-_pickle_lock = threading.Lock()
-_INSTALLED = tuple(
-    os.path.realpath(p) + os.sep
-    for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-)
-
-
-_importable: dict[str, bool] = {}
-
-
-def _is_importable(module_name: str) -> bool:
-    """Whether another process with this sys.path can import the module by its name.
-
-    Not so for a recipe file loaded by path under a made-up name.
-    """
-    found = _importable.get(module_name)
-    if found is None:
-        top = module_name.partition(".")[0]
-        found = _importable[module_name] = (
-            importlib.machinery.PathFinder.find_spec(top) is not None
-        )
-    return found
-
-
-def _by_value(module_name: str, for_env: bool) -> ModuleType | None:
-    """The module to pickle by value, or None for by reference.
-
-    For an env, all user code (anything not an installed package): the env
-    has only its requirements.  For a worker of the driver's environment,
-    only modules it could not import by name: by reference keeps the real
-    file names in tracebacks (cloudpickle's by-value code says <dynamic-code>).
-    """
-    module = sys.modules.get(module_name)
-    if module is None or module_name == "__main__":
-        return None  # cloudpickle already pickles __main__ by value
-    file = getattr(module, "__file__", None)
-    if not file or os.path.realpath(file).startswith(_INSTALLED):
-        return None
-    if module_name.split(".")[0] == "dscheduler":
-        return None
-    if not for_env and _is_importable(module_name):
-        return None
-    return module
-
-
-def _modules_of(obj: Any, out: set[str]) -> None:
-    """Modules of the function and of the argument objects a pickle will reference."""
-    if isinstance(obj, list | tuple | set | frozenset):
-        for item in obj:
-            _modules_of(item, out)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            _modules_of(item, out)
-    elif not isinstance(obj, str | int | float | bool | type(None) | Ref):
-        out.add(getattr(obj, "__module__", None) or type(obj).__module__)
-
-
-@dataclass(frozen=True)
-class FunctionRef:
-    """A task's function named by module and attribute, for workers that can import it.
-
-    ``@ds.task`` replaces the module attribute with the Task, so cloudpickle,
-    finding ``module.name`` is not the bare function, would pickle the
-    function by value, and tracebacks would say ``<dynamic-code>``.
-    """
-
-    module: str
-    qualname: str
-
-    def resolve(self) -> Any:
-        import importlib
-
-        obj: Any = importlib.import_module(self.module)
-        for part in self.qualname.split("."):
-            obj = getattr(obj, part)
-        return getattr(obj, "fn", obj)
-
-
-def function_for(task: Any) -> Any:
-    """What the driver sends for ``task``: a FunctionRef when workers can import it."""
-    fn = task.fn
-    module_name, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
-    module = sys.modules.get(module_name or "")
-    if module is None or module_name == "__main__" or "<" in qualname:
-        return fn
-    if not _is_importable(module_name or ""):
-        return fn
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-    if getattr(obj, "fn", None) is fn:
-        return FunctionRef(module_name or "", qualname)
-    return fn
-
-
-def dumps(obj: Any, *, for_env: bool = False, extra: tuple[ModuleType, ...] = ()) -> bytes:
-    """cloudpickle ``obj``, user modules by value as :func:`_by_value` says."""
-    names: set[str] = set()
-    _modules_of(obj, names)
-    modules = [m for m in (_by_value(n, for_env) for n in sorted(names)) if m is not None]
-    with _pickle_lock:
-        registered = []
-        for module in [*modules, *extra]:
-            try:
-                cloudpickle.register_pickle_by_value(module)
-                registered.append(module)
-            except ValueError:
-                pass  # registered already (by the caller, or it is a package's submodule)
-        try:
-            return cloudpickle.dumps(obj, protocol=4)
-        finally:
-            for module in registered:
-                cloudpickle.unregister_pickle_by_value(module)
 
 
 # -- records -----------------------------------------------------------------------
@@ -534,143 +400,7 @@ def _call(spec: NodeSpec, built: Any, attempt: dict[str, Any]) -> Any:
     fn, args, kwargs = _load_arguments(spec)
     if spec.env is None:
         return fn(*args, **kwargs)
-    return _call_in_env(spec, built, attempt, fn, args, kwargs)
-
-
-def _views(value: Any) -> Any:
-    """RunConfigs -> ConfigViews, recursively (the env has no pydantic)."""
-    if isinstance(value, RunConfig):
-        fields = {name: _views(getattr(value, name)) for name in type(value).model_fields}
-        ids = {"env_id": value.env_id, "config_hash": value.config_hash,
-               "run_id": value.run_id}
-        return _runner.ConfigView(type(value).__name__, fields, ids)
-    if isinstance(value, list):
-        return [_views(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_views(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _views(v) for k, v in value.items()}
-    return value
-
-
-def runner_dir() -> Path:
-    """A node-local directory holding only cloudpickle and ``_dscheduler_runner``.
-
-    The env's Python must unpickle the payload, but envs are built from the
-    user's requirements and do not have cloudpickle.  Putting the driver's
-    pure-Python cloudpickle (and nothing else: no dscheduler, no numpy) on
-    the subprocess's ``PYTHONPATH`` gives it that one package without
-    touching the env or shadowing anything the env has.  Made once per node
-    and version (create-once rename: a concurrent maker's copy is dropped).
-    """
-    source = Path(_runner.__file__).read_bytes()
-    import hashlib
-
-    tag = hashlib.sha256(source + cloudpickle.__version__.encode()).hexdigest()[:12]
-    base = settings.node_local("task.runner_dir", "dscheduler-runner")
-    final = base / f"{cloudpickle.__version__}-{tag}"
-    if final.is_dir():
-        return final
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = atomic.temp_sibling(final)
-    tmp.mkdir()
-    try:
-        shutil.copytree(Path(cloudpickle.__file__).parent, tmp / "cloudpickle",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        (tmp / "_dscheduler_runner.py").write_bytes(source)
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _subprocess_env(runner: Path, spec: NodeSpec) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
-    env.update(
-        PYTHONPATH=str(runner),  # only cloudpickle and the runner: see runner_dir()
-        PYTHONNOUSERSITE="1",
-        PYTHONUNBUFFERED="1",
-        DSCHEDULER_NODE=spec.name,
-        DSCHEDULER_NODE_DIR=str(spec.paths.dir),
-        DSCHEDULER_STORE=str(spec.store.root),
-    )
-    return env
-
-
-def _call_in_env(spec: NodeSpec, built: Any, attempt: dict[str, Any], fn: Any,
-                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    from .mount import mount
-
-    if built is None and spec.env is not None:  # published before planning: no build task
-        from .build import build_env, published_env
-
-        built = published_env(spec.store, str(spec.env_id)) or build_env(spec.store, spec.env)
-    runner = runner_dir()
-    timeout = settings.get("task.timeout", spec.timeout)
-    spec.paths.log.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dscheduler-task-") as tmp:
-        payload, result = Path(tmp) / "payload.pkl", Path(tmp) / "result.pkl"
-        payload.write_bytes(dumps((fn, _views(args), _views(kwargs)), for_env=True,
-                                 extra=(_runner,)))
-        with mount(built, spec.store) as prefix, \
-                open(spec.paths.log, "ab") as log:
-            log.write(f"=== {spec.name} attempt {attempt['attempt']} {_now()} on "
-                      f"{attempt['host']} ===\n".encode())
-            log.flush()
-            cmd = [str(Path(prefix) / "bin" / "python"), "-s", "-m", "_dscheduler_runner",
-                   str(payload), str(result), str(os.getpid())]
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=_subprocess_env(runner, spec), start_new_session=True,
-            )
-            attempt["subprocess_pid"] = proc.pid
-            stop = threading.Event()
-            watcher = threading.Thread(target=_watch_cancel, args=(spec, proc, stop),
-                                       daemon=True)
-            watcher.start()
-            try:
-                code = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                code = proc.wait()
-                attempt["exit_code"] = code
-                raise TaskError(f"timed out after {timeout} s (setting task.timeout or "
-                                "the task's timeout option); the process group was killed") \
-                    from None
-            finally:
-                stop.set()
-        attempt["exit_code"] = code
-        if not result.exists():
-            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-            raise TaskError(f"the task's process ended without a result ({how}); "
-                            f"see its log {spec.paths.log}")
-        status, value, info = cloudpickle.loads(result.read_bytes())
-    attempt["function_seconds"] = round(float(info.get("seconds", 0.0)), 4)
-    if status == "error":
-        attempt["error"] = f"{value['type']}: {value['message']}"
-        attempt["traceback"] = value["traceback"]
-        raise TaskError(attempt["error"])
-    return value
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _watch_cancel(spec: NodeSpec, proc: subprocess.Popen[bytes], stop: threading.Event) -> None:
-    """Kill the task's process group once its submission is cancelled."""
-    poll = float(settings.get("task.cancel_poll"))
-    while not stop.wait(poll):
-        if proc.poll() is not None:
-            return
-        if spec.cancel_path.exists():
-            _kill_group(proc)
-            return
+    return call_in_env(spec, built, attempt, fn, args, kwargs)
 
 
 # -- the Dask task functions ---------------------------------------------------------

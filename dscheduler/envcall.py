@@ -1,0 +1,173 @@
+"""Calling a task's function inside its env: a subprocess of the env's Python.
+
+The env is mounted (:func:`dscheduler.mount.mount`), the function and its
+arguments are written as a cloudpickle, and ``ENV/bin/python -m
+_dscheduler_runner PAYLOAD RESULT`` runs it in its own process group, with
+stdout and stderr appended to the node's log, killed on timeout or when its
+submission is cancelled.  Inside the env, a RunConfig argument arrives as a
+read-only ``ConfigView`` (same fields and ids): the env has neither
+dscheduler nor pydantic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from . import _runner, atomic, settings
+from .errors import TaskError
+from .payload import dumps
+from .runconfig import RunConfig
+
+if TYPE_CHECKING:
+    from .execute import NodeSpec
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _views(value: Any) -> Any:
+    """RunConfigs -> ConfigViews, recursively (the env has no pydantic)."""
+    if isinstance(value, RunConfig):
+        fields = {name: _views(getattr(value, name)) for name in type(value).model_fields}
+        ids = {"env_id": value.env_id, "config_hash": value.config_hash,
+               "run_id": value.run_id}
+        return _runner.ConfigView(type(value).__name__, fields, ids)
+    if isinstance(value, list):
+        return [_views(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_views(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _views(v) for k, v in value.items()}
+    return value
+
+
+def runner_dir() -> Path:
+    """A node-local directory holding only cloudpickle and ``_dscheduler_runner``.
+
+    The env's Python must unpickle the payload, but envs are built from the
+    user's requirements and do not have cloudpickle.  Putting the driver's
+    pure-Python cloudpickle (and nothing else: no dscheduler, no numpy) on
+    the subprocess's ``PYTHONPATH`` gives it that one package without
+    touching the env or shadowing anything the env has.  Made once per node
+    and version (create-once rename: a concurrent maker's copy is dropped).
+    """
+    source = Path(_runner.__file__).read_bytes()
+    import hashlib
+
+    tag = hashlib.sha256(source + cloudpickle.__version__.encode()).hexdigest()[:12]
+    base = settings.node_local("task.runner_dir", "dscheduler-runner")
+    final = base / f"{cloudpickle.__version__}-{tag}"
+    if final.is_dir():
+        return final
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = atomic.temp_sibling(final)
+    tmp.mkdir()
+    try:
+        shutil.copytree(Path(cloudpickle.__file__).parent, tmp / "cloudpickle",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        (tmp / "_dscheduler_runner.py").write_bytes(source)
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _subprocess_env(runner: Path, spec: NodeSpec) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+    env.update(
+        PYTHONPATH=str(runner),  # only cloudpickle and the runner: see runner_dir()
+        PYTHONNOUSERSITE="1",
+        PYTHONUNBUFFERED="1",
+        DSCHEDULER_NODE=spec.name,
+        DSCHEDULER_NODE_DIR=str(spec.paths.dir),
+        DSCHEDULER_STORE=str(spec.store.root),
+    )
+    return env
+
+
+def call_in_env(spec: NodeSpec, built: Any, attempt: dict[str, Any], fn: Any,
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    from .mount import mount
+
+    if built is None and spec.env is not None:  # published before planning: no build task
+        from .build import build_env, published_env
+
+        built = published_env(spec.store, str(spec.env_id)) or build_env(spec.store, spec.env)
+    runner = runner_dir()
+    timeout = settings.get("task.timeout", spec.timeout)
+    spec.paths.log.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dscheduler-task-") as tmp:
+        payload, result = Path(tmp) / "payload.pkl", Path(tmp) / "result.pkl"
+        payload.write_bytes(dumps((fn, _views(args), _views(kwargs)), for_env=True,
+                                 extra=(_runner,)))
+        with mount(built, spec.store) as prefix, \
+                open(spec.paths.log, "ab") as log:
+            log.write(f"=== {spec.name} attempt {attempt['attempt']} {_now()} on "
+                      f"{attempt['host']} ===\n".encode())
+            log.flush()
+            cmd = [str(Path(prefix) / "bin" / "python"), "-s", "-m", "_dscheduler_runner",
+                   str(payload), str(result), str(os.getpid())]
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=_subprocess_env(runner, spec), start_new_session=True,
+            )
+            attempt["subprocess_pid"] = proc.pid
+            stop = threading.Event()
+            watcher = threading.Thread(target=_watch_cancel, args=(spec, proc, stop),
+                                       daemon=True)
+            watcher.start()
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                code = proc.wait()
+                attempt["exit_code"] = code
+                raise TaskError(f"timed out after {timeout} s (setting task.timeout or "
+                                "the task's timeout option); the process group was killed") \
+                    from None
+            finally:
+                stop.set()
+        attempt["exit_code"] = code
+        if not result.exists():
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            raise TaskError(f"the task's process ended without a result ({how}); "
+                            f"see its log {spec.paths.log}")
+        status, value, info = cloudpickle.loads(result.read_bytes())
+    attempt["function_seconds"] = round(float(info.get("seconds", 0.0)), 4)
+    if status == "error":
+        attempt["error"] = f"{value['type']}: {value['message']}"
+        attempt["traceback"] = value["traceback"]
+        raise TaskError(attempt["error"])
+    return value
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _watch_cancel(spec: NodeSpec, proc: subprocess.Popen[bytes], stop: threading.Event) -> None:
+    """Kill the task's process group once its submission is cancelled."""
+    poll = float(settings.get("task.cancel_poll"))
+    while not stop.wait(poll):
+        if proc.poll() is not None:
+            return
+        if spec.cancel_path.exists():
+            _kill_group(proc)
+            return
