@@ -36,7 +36,7 @@ from . import atomic, settings
 from .cluster import get_client, is_local
 from .errors import GraphError, TaskError
 from .execute import NodeSpec, build_task, cancel_path, node_task
-from .payload import Ref, dumps, function_for
+from .payload import Ref, dumps, function_for, map_nested
 from .plan import FORCED, NO_CACHE, Plan, plan
 from .results import load_value
 from .store import Store
@@ -46,15 +46,10 @@ STATES = ("succeeded", "cached", "failed", "blocked", "cancelled")
 
 
 def _refs(value: Any, store: Store) -> Any:
-    if isinstance(value, Node):
-        return Ref(value.name, value.key, value.paths(store))
-    if isinstance(value, list):
-        return [_refs(v, store) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_refs(v, store) for v in value)
-    if isinstance(value, dict):
-        return {k: _refs(v, store) for k, v in value.items()}
-    return value
+    """Upstream nodes inside ``value`` -> Refs the worker resolves from the store."""
+    return map_nested(
+        value, lambda v: Ref(v.name, v.key, v.paths(store)) if isinstance(v, Node) else v
+    )
 
 
 def make_spec(node: Node, p: Plan, submission: str) -> NodeSpec:

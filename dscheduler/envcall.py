@@ -26,7 +26,7 @@ import cloudpickle
 
 from . import _runner, atomic, settings
 from .errors import TaskError
-from .payload import dumps
+from .payload import dumps, map_nested
 from .runconfig import RunConfig
 
 if TYPE_CHECKING:
@@ -37,20 +37,17 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
+def _view(value: Any) -> Any:
+    """A RunConfig -> a ConfigView (the env has no pydantic); anything else as is."""
+    if not isinstance(value, RunConfig):
+        return value
+    fields = {name: _views(getattr(value, name)) for name in type(value).model_fields}
+    ids = {"env_id": value.env_id, "config_hash": value.config_hash, "run_id": value.run_id}
+    return _runner.ConfigView(type(value).__name__, fields, ids)
+
+
 def _views(value: Any) -> Any:
-    """RunConfigs -> ConfigViews, recursively (the env has no pydantic)."""
-    if isinstance(value, RunConfig):
-        fields = {name: _views(getattr(value, name)) for name in type(value).model_fields}
-        ids = {"env_id": value.env_id, "config_hash": value.config_hash,
-               "run_id": value.run_id}
-        return _runner.ConfigView(type(value).__name__, fields, ids)
-    if isinstance(value, list):
-        return [_views(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_views(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _views(v) for k, v in value.items()}
-    return value
+    return map_nested(value, _view)
 
 
 def runner_dir() -> Path:

@@ -53,7 +53,7 @@ from .env import Env
 from .envcall import call_in_env
 from .errors import TaskError
 from .lease import Lease, read_lease
-from .payload import FunctionRef, Ref
+from .payload import FunctionRef, Ref, map_nested
 from .results import load_value, remove_partials, save_value
 from .store import NodePaths, Store
 
@@ -374,26 +374,20 @@ def _load_arguments(spec: NodeSpec) -> tuple[Any, tuple[Any, ...], dict[str, Any
         fn = fn.resolve()
     cache: dict[str, Any] = {}
 
-    def sub(value: Any) -> Any:
-        if isinstance(value, Ref):
-            if value.key not in cache:
-                record = atomic.read_json(value.paths.record) or {}
-                if record.get("key") != value.key or record.get("state") != "succeeded":
-                    raise TaskError(
-                        f"{spec.name}: upstream {value.name} has no succeeded record at "
-                        f"{value.paths.record}; was it removed while the graph ran?"
-                    )
-                cache[value.key] = load_value(value.paths, record.get("output"), load=True)
-            return cache[value.key]
-        if isinstance(value, list):
-            return [sub(v) for v in value]
-        if isinstance(value, tuple):
-            return tuple(sub(v) for v in value)
-        if isinstance(value, dict):
-            return {k: sub(v) for k, v in value.items()}
-        return value
+    def resolve(value: Any) -> Any:
+        if not isinstance(value, Ref):
+            return value
+        if value.key not in cache:
+            record = atomic.read_json(value.paths.record) or {}
+            if record.get("key") != value.key or record.get("state") != "succeeded":
+                raise TaskError(
+                    f"{spec.name}: upstream {value.name} has no succeeded record at "
+                    f"{value.paths.record}; was it removed while the graph ran?"
+                )
+            cache[value.key] = load_value(value.paths, record.get("output"), load=True)
+        return cache[value.key]
 
-    return fn, sub(args), sub(kwargs)
+    return fn, map_nested(args, resolve), map_nested(kwargs, resolve)
 
 
 def _call(spec: NodeSpec, built: Any, attempt: dict[str, Any]) -> Any:

@@ -14,6 +14,7 @@ import os
 import sys
 import sysconfig
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -146,3 +147,19 @@ def dumps(obj: Any, *, for_env: bool = False, extra: tuple[ModuleType, ...] = ()
         finally:
             for module in registered:
                 cloudpickle.unregister_pickle_by_value(module)
+
+
+def map_nested(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """``value`` with ``fn`` applied to everything inside its lists, tuples and dicts.
+
+    Node arguments may nest upstream nodes and configs in containers; the
+    driver (nodes -> Refs), the worker (Refs -> values) and the env call
+    (RunConfigs -> views) each rewrite them with this one walk.
+    """
+    if isinstance(value, list):
+        return [map_nested(v, fn) for v in value]
+    if isinstance(value, tuple):
+        return tuple(map_nested(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: map_nested(v, fn) for k, v in value.items()}
+    return fn(value)
