@@ -117,9 +117,13 @@ def run(
     recipe: RecipeOption = None,
     model: ModelOption = None,
     force: Annotated[bool, typer.Option("--force", help="rerun every node")] = False,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--no-progress",
+        help="show a progress bar (default: setting compute.progress, 'auto': "
+             "when the output is a terminal)")] = None,
 ) -> None:
     """Run what PATH describes; finished nodes are skipped, envs built once."""
+    from .cluster import close_local
     from .compute import compute
 
     try:
@@ -128,7 +132,10 @@ def run(
                           progress=progress)
     except DSchedulerError as err:
         raise _fail(err) from None
+    finally:
+        close_local()  # before distributed's own exit hooks, which log lost tasks
     console.print(repr(results), highlight=False)
+    console.print(f"store: {Store(store).root}", highlight=False, markup=False)
     try:
         results.raise_for_status()
     except DSchedulerError as err:

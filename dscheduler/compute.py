@@ -25,6 +25,7 @@ asks for one would otherwise wait forever.
 from __future__ import annotations
 
 import inspect
+import sys
 import uuid
 import warnings
 from collections import Counter
@@ -43,6 +44,17 @@ from .store import Store
 from .task import Node
 
 STATES = ("succeeded", "cached", "failed", "blocked", "cancelled")
+
+
+def _show_progress(progress: bool | None) -> bool:
+    """Argument, else setting ``compute.progress``; "auto": a terminal or a notebook."""
+    show = settings.get("compute.progress", progress)
+    if show != "auto":
+        return bool(show)
+    if "ipykernel" in sys.modules:
+        return True
+    # A redirected stream (CI logs, a pipe) would get one line per redraw.
+    return sys.stdout.isatty()
 
 
 def _refs(value: Any, store: Store) -> Any:
@@ -211,7 +223,7 @@ class Handle:
         if futures:
             from distributed import wait
 
-            if settings.get("compute.progress", progress):
+            if _show_progress(progress):
                 from distributed.diagnostics.progressbar import progress as bar
 
                 bar(futures, multi=True)
