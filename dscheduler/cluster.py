@@ -41,6 +41,16 @@ def local_cluster() -> Any:
     with _lock:
         if _local is not None and _local[1].status == "running":
             return _local[1]
+        import multiprocessing
+
+        if multiprocessing.parent_process() is not None:
+            # A worker process started by spawn re-imports the driver's script;
+            # distributed then fails with a bare "Nanny failed to start".
+            raise ConfigError(
+                "cluster='local' was started while a worker process was importing "
+                f"{getattr(sys.modules.get('__main__'), '__file__', 'your script')}: put the "
+                "script's code under `if __name__ == \"__main__\":` (notebooks need no change)"
+            )
         from distributed import Client, LocalCluster
 
         cluster = LocalCluster(

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,26 @@ def _view(value: Any) -> Any:
     fields = {name: _views(getattr(value, name)) for name in type(value).model_fields}
     ids = {"env_id": value.env_id, "config_hash": value.config_hash, "run_id": value.run_id}
     return _runner.ConfigView(type(value).__name__, fields, ids)
+
+
+def _unannotated(fn: Any) -> Any:
+    """A copy of ``fn`` without annotations, for pickling by value into an env.
+
+    ``def forecast(cfg: Forecast, ...)`` in a notebook holds the RunConfig
+    class itself in ``__annotations__``; cloudpickle would ship that class,
+    and unpickling it needs pydantic, which the env does not have.  Nothing
+    at run time reads the annotations, so they stay behind.
+    """
+    if not isinstance(fn, types.FunctionType) or not fn.__annotations__:
+        return fn
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__qualname__ = fn.__qualname__
+    copy.__module__ = fn.__module__
+    copy.__doc__ = fn.__doc__
+    copy.__dict__.update(fn.__dict__)
+    return copy
 
 
 def _views(value: Any) -> Any:
@@ -111,8 +132,8 @@ def call_in_env(spec: NodeSpec, built: Any, attempt: dict[str, Any], fn: Any,
     spec.paths.log.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dscheduler-task-") as tmp:
         payload, result = Path(tmp) / "payload.pkl", Path(tmp) / "result.pkl"
-        payload.write_bytes(dumps((fn, _views(args), _views(kwargs)), for_env=True,
-                                 extra=(_runner,)))
+        payload.write_bytes(dumps((_unannotated(fn), _views(args), _views(kwargs)),
+                                  for_env=True, extra=(_runner,)))
         with mount(built, spec.store) as prefix, \
                 open(spec.paths.log, "ab") as log:
             log.write(f"=== {spec.name} attempt {attempt['attempt']} {_now()} on "

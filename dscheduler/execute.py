@@ -21,7 +21,7 @@ A failed attempt raises :class:`~dscheduler.errors.TaskError` so that Dask's
 ``retries=`` runs the next one; the record gains one attempt per try.
 
 Cost per tiny task matters (thousands per graph): node leases share one
-heartbeat thread per process (:class:`NodeLease`), records are compact JSON
+heartbeat thread per process (:mod:`dscheduler.lease`), records are compact JSON
 and fsynced only when the setting ``task.fsync`` says so, the ``.done`` link
 is created in place.  See ``bench/throughput.py``.
 
@@ -39,7 +39,6 @@ import datetime as dt
 import json
 import os
 import socket
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from . import atomic, settings
 from .env import Env
 from .envcall import call_in_env
 from .errors import TaskError
-from .lease import Lease, read_lease
+from .lease import Lease
 from .payload import FunctionRef, Ref, map_nested
 from .results import load_value, remove_partials, save_value
 from .store import NodePaths, Store
@@ -111,16 +110,6 @@ def _worker_address() -> str | None:
         return None
 
 
-def _pid_gone(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError, TypeError, OverflowError):
-        return False
-    return False
-
-
 def _log_tail(path: Path, lines: int = 30) -> str:
     try:
         with open(path, "rb") as f:
@@ -130,91 +119,17 @@ def _log_tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
-class _Heartbeats:
-    """One heartbeat thread per process for every node lease it holds.
-
-    :class:`~dscheduler.lease.Lease` starts a thread per lease and joins it
-    on release: fine for env builds, but a worker running hundreds of tiny
-    tasks a second then spends more time starting and joining threads (and
-    handing the GIL back and forth with its event loop) than running tasks.
-    The lock is held while a lease's file is rewritten and while a lease
-    leaves the set, so a released lease is never written again.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.leases: dict[int, NodeLease] = {}
-        self.thread: threading.Thread | None = None
-
-    def add(self, lease: NodeLease) -> None:
-        with self.lock:
-            self.leases[id(lease)] = lease
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._run, name="node-lease-heartbeats",
-                                               daemon=True)
-                self.thread.start()
-
-    def remove(self, lease: NodeLease) -> None:
-        with self.lock:
-            self.leases.pop(id(lease), None)
-
-    def _run(self) -> None:
-        while True:
-            with self.lock:
-                ttls = [lease.ttl for lease in self.leases.values()]
-            time.sleep(max(min(ttls, default=4.0) / 8, 0.05))
-            now = time.time()
-            with self.lock:
-                for key, lease in list(self.leases.items()):
-                    if now - lease.beaten < lease.ttl / 4:
-                        continue
-                    info = read_lease(lease.path)
-                    if info is None or info.get("token") != lease.token:
-                        lease.lost = True
-                        del self.leases[key]
-                        continue
-                    try:
-                        atomic.write_bytes(lease.path, lease._content(), durable=False)
-                        lease.beaten = now
-                    except OSError:
-                        pass  # transient; the next round tries again
-
-
-_heartbeats = _Heartbeats()
-
-
-class NodeLease(Lease):
-    """A :class:`Lease` whose heartbeat is the process's shared thread."""
-
-    beaten = 0.0
-
-    def _start_heartbeat(self) -> None:
-        self.lost = False
-        self.beaten = time.time()
-        _heartbeats.add(self)
-
-    def release(self) -> None:
-        _heartbeats.remove(self)
-        super().release()
-
-
 def _take_lease(spec: NodeSpec) -> Lease:
     """The node's lease; a holder on this host whose process died is broken at once.
 
-    The lease module breaks a dead holder only after its TTL (it cannot know
-    a remote process is gone).  On the same host we can: a worker killed with
-    kill -9 leaves a lease whose pid no longer exists, and its task, which
-    Dask reschedules at once, should not wait a TTL for it.
+    A worker killed with kill -9 leaves a lease whose pid no longer exists,
+    and its task, which Dask reschedules at once, should not wait a TTL for
+    it (``break_dead_local``); a holder on another host is broken after its TTL.
     """
-    lease = NodeLease(spec.store.lease(f"node-{spec.key16}").path,
-                      ttl=settings.get("task.lease_ttl"),
-                      owner=f"{spec.name} {_worker_address() or ''}".strip())
-    host = socket.gethostname()
+    lease = Lease(spec.store.lease(f"node-{spec.key16}").path,
+                  ttl=settings.get("task.lease_ttl"), break_dead_local=True,
+                  owner=f"{spec.name} {_worker_address() or ''}".strip())
     while not lease.try_acquire():
-        info = read_lease(lease.path)
-        if info is not None and info.get("host") == host and _pid_gone(info.get("pid")):
-            lease._break(info)  # package-internal: the same safe rename-aside as a stale break
-            continue
         if spec.cancel_path.exists():
             raise TaskError(f"{spec.name}: cancelled while waiting for its lease")
         time.sleep(lease.poll)

@@ -7,8 +7,10 @@ stale-holder detection, hence hand-written):
 * taking a lease is creating its file atomically and exclusively
   (:func:`atomic.create_once`, ``os.link`` of a finished temporary file), the
   file holding a random token, owner, host, pid, ttl and a heartbeat time;
-* the holder refreshes the heartbeat every ``ttl / 4`` s from a daemon thread
-  (temporary file + ``os.replace``), after checking the token is still its own;
+* the holder refreshes the heartbeat every ``ttl / 4`` s (temporary file +
+  ``os.replace``), after checking the token is still its own; one daemon
+  thread per process beats for every lease it holds (a worker holding a
+  lease per tiny task would otherwise spend its time starting threads);
 * a waiter may break a lease whose heartbeat is older than its ttl: it renames
   the file to a unique name (only one waiter can win that rename), checks that
   what it moved is the stale lease it judged, and puts it back otherwise;
@@ -16,7 +18,11 @@ stale-holder detection, hence hand-written):
   commits under a lease checks :meth:`Lease.check` first.
 
 A live holder is never broken: its heartbeat is at most ttl/4 old.  Clocks of
-hosts sharing a store are assumed to agree to well within the ttl.
+hosts sharing a store are assumed to agree to well within the ttl.  With
+``break_dead_local=True`` a waiter also breaks at once a lease whose holder
+ran on this host and whose pid is gone (a task retried right after its
+worker was killed should not wait a ttl); a reused pid only delays that
+to the ttl.
 """
 
 from __future__ import annotations
@@ -49,6 +55,68 @@ def is_stale(info: dict[str, Any], now: float | None = None) -> bool:
     return now - float(info.get("heartbeat", 0)) > float(info.get("ttl", 0))
 
 
+def holder_gone(info: dict[str, Any]) -> bool:
+    """Whether the lease's holder ran on this host and its process no longer exists."""
+    if info.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(info.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return False
+    return False
+
+
+class _Heartbeats:
+    """One thread per process refreshing every lease the process holds.
+
+    The lock is held while a lease's file is rewritten and while a lease
+    leaves the set, so a released lease is never written again.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.leases: dict[int, Lease] = {}
+        self.thread: threading.Thread | None = None
+
+    def add(self, lease: Lease) -> None:
+        with self.lock:
+            self.leases[id(lease)] = lease
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="dscheduler-leases",
+                                               daemon=True)
+                self.thread.start()
+
+    def remove(self, lease: Lease) -> None:
+        with self.lock:
+            self.leases.pop(id(lease), None)
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                ttls = [lease.ttl for lease in self.leases.values()]
+            time.sleep(max(min(ttls, default=4.0) / 8, 0.02))
+            now = time.time()
+            with self.lock:
+                for key, lease in list(self.leases.items()):
+                    if now - lease.beaten < lease.ttl / 4:
+                        continue
+                    info = read_lease(lease.path)
+                    if info is None or info.get("token") != lease.token:
+                        lease.lost = True
+                        del self.leases[key]
+                        continue
+                    try:
+                        atomic.write_bytes(lease.path, lease._content(), durable=False)
+                        lease.beaten = now
+                    except OSError:
+                        pass  # a transient filesystem error; the next round tries again
+
+
+_heartbeats = _Heartbeats()
+
+
 class Lease:
     """An exclusive lease on ``path``; use as a context manager or acquire/release."""
 
@@ -59,15 +127,16 @@ class Lease:
         ttl: float | None = None,
         poll: float | None = None,
         owner: str = "",
+        break_dead_local: bool = False,
     ) -> None:
         self.path = Path(path)
         self.ttl = float(settings.get("lease.ttl", ttl))
         self.poll = float(settings.get("lease.poll", poll))
         self.owner = owner
+        self.break_dead_local = break_dead_local
         self.token = ""
         self.lost = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.beaten = 0.0
 
     # -- taking and giving back -------------------------------------------------
 
@@ -95,7 +164,10 @@ class Lease:
             self._start_heartbeat()
             return True
         info = read_lease(self.path)
-        stale_broken = info is not None and is_stale(info) and self._break(info)
+        breakable = info is not None and (
+            is_stale(info) or (self.break_dead_local and holder_gone(info))
+        )
+        stale_broken = breakable and info is not None and self._break(info)
         if stale_broken and atomic.create_once(self.path, self._content(), durable=False):
             self._start_heartbeat()
             return True
@@ -118,10 +190,7 @@ class Lease:
         return self
 
     def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        _heartbeats.remove(self)
         if self.token and not self.lost:
             info = read_lease(self.path)
             if info is not None and info.get("token") == self.token:
@@ -151,23 +220,12 @@ class Lease:
 
     def _start_heartbeat(self) -> None:
         self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._beat, name=f"lease-heartbeat-{self.path.name}", daemon=True
-        )
-        self._thread.start()
+        self.beaten = time.time()
+        _heartbeats.add(self)
 
-    def _beat(self) -> None:
-        interval = max(self.ttl / 4, 0.05)
-        while not self._stop.wait(interval):
-            info = read_lease(self.path)
-            if info is None or info.get("token") != self.token:
-                self.lost = True
-                return
-            try:
-                atomic.write_bytes(self.path, self._content(), durable=False)
-            except OSError:
-                continue  # a transient filesystem error; the next beat tries again
+    def stop_heartbeat(self) -> None:
+        """Stop refreshing without releasing (tests use it to play a stalled holder)."""
+        _heartbeats.remove(self)
 
     def _break(self, judged: dict[str, Any]) -> bool:
         """Move a stale lease aside; True when the stale one was removed."""

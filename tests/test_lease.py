@@ -106,8 +106,7 @@ def test_release_only_removes_own_lease(tmp_path: Path) -> None:
     path = tmp_path / "x.lease"
     a = ds.Lease(path, ttl=0.2, poll=0.01)
     assert a.try_acquire()
-    a._stop.set()  # simulate a stalled holder: no more heartbeats
-    a._thread.join()  # type: ignore[union-attr]
+    a.stop_heartbeat()  # a stalled holder: no more heartbeats
     time.sleep(0.3)
     b = ds.Lease(path, ttl=5)
     assert b.try_acquire()  # a's lease was stale and got broken
