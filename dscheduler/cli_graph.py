@@ -123,9 +123,10 @@ def run(
              "when the output is a terminal)")] = None,
 ) -> None:
     """Run what PATH describes; finished nodes are skipped, envs built once."""
-    from .cluster import close_local
+    from .cluster import close_local, local_running
     from .compute import compute
 
+    owned = not local_running()  # close only a cluster this command starts
     try:
         nodes = load_nodes(path, recipe, model)
         results = compute(nodes, store=Store(store), cluster=cluster, force=force,
@@ -133,7 +134,8 @@ def run(
     except DSchedulerError as err:
         raise _fail(err) from None
     finally:
-        close_local()  # before distributed's own exit hooks, which log lost tasks
+        if owned:
+            close_local()  # before distributed's own exit hooks, which log lost tasks
     console.print(repr(results), highlight=False)
     console.print(f"store: {Store(store).root}", highlight=False, markup=False)
     try:

@@ -67,6 +67,11 @@ def local_cluster() -> Any:
         return client
 
 
+def local_running() -> bool:
+    """Whether this process's embedded cluster is up."""
+    return _local is not None and _local[1].status == "running"
+
+
 def is_local(client: Any) -> bool:
     return _local is not None and client is _local[1]
 
