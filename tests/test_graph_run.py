@@ -196,3 +196,19 @@ def test_env_build_failure_blocks_its_nodes_only(cluster: Any, graph_store: ds.S
         r.raise_for_status()
     assert not graph_store.env(bad.env_id).record.exists()  # nothing half-built published
     assert count(log, "end") == 1
+
+
+def test_local_cluster_binds_loopback_and_store_is_not_world_writable(
+    cluster: Any, graph_store: ds.Store, tmp_path: Path
+) -> None:
+    import stat
+    from urllib.parse import urlparse
+
+    assert urlparse(cluster.scheduler.address).hostname == "127.0.0.1"
+    assert urlparse(cluster.dashboard_link).hostname == "127.0.0.1"
+    _, nodes, agg = _graph(str(tmp_path / "log"), n=2)
+    ds.compute(nodes, agg, store=graph_store, cluster=cluster, progress=False).raise_for_status()
+    written = list(graph_store.root.rglob("*"))
+    assert any(p.suffix == ".zarr" or p.name.endswith(".json") for p in written)
+    writable = [p for p in written if not p.is_symlink() and p.stat().st_mode & stat.S_IWOTH]
+    assert writable == []

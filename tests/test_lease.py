@@ -114,3 +114,27 @@ def test_release_only_removes_own_lease(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["token"] == b.token
     b.release()
     assert not path.exists()
+
+
+def test_dead_local_holder_is_broken_at_once_only_when_asked(tmp_path: Path) -> None:
+    lease, started = tmp_path / "x.lease", tmp_path / "started"
+    holder = _start(HOLDER, lease, 60, started, 60)  # a TTL far longer than the test
+    _wait_for(started)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    patient = ds.Lease(lease, ttl=60, poll=0.02)
+    with pytest.raises(ds.LeaseTimeout):
+        patient.acquire(timeout=0.5)  # by default a dead holder waits out its TTL
+    eager = ds.Lease(lease, ttl=60, poll=0.02, break_dead_local=True)
+    assert eager.try_acquire()  # same host, pid gone: broken at once
+    eager.release()
+
+
+def test_live_local_holder_is_not_broken_by_break_dead_local(tmp_path: Path) -> None:
+    lease, started = tmp_path / "x.lease", tmp_path / "started"
+    holder = _start(HOLDER, lease, 60, started, 2)
+    _wait_for(started)
+    eager = ds.Lease(lease, ttl=60, poll=0.02, break_dead_local=True)
+    assert not eager.try_acquire()
+    out, _ = holder.communicate(timeout=30)
+    assert out.strip() == "kept"
