@@ -44,9 +44,14 @@ def write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = T
         raise
 
 
+def json_text(obj: Any) -> str:
+    """The text of a record people read: indented, sorted keys, a final newline."""
+    return json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n"
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
+    write_bytes(path, json_text(obj).encode())
 
 
 def read_json(path: Path) -> Any:

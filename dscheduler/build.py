@@ -47,8 +47,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from . import atomic, identity, settings
 from .buildsteps import (
     SMOKE_SCRIPT,
@@ -73,6 +71,7 @@ from .builtenv import (
 )
 from .errors import EnvBuildError
 from .interpreters import Interpreter, find_interpreter
+from .lease import pid_alive
 from .reproducible import normalise_lock, normalise_tree, normalise_uv_cache_records
 
 if TYPE_CHECKING:
@@ -155,10 +154,6 @@ def _choose_smoke(env: Env, override: Any) -> list[str] | None:
         if value is not None:
             return list(value)
     return None  # decided after the install, from what was installed
-
-
-def _pid_alive(pid: int) -> bool:
-    return pid == os.getpid() or psutil.pid_exists(pid)
 
 
 class _Builder:
@@ -372,7 +367,7 @@ class _Builder:
             sidecar = image.with_suffix(".json")
             info = {"lock_digest": lock_digest, "lock": lock, "built_for": self.env.env_id,
                     "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-            if not atomic.create_once(sidecar, _json(info).encode()):
+            if not atomic.create_once(sidecar, atomic.json_text(info).encode()):
                 stored = atomic.read_json(sidecar) or {}
                 identity.check_collision(lock_digest, stored.get("lock_digest"), str(sidecar))
             try:
@@ -411,7 +406,7 @@ class _Builder:
         pattern = f"dscheduler-build-{self.env.env_id}-*"
         for stale in self.scratch.glob(pattern) if self.scratch.is_dir() else []:
             pid = stale.name.split("-")[3]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -426,12 +421,6 @@ def lock_digest_of(interp: Interpreter, lock: str) -> str:
         {"python": interp.version, "interpreter": str(interp.path),
          "packages": normalise_lock(lock)},
     )
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, indent=1, sort_keys=True) + "\n"
 
 
 def _version() -> str:

@@ -128,9 +128,8 @@ class Results:
         state = self.states[found.key]
         if state not in ("succeeded", "cached"):
             raise TaskError(f"{found.name} has no value: it {state}", self.record(found))
-        paths = found.paths(self.store)
-        record = atomic.read_json(paths.record) or {}
-        return load_value(paths, record.get("output"))
+        record = self.record(found) or {}
+        return load_value(found.paths(self.store), record.get("output"))
 
     def __getitem__(self, node: Node | str) -> Any:
         return self.value(node)

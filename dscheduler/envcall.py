@@ -12,7 +12,6 @@ dscheduler nor pydantic.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import shutil
 import signal
@@ -32,10 +31,6 @@ from .runconfig import RunConfig
 
 if TYPE_CHECKING:
     from .execute import NodeSpec
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _view(value: Any) -> Any:
@@ -136,7 +131,7 @@ def call_in_env(spec: NodeSpec, built: Any, attempt: dict[str, Any], fn: Any,
                                   for_env=True, extra=(_runner,)))
         with mount(built, spec.store) as prefix, \
                 open(spec.paths.log, "ab") as log:
-            log.write(f"=== {spec.name} attempt {attempt['attempt']} {_now()} on "
+            log.write(f"=== {spec.name} attempt {attempt['attempt']} {attempt['start']} on "
                       f"{attempt['host']} ===\n".encode())
             log.flush()
             cmd = [str(Path(prefix) / "bin" / "python"), "-s", "-m", "_dscheduler_runner",

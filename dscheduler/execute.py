@@ -216,9 +216,7 @@ def run_node(spec: NodeSpec, built: Any = None) -> dict[str, Any]:
         # A new key at this path (version bump, changed input): the old result
         # is no longer this node's.  Drop its index entry before any output moves.
         paths.done.unlink(missing_ok=True)
-        # Compact (C encoder; indented JSON is a pure-Python encode, 5x slower):
-        # this version lives only while the attempt runs.
-        _write_record(paths, record, final=False)
+        _write_record(paths, record, final=False)  # lives only while the attempt runs
         remove_partials(paths)
         started = time.monotonic()
         try:

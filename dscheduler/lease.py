@@ -55,17 +55,26 @@ def is_stale(info: dict[str, Any], now: float | None = None) -> bool:
     return now - float(info.get("heartbeat", 0)) > float(info.get("ttl", 0))
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
+
+
 def holder_gone(info: dict[str, Any]) -> bool:
     """Whether the lease's holder ran on this host and its process no longer exists."""
     if info.get("host") != socket.gethostname():
         return False
     try:
-        os.kill(int(info.get("pid", -1)), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError, TypeError, OverflowError):
+        pid = int(info.get("pid", -1))
+    except (TypeError, ValueError):
         return False
-    return False
+    return pid > 0 and not pid_alive(pid)
 
 
 class _Heartbeats:
@@ -164,11 +173,12 @@ class Lease:
             self._start_heartbeat()
             return True
         info = read_lease(self.path)
-        breakable = info is not None and (
-            is_stale(info) or (self.break_dead_local and holder_gone(info))
-        )
-        stale_broken = breakable and info is not None and self._break(info)
-        if stale_broken and atomic.create_once(self.path, self._content(), durable=False):
+        if (
+            info is not None
+            and (is_stale(info) or (self.break_dead_local and holder_gone(info)))
+            and self._break(info)
+            and atomic.create_once(self.path, self._content(), durable=False)
+        ):
             self._start_heartbeat()
             return True
         self.token = ""

@@ -204,13 +204,13 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
     markers = _Markers(store)
     reasons = result.reasons
     for node in order:
+        rerun_upstream = next((up for up in node.upstream if up.key in reasons), None)
         if force:
             reasons[node.key] = FORCED
         elif not node.task.options_.cache:
             reasons[node.key] = NO_CACHE
-        elif any(up.key in reasons for up in node.upstream):
-            first = next(up for up in node.upstream if up.key in reasons)
-            reasons[node.key] = f"{UPSTREAM} ({first.name})"
+        elif rerun_upstream is not None:
+            reasons[node.key] = f"{UPSTREAM} ({rerun_upstream.name})"
         elif not is_done(markers.path(node), node.key):
             reasons[node.key] = _why(node, store)
     _resolve_envs(result)
