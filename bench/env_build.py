@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 
 import dscheduler as ds
-from dscheduler.build import build_env
-from dscheduler.buildsteps import uv_bin
-from dscheduler.interpreters import find_interpreter
+from dscheduler.envs.build import build_env
+from dscheduler.envs.interpreters import find_interpreter
+from dscheduler.envs.uv import uv_bin
 
 HEAVY = ["torch==2.13.0", "numpy"]
 

@@ -98,7 +98,7 @@ def measure(n: int, root: Path) -> dict[str, Any]:
     t5 = time.perf_counter()
     if not p.nothing_to_do or results.counts() != {"cached": n}:
         raise SystemExit(f"expected nothing to do, got {p.summary()}")
-    from dscheduler import cluster
+    from dscheduler.run import clusters as cluster
 
     if cluster._local is not None:
         raise SystemExit("ds.compute started a cluster for a finished graph")

@@ -1,17 +1,22 @@
 """dscheduler: content-hashed run graphs on Dask.
 
 Environments are built once per ``env_id``; runs whose results are stored are
-never submitted; results land in Zarr.  See README.md and DESIGN.
+never submitted; results land in Zarr.  The design, and the reasons behind
+it, are in docs/design.md.
+
+Subpackages, each importing only those before it: :mod:`.store` (layout,
+atomic writes, leases, values), :mod:`.envs` (specs, builds, mounts),
+:mod:`.graph` (RunConfig, tasks, nodes, plans, experiments), :mod:`.run`
+(compute, clusters, the worker side), :mod:`.cli`.
 """
 
 from __future__ import annotations
 
 from . import settings as settings
-from .build import BuiltEnv
-from .compute import Handle, Results, compute, submit
-from .env import Env
+from .envs import BuiltEnv, Env, mount
 from .errors import (
     CollisionError,
+    CommandError,
     ConfigError,
     DSchedulerError,
     EnvBuildError,
@@ -23,19 +28,16 @@ from .errors import (
     StoreError,
     TaskError,
 )
-from .experiment import Experiment, load_experiment
-from .lease import Lease
-from .mount import mount
-from .plan import Plan, plan
-from .runconfig import RunConfig
-from .store import Store
-from .task import Node, Task, task
+from .graph import Experiment, Node, Plan, RunConfig, Task, load_experiment, plan, task
+from .run import Handle, Results, compute, submit
+from .store import Lease, Store
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BuiltEnv",
     "CollisionError",
+    "CommandError",
     "ConfigError",
     "DSchedulerError",
     "Env",

@@ -10,6 +10,7 @@ builtin, from that builtin too::
     ├── StoreError(OSError)             a store that is missing, corrupt or not writable
     ├── LeaseError(RuntimeError)        a lease that could not be taken or was lost
     │   └── LeaseTimeout(TimeoutError)
+    ├── CommandError(RuntimeError)      an external command that failed: command, exit, tail
     ├── EnvBuildError(RuntimeError)     an environment that could not be built
     ├── MountError(RuntimeError)        an image that could not be mounted
     ├── GraphError(ValueError)          a graph that cannot run (cycle, missing env)
@@ -20,7 +21,16 @@ Messages quote the bad value and say how to fix it.
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
 from typing import Any
+
+TAIL_LINES = 25
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> str:
+    """The last ``lines`` lines of ``text``."""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 class DSchedulerError(Exception):
@@ -39,13 +49,27 @@ class IdentityError(ConfigError):
         self.problem = problem
         super().__init__(f"{path}: {problem}")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # errors cross process boundaries (Dask)
+        return (type(self), (self.path, self.problem))
+
 
 class CollisionError(DSchedulerError, RuntimeError):
     """Two different full digests share one short id."""
 
 
 class StoreError(DSchedulerError, OSError):
-    """The store is missing, corrupt or not writable."""
+    """The store is missing, corrupt or not writable.
+
+    For a damaged file, ``path`` names it and ``why`` says what is wrong.
+    """
+
+    def __init__(self, message: str, *, path: Any = None, why: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.why = why
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class LeaseError(DSchedulerError, RuntimeError):
@@ -54,6 +78,27 @@ class LeaseError(DSchedulerError, RuntimeError):
 
 class LeaseTimeout(LeaseError, TimeoutError):
     """Waiting for a lease took longer than allowed."""
+
+
+class CommandError(DSchedulerError, RuntimeError):
+    """An external command failed: ``what`` it did, the command, its exit code, its output."""
+
+    def __init__(self, what: str, cmd: Sequence[str], code: int, output: str) -> None:
+        self.what = what
+        self.cmd = list(cmd)
+        self.code = code
+        self.output = output
+        text = f"{what}: `{shlex.join(self.cmd)}` exited with {code}"
+        if output.strip():
+            text += "\n" + tail(output, 10)
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.cmd, self.code, self.output))
+
+    @property
+    def tail(self) -> str:
+        return tail(self.output)
 
 
 class EnvBuildError(DSchedulerError, RuntimeError):

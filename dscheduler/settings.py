@@ -10,6 +10,7 @@ argument (``override``) beats an environment variable
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,5 @@ def node_local(key: str, fallback: str, override: Any = None) -> Path:
     """A node-local directory setting; ``null`` means ``fallback`` under the temp dir."""
     value = get(key, override)
     if value is None:
-        import tempfile
-
         value = Path(tempfile.gettempdir()) / f"{fallback}-{os.getuid()}"
     return Path(value).expanduser()

@@ -91,7 +91,7 @@ def count(log: str | Path, prefix: str) -> int:
 @pytest.fixture(scope="session")
 def cluster(node_dirs: dict[str, Path]) -> Iterator[Any]:
     """The process's embedded local cluster, 2 workers x 1 thread, for the session."""
-    from dscheduler import cluster as ds_cluster
+    from dscheduler.run import clusters as ds_cluster
 
     ds_cluster.close_local()
     with dask.config.set({"dscheduler.local.n_workers": N_WORKERS}):

@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 
 import dscheduler as ds
-from dscheduler.build import FAILED_LOG, build_env, published_env
-from dscheduler.buildsteps import explain_uv_failure, top_level_modules
+from dscheduler.envs.build import build_env
+from dscheduler.envs.published import published_env
+from dscheduler.envs.smoke import top_level_modules
+from dscheduler.envs.uv import explain_uv_failure
 from dscheduler.errors import ConfigError, EnvBuildError
 
 MakeEnv = Callable[..., ds.Env]
@@ -96,7 +98,7 @@ def test_dir_env_keeps_the_venv(store: ds.Store, make_env: MakeEnv) -> None:
     assert built.kind == "dir" and built.image is None
     assert built.venv == store.env(env.env_id).venv and built.record["image"] is None
     python = built.venv / "bin" / "python"
-    assert python.is_symlink()  # to the machine's interpreter: see dscheduler.build
+    assert python.is_symlink()  # to the machine's interpreter: see dscheduler.envs.build
     code = "import dstest_app; print(dstest_app.hello()); print(dstest_app.__spec__.cached)"
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
     hello, cached = out.stdout.split()
@@ -251,7 +253,7 @@ def test_bad_requirement_is_named(
     message = str(info.value)
     assert f"requirement {named!r}" in message
     assert "last lines of output" in message and "No solution found" in message
-    assert info.value.log_path == str(store.env(env.env_id).dir / FAILED_LOG)
+    assert info.value.log_path == str(store.env(env.env_id).failed_log)
     assert Path(info.value.log_path).read_text().count("== install") == 1
     assert_nothing_published(store, node_dirs["scratch"], env.env_id)
 
@@ -270,7 +272,7 @@ def test_next_attempt_starts_clean(
     shutil.copy(next(wheelhouse.glob("dstest_app-1.0-*.whl")), links)
     built = build_env(store, env)
     assert built.built and built.record["lock"].split() == ["dstest-app==1.0", "dstest-base==1.1"]
-    assert not (built.paths.dir / FAILED_LOG).exists()
+    assert not built.paths.failed_log.exists()
     assert built.paths.log.read_text().count("== install") == 1
 
 
@@ -410,9 +412,14 @@ def test_top_level_modules(tmp_path: Path) -> None:
     for dist, tops in tops_of.items():
         info = site / f"{dist}.dist-info"
         info.mkdir()
+        (info / "METADATA").write_text(f"Name: {dist.split('-')[0]}\n")
         (info / "top_level.txt").write_text(tops)
     record_only = site / "scikit_learn-1.5.dist-info"
     record_only.mkdir()
+    (record_only / "METADATA").write_text("Name: scikit-learn\n")
+    (site / "sklearn").mkdir()  # installed files, as RECORD lists them
+    (site / "sklearn" / "__init__.py").write_text("")
+    (site / "sklearn" / "x.py").write_text("")
     (record_only / "RECORD").write_text(
         "sklearn/__init__.py,,\nsklearn/x.py,,\nscikit_learn-1.5.dist-info/METADATA,,\n"
         "../../bin/tool,,\n"

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import dscheduler as ds
-from dscheduler.build import build_env
 from dscheduler.cli import app
-from dscheduler.cli_envs import gc_plan
+from dscheduler.envs.build import build_env
+from dscheduler.envs.gc import gc_plan
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ import dscheduler as ds
 import dscheduler.identity
 
 # ds.plan is the function; the module is reached through sys.modules.
-plan_mod = importlib.import_module("dscheduler.plan")
+plan_mod = importlib.import_module("dscheduler.graph.plan")
 
 
 @ds.task(version="1")
@@ -45,13 +45,15 @@ class FromCheckpoint(ds.RunConfig):
 
 
 def test_golden_key() -> None:
-    # Pins the key format: a change here changes every stored result's key.
+    # Pins the key format (node key format 2: it covers where the function is
+    # defined); a change here changes every stored result's key.
     node = add(1, 2)
-    assert node.key == "b92eec19c4e863c2dc5ac1239d11ceead55aaca8cc72b22adc29aff98462da4b"
+    assert node.key == "e3e52ec9976de07437a465ff8669f179010fc151ec89d93aa0bf623b3217130c"
     # ... and it is the documented formula.
-    spec = {"task": "add", "version": "1", "env": None, "args": {"a": 1, "b": 2}}
+    spec = {"format": 2, "task": "add", "version": "1", "fn": "test_graph_keys:add",
+            "env": None, "args": {"a": 1, "b": 2}}
     assert node.key == dscheduler.identity.digest("node", spec)
-    assert node.name == "add-b92eec19c4e863c2"
+    assert node.name == "add-e3e52ec9976de074"
 
 
 def test_key_stable_across_processes() -> None:
@@ -111,9 +113,9 @@ def test_output_paths(tmp_path: Path) -> None:
     free = add(1)
     assert free.paths(store) == store.task("add", free.key16)
     # The fast marker path of planning is the layout's own.
-    markers = plan_mod._Markers(store)
-    assert markers.path(node) == str(node.paths(store).done)
-    assert markers.path(free) == str(free.paths(store).done)
+    assert store.done_marker(cfg.env_id, cfg.config_hash, "c1", "work", node.key16) == \
+        str(node.paths(store).done)
+    assert store.done_marker(None, None, None, "add", free.key16) == str(free.paths(store).done)
 
     @ds.task(case="when")
     def at(cfg: Cfg, other: int, when: str) -> None: ...

@@ -21,6 +21,7 @@ import pytest
 from graphfixtures import Cfg, count, lines
 
 import dscheduler as ds
+from dscheduler.store import atomic
 
 FIXTURES = Path(__file__).with_name("graphfixtures.py")
 
@@ -207,7 +208,7 @@ def test_cancel_kills_running_subprocess(cluster: Any, graph_store: ds.Store,
     handle.cancel()
     _wait_for(lambda: not _alive(pid), 10, "the task subprocess to be killed")
     paths = node.paths(graph_store)
-    _wait_for(lambda: (ds.atomic.read_json(paths.record) or {}).get("state") == "cancelled",
+    _wait_for(lambda: (atomic.read_json(paths.record) or {}).get("state") == "cancelled",
               10, "the record to say cancelled")
     results = handle.wait(timeout=30, progress=False)
     assert results.state(node) == "cancelled"
@@ -245,6 +246,6 @@ def test_task_in_squashfs_env(cluster: Any, graph_store: ds.Store, tmp_path: Pat
     results = ds.compute(node, store=graph_store, cluster=cluster, progress=False)
     results.raise_for_status()
     assert results.envs == {env.env_id: "built"}
-    built = ds.atomic.read_json(graph_store.env(env.env_id).record)
+    built = atomic.read_json(graph_store.env(env.env_id).record)
     assert built["kind"] == "squashfs"
     assert results.value(node) != str(graph_store.env(env.env_id).venv)

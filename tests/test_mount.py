@@ -22,11 +22,11 @@ import psutil
 import pytest
 
 import dscheduler as ds
-from dscheduler.build import BuiltEnv, build_env
-from dscheduler.builtenv import LAST_USED
+from dscheduler.envs.backends import BACKENDS, Backend
+from dscheduler.envs.build import build_env
+from dscheduler.envs.mount import SharedMount, mount_root
+from dscheduler.envs.published import BuiltEnv
 from dscheduler.errors import MountError
-from dscheduler.mount import SharedMount, mount_root
-from dscheduler.mount_backends import BACKENDS, Backend
 
 SQUASHFS_BACKENDS = ("squashfuse", "loop", "unsquashfs")
 OPTIONAL_BACKENDS = ("apptainer", "singularity")
@@ -90,7 +90,7 @@ HOLDER = textwrap.dedent(
     """
     import sys
     import dscheduler as ds
-    from dscheduler.build import published_env
+    from dscheduler.envs.published import published_env
     built = published_env(ds.Store(sys.argv[1]), sys.argv[2])
     with ds.mount(built, backend=sys.argv[3]) as prefix:
         print(prefix, flush=True)
@@ -182,7 +182,7 @@ class TestMountBackend:
             assert str(mine) not in Path("/proc/mounts").read_text()
 
     def test_records_last_use(self, backend: Backend, env_for: BuiltEnv) -> None:
-        marker = env_for.paths.dir / LAST_USED
+        marker = env_for.paths.last_used
         before = time.time() - 1
         with ds.mount(env_for, backend=backend.name):
             pass

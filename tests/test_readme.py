@@ -30,14 +30,22 @@ def test_readme_examples_run(tmp_path: Path) -> None:
     assert list((tmp_path / "data" / "runs").glob("*/*/202001011200/forecast.zarr"))
 
 
-def test_unguarded_script_gets_a_clear_error(tmp_path: Path) -> None:
+def test_unguarded_script_runs_to_completion(tmp_path: Path) -> None:
+    """A script without an ``if __name__ == "__main__":`` guard: its workers never
+    import it, so it runs once, end to end, and its task travels by value."""
     script = tmp_path / "unguarded.py"
     script.write_text(
         "import dscheduler as ds\n"
+        "print('script body ran', flush=True)\n"
         "@ds.task(version='1', env=None)\n"
-        "def one() -> int:\n    return 1\n"
-        "print(ds.compute(one(), store='data', progress=False).value)\n"
+        "def double(x: int) -> int:\n    return 2 * x\n"
+        "node = double(21)\n"
+        "results = ds.compute(node, store='data', progress=False)\n"
+        "print('value', results.value(node))\n"
     )
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
-    assert "if __name__ ==" in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["script body ran", "value 42"], out.stdout
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "dashboard at http://127.0.0.1:" in out.stderr

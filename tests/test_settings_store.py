@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import dscheduler as ds
-from dscheduler import atomic, settings
+from dscheduler import settings
+from dscheduler.store import atomic
 
 
 def _setting_in_subprocess(env: dict[str, str], code: str) -> str:

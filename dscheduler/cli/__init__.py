@@ -1,0 +1,23 @@
+"""The ``dscheduler`` command line: thin commands that parse, call the library, print.
+
+``run``, ``plan``, ``status`` (:mod:`.graph`), ``verify`` (:mod:`.verify`),
+``ids`` (:mod:`.ids`) and ``envs list|show|build|gc`` (:mod:`.envs`).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import envs, graph, ids, verify
+
+app = typer.Typer(
+    help="Content-hashed run graphs on Dask: envs built once, finished runs never rerun.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command()(graph.run)
+app.command()(graph.plan)
+app.command()(graph.status)
+app.command()(verify.verify)
+app.command()(ids.ids)
+app.add_typer(envs.app, name="envs", help="List, show, build and gc environments.")

@@ -1,0 +1,501 @@
+"""Environment builds: each ``env_id`` built once, by whoever gets there first.
+
+``build_env(store, env)`` (docs/design.md §5.3, reasons in §6)::
+
+    lease locks/env-{env_id}.lease  ->  published?  ->  return it
+    else, in node-local scratch:
+      uv venv --relocatable --python <an interpreter on this machine>
+      uv pip install (node-local --cache-dir, the env's index options)
+      compileall (fixed prefix, unchecked-hash: reproducible .pyc files), alongside:
+        uv pip freeze               -> the lock; lock_digest = digest("lock", ...)
+      modes fixed, files counted    (reproducible.normalise_tree)
+      import smoke test, alongside: mksquashfs (reproducible flags) into the
+        store's temporary dir, unless images/{lock_id}.sqsh exists already
+    publish, once the smoke test passed: the image by os.link (create-once),
+    then envs/{env_id}/ by one rename of a finished directory holding
+    build.log, image.sqsh (a relative link to the image) and, last, env.json.
+
+A failure raises :class:`EnvBuildError` naming the requirement or the module,
+with the tail of the output and the path of the kept log
+(``envs/{env_id}/build-failed.log``, no env.json: nothing is published).
+Temporary files are removed and the lease released; a builder killed with
+kill -9 leaves only temporary names (``envs/.{env_id}.*.partial``, scratch
+``dscheduler-build-{env_id}-{pid}-*``) that the next lease holder removes.
+
+Kind ``"dir"`` keeps the venv itself at ``envs/{env_id}/venv``.  It is built
+in place, in the store's temporary directory, not in scratch: its final home
+is the store, so building elsewhere would copy every file once more.  Its
+``.pyc`` files carry the final path (``compileall -p envs/{env_id}/venv``) so
+tracebacks name real files; images use the fixed prefix ``/env`` instead,
+because they are mounted at varying paths and must be byte-identical.
+
+``bin/python`` of a venv is a symlink to the machine's interpreter (``uv venv
+--relocatable`` keeps that one absolute path), so the interpreter must exist
+at the same path on every node; its path is part of ``lock_digest``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import importlib.metadata
+import logging
+import os
+import shlex
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from packaging.requirements import Requirement
+
+from .. import identity, settings
+from ..errors import CommandError, EnvBuildError, tail
+from ..store import atomic
+from ..store.lease import process_alive
+from . import commands, smoke
+from .buildlog import BuildLog, Running
+from .interpreters import Interpreter, find_interpreter
+from .published import RECORD_FORMAT, BuiltEnv, from_record, published_env
+from .reproducible import normalise_lock, normalise_tree, normalise_uv_cache_records
+from .uv import default_uv_cache, explain_uv_failure, install_command, uv_bin
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from ..store.lease import Lease
+    from .spec import Env
+
+log = logging.getLogger("dscheduler.build")
+
+KINDS = ("squashfs", "dir")
+#: Prefix compiled into the .pyc files of images (docs/design.md §6).
+IMAGE_PREFIX = "/env"
+
+
+# -- building ----------------------------------------------------------------------------
+
+
+def build_env(
+    store: Store,
+    env: Env,
+    *,
+    image: str | None = None,
+    smoke_imports: Sequence[str] | None = None,
+    uv_cache: str | os.PathLike[str] | None = None,
+    scratch: str | os.PathLike[str] | None = None,
+    ttl: float | None = None,
+    timeout: float | None = None,
+) -> BuiltEnv:
+    """Build ``env`` in ``store`` once, or return the published one.
+
+    Parameters
+    ----------
+    store
+        Where the env is published (``envs/{env_id}/``).
+    env
+        What to build; its ``env_id`` names it.
+    image
+        ``"squashfs"`` or ``"dir"`` (default: ``env.image``, then the setting
+        ``env.image``).  It decides how a new build is kept; an env already
+        published is returned as it is.
+    smoke_imports
+        Modules to import as a check (default: ``env.smoke_imports``, the
+        setting, else the top-level modules of the requirements); ``[]``
+        skips the check.
+    uv_cache, scratch
+        Node-local directories (settings ``env.uv_cache``, ``env.scratch``).
+    ttl
+        The build lease's time-to-live (setting ``env.build_ttl``).
+    timeout
+        Seconds to wait for another builder's lease (None: wait; a dead
+        builder's lease is broken after its ttl).
+
+    Returns
+    -------
+    BuiltEnv
+        ``built`` is True when this call did the build.
+
+    Raises
+    ------
+    EnvBuildError
+        Naming the requirement or module that failed, with the tail of the
+        output and the kept log; nothing is published.
+    """
+    found = published_env(store, env.env_id)
+    if found is not None:
+        identity.check_collision(env.digest, found.digest, str(found.paths.record))
+        return found
+    kind = image or env.image or settings.get("env.image")
+    if kind not in KINDS:
+        raise EnvBuildError(f"image={kind!r} is not one of {list(KINDS)}")
+    if kind == "squashfs" and shutil.which("mksquashfs") is None:
+        raise EnvBuildError(
+            "mksquashfs not found: install squashfs-tools (apt-get install squashfs-tools), "
+            "or keep envs as directories with image='dir' (setting env.image: dir)"
+        )
+    store.ensure()
+    lease = store.lease(f"env-{env.env_id}", ttl=settings.get("env.build_ttl", ttl))
+    waited = time.perf_counter()
+    lease.acquire(timeout=timeout)
+    try:
+        found = published_env(store, env.env_id)
+        if found is not None:
+            log.info("env %s: published by another builder meanwhile", env.env_id)
+            identity.check_collision(env.digest, found.digest, str(found.paths.record))
+            return found
+        builder = _Builder(
+            store, env, kind,
+            smoke_imports=_choose_smoke(env, smoke_imports),
+            uv_cache=Path(settings.get("env.uv_cache", uv_cache) or default_uv_cache()),
+            scratch=settings.node_local("env.scratch", "dscheduler-build", scratch),
+            lease=lease,
+        )
+        builder.timings["lease_wait"] = round(time.perf_counter() - waited, 3)
+        return builder.run()
+    finally:
+        lease.release()
+
+
+def _choose_smoke(env: Env, override: Sequence[str] | None) -> list[str] | None:
+    for value in (override, env.smoke_imports, settings.get("env.smoke_imports")):
+        if value is not None:
+            return list(value)
+    return None  # decided after the install, from what was installed
+
+
+class _Builder:
+    """One build, under the env's lease: the steps of :meth:`_build`, in order.
+
+    ``out`` is the env's directory in the making (renamed into place at the
+    end), ``work`` its node-local scratch directory; each step leaves what
+    the next one needs on ``self``.
+    """
+
+    def __init__(
+        self, store: Store, env: Env, kind: str, *, smoke_imports: list[str] | None,
+        uv_cache: Path, scratch: Path, lease: Lease,
+    ) -> None:
+        self.store = store
+        self.env = env
+        self.kind = kind
+        self.smoke_imports = smoke_imports
+        self.uv_cache = uv_cache
+        self.scratch = scratch
+        self.lease = lease
+        self.paths = store.env(env.env_id)
+        self.timings: dict[str, float] = {}
+        self.subenv = commands.clean_env()
+        # Set by run() and the steps:
+        self.out = self.work = self.venv = self.python = scratch
+        self.prefix = IMAGE_PREFIX
+        self._interp: Interpreter | None = None
+        self.lock = self.lock_digest = ""
+        self.squashed: Path | None = None
+
+    @property
+    def interp(self) -> Interpreter:
+        if self._interp is None:
+            self._interp = find_interpreter(self.env.python)
+        return self._interp
+
+    # -- the whole build -------------------------------------------------------------
+
+    def run(self) -> BuiltEnv:
+        start = time.perf_counter()
+        self._remove_leftovers()
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(
+            prefix=f"dscheduler-build-{self.env.env_id}-{os.getpid()}-", dir=self.scratch
+        ))
+        try:
+            with atomic.publish_dir(self.paths.dir) as out:
+                self.out = out
+                try:
+                    blog = BuildLog(out / self.paths.log.name, self.env.env_id)
+                except OSError as err:
+                    raise self._failure(err, None) from err
+                try:
+                    record = self._build(blog)
+                    record["timings"] = {**self.timings, **blog.timings,
+                                         "total": round(time.perf_counter() - start, 3)}
+                    blog.write(f"\n== done in {record['timings']['total']} s\n")
+                    blog.close()
+                    # env.json last: it says "published".
+                    atomic.write_json(out / self.paths.record.name, record)
+                    self.lease.check()  # never publish after losing the lease
+                except BaseException as err:
+                    blog.close()
+                    failure = self._failure(err, out / self.paths.log.name)
+                    if failure is err:
+                        raise
+                    raise failure from err
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+        log.info("env %s: published (%s s)", self.env.env_id, record["timings"]["total"])
+        built = from_record(self.store, self.paths, atomic.read_json(self.paths.record),
+                            built=True)
+        if built is None:
+            raise EnvBuildError(f"env {self.env.env_id} vanished right after it was published")
+        return built
+
+    def _build(self, blog: BuildLog) -> dict[str, Any]:
+        self._make_venv(blog)
+        self._install(blog)
+        stats = self._compile_and_lock(blog)
+        self._check_and_squash(blog)
+        image, reused, image_bytes = self._publish_image()
+        return self._record(stats, image, reused, image_bytes)
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _make_venv(self, blog: BuildLog) -> None:
+        """``uv venv --relocatable`` with an interpreter already on this machine."""
+        env, interp = self.env, self.interp
+        blog.write(
+            f"env {env.env_id} ({env.digest}) on {socket.gethostname()}, pid {os.getpid()}\n"
+            f"spec: {env.spec()}\n"
+        )
+        # A dir env is built in place (its home is the store: building elsewhere
+        # would copy every file once more) and compiled with its final path.
+        self.venv = self.out / self.paths.venv.name if self.kind == "dir" else self.work / "env"
+        self.prefix = str(self.paths.venv) if self.kind == "dir" else IMAGE_PREFIX
+        self.python = self.venv / "bin" / "python"
+        with blog.phase("venv", f"python {interp.version} at {interp.path}"):
+            blog.run("venv", [uv_bin(), "venv", "--relocatable", "--no-python-downloads",
+                              "--python", interp.path, self.venv], env=self.subenv)
+
+    def _install(self, blog: BuildLog) -> None:
+        """``uv pip install`` with the node-local cache and the env's index options."""
+        with blog.phase("install", " ".join(self.env.requirements) or "(no requirements)"):
+            if self.env.requirements:
+                cmd = install_command(self.env, self.python, self.uv_cache,
+                                      copy=self.kind == "dir")
+                blog.run("install", cmd, env=self.subenv)
+            normalise_uv_cache_records(smoke.site_packages(self.venv))
+
+    def _compile_and_lock(self, blog: BuildLog) -> Any:
+        """compileall (fixed prefix, hash-based pycs) with ``uv pip freeze`` alongside."""
+        with blog.phase("compile", f"prefix {self.prefix}"):
+            # `uv pip freeze` reads only the dist-info dirs: it runs alongside.
+            freeze = blog.start("freeze", [uv_bin(), "pip", "freeze", "--python", self.python],
+                                output=self.work / "freeze.out", env=self.subenv,
+                                cwd=self.work)
+            try:
+                self._compile(blog)
+            except BaseException:
+                freeze.kill()
+                raise
+            self.lock = blog.finish(freeze)
+            self.lock_digest = lock_digest_of(self.interp, self.lock)
+            return normalise_tree(self.venv)
+
+    def _compile(self, blog: BuildLog) -> None:
+        # docs/design.md §6: a fixed prefix, hash-based invalidation and
+        # SOURCE_DATE_EPOCH make the .pyc files reproducible; -j0 spreads the work.
+        cmd: list[str | os.PathLike[str]] = [
+            self.python, "-I", "-m", "compileall", "-q", "-j0", "-s", self.venv,
+            "-p", self.prefix, "--invalidation-mode", "unchecked-hash", self.venv / "lib",
+        ]
+        try:
+            blog.run("compile", cmd, env={**self.subenv, "SOURCE_DATE_EPOCH": "0"})
+        except CommandError as err:
+            # Packages do ship files that do not compile (Python 2 leftovers, test
+            # data); pip and uv ignore those too.  A full disk is not ignored.
+            if is_disk_full(err.output):
+                raise
+            blog.write("(some files did not compile; kept as sources)\n")
+
+    def _check_and_squash(self, blog: BuildLog) -> None:
+        """The import smoke test, with mksquashfs alongside (both only read the tree)."""
+        with blog.phase("smoke"):
+            running = self._start_smoke(blog)
+        try:
+            if self.kind == "squashfs":
+                self.squashed = self._squash(blog)
+        except BaseException:
+            if running is not None:
+                running.kill()
+            raise
+        if running is not None:
+            blog.finish(running)  # the image is published only once this passed
+
+    def _start_smoke(self, blog: BuildLog) -> Running | None:
+        modules = self.smoke_imports
+        if modules is None:
+            names = [Requirement(r).name for r in self.env.requirements]
+            modules = smoke.top_level_modules(smoke.site_packages(self.venv), names)
+        self.smoke_imports = modules
+        if not modules:
+            return None
+        script = self.work / "dscheduler_smoke.py"  # scratch: never published
+        script.write_text(smoke.SCRIPT)
+        # -B: an import must not write .pyc files into the tree being imaged.
+        return blog.start("smoke", [self.python, "-I", "-B", script, *modules],
+                          output=self.work / "smoke.out", env=self.subenv, cwd=self.work)
+
+    def _squash(self, blog: BuildLog) -> Path | None:
+        """mksquashfs into the env's temporary dir; None when the lock's image exists."""
+        image = self.store.image(identity.short_id(self.lock_digest))
+        rel = image.relative_to(self.store.root).as_posix()
+        with blog.phase("squash", f"reusing {rel}" if image.is_file() else rel):
+            if image.is_file():
+                stored = atomic.read_json(self.store.image_record(image)) or {}
+                identity.check_collision(self.lock_digest, stored.get("lock_digest"), rel)
+                blog.write(f"image {rel} exists (same lock): mksquashfs skipped\n")
+                return None
+            tmp = self.out / ".image.sqsh.partial"
+            level = int(settings.get("env.compression_level"))
+            blog.run("squash", [
+                "mksquashfs", self.venv, tmp, "-noappend", "-no-progress", "-no-xattrs",
+                "-comp", "zstd", "-Xcompression-level", str(level),
+                "-all-time", "0", "-mkfs-time", "0", "-force-uid", "0", "-force-gid", "0",
+            ], env=self.subenv)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())  # data on disk before the name appears
+            os.chmod(tmp, 0o644)
+            return tmp
+
+    def _publish_image(self) -> tuple[str | None, bool, int]:
+        """images/{lock_id}.sqsh, created once (os.link); returns (path, reused, bytes)."""
+        if self.kind != "squashfs":
+            return None, False, 0
+        image = self.store.image(identity.short_id(self.lock_digest))
+        tmp, reused = self.squashed, self.squashed is None
+        if tmp is not None:
+            sidecar = self.store.image_record(image)
+            info = {"lock_digest": self.lock_digest, "lock": self.lock,
+                    "built_for": self.env.env_id,
+                    "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+            if not atomic.create_once(sidecar, atomic.json_text(info).encode()):
+                stored = atomic.read_json(sidecar) or {}
+                identity.check_collision(self.lock_digest, stored.get("lock_digest"),
+                                         str(sidecar))
+            try:
+                os.link(tmp, image)
+            except FileExistsError:
+                reused = True  # another env with the same lock was faster: same content
+            tmp.unlink()
+        os.symlink(self.store.image_link(image), self.out / self.paths.image.name)
+        return image.relative_to(self.store.root).as_posix(), reused, image.stat().st_size
+
+    def _record(self, stats: Any, image: str | None, reused: bool,
+                image_bytes: int) -> dict[str, Any]:
+        """env.json: spec, full digest, lock, tools, sizes (timings are added by run())."""
+        env, interp = self.env, self.interp
+        return {
+            "format": RECORD_FORMAT,
+            "env_id": env.env_id,
+            "digest": env.digest,
+            "spec": env.spec(),
+            "kind": self.kind,
+            "python": {"version": interp.version, "interpreter": str(interp.path),
+                       "implementation": interp.implementation},
+            "lock": self.lock,
+            "lock_digest": self.lock_digest,
+            "image": image,
+            "image_reused": reused,
+            "venv": self.paths.venv.relative_to(self.store.root).as_posix()
+            if self.kind == "dir" else None,
+            "compile_prefix": self.prefix,
+            "smoke_imports": self.smoke_imports or [],
+            "tools": {"uv": commands.version_of(uv_bin(), "--version"),
+                      "python": interp.version,
+                      "mksquashfs": commands.version_of("mksquashfs", "-version")
+                      if self.kind == "squashfs" else None,
+                      "dscheduler": importlib.metadata.version("dscheduler")},
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "sizes": {"files": stats.files, "venv_bytes": stats.bytes,
+                      "image_bytes": image_bytes},
+        }
+
+    # -- failure and leftovers -----------------------------------------------------------
+
+    def _failure(self, err: BaseException, log_path: Path | None) -> BaseException:
+        """The EnvBuildError for ``err``; keeps the log as envs/{id}/build-failed.log."""
+        if not isinstance(err, CommandError | OSError | EnvBuildError):
+            return err
+        kept: Path | None = None
+        if log_path is not None:
+            try:
+                atomic.write_bytes(self.paths.failed_log, log_path.read_bytes())
+                kept = self.paths.failed_log
+            except OSError:
+                # Most likely the very disk that is full; leave no empty env dir.
+                with contextlib.suppress(OSError):
+                    self.paths.dir.rmdir()
+        return build_error(
+            err, f"env {self.env.env_id}", self.env.requirements, kept,
+            places=f"scratch {self.scratch}, store {self.store.root}",
+        )
+
+    def _remove_leftovers(self) -> None:
+        """Remove what builders of this env killed mid-build left (we hold the lease)."""
+        for stale in self.store.env_leftovers(self.env.env_id):
+            log.info("env %s: removing leftover %s", self.env.env_id, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        pattern = f"dscheduler-build-{self.env.env_id}-*"
+        for stale in self.scratch.glob(pattern) if self.scratch.is_dir() else []:
+            pid = stale.name.split("-")[3]
+            if pid.isdigit() and not process_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def lock_digest_of(interp: Interpreter, lock: str) -> str:
+    """Digest of what decides an image's content: the packages and the interpreter.
+
+    The interpreter's path is included because ``bin/python`` in the image
+    links to it; its version because ``pyvenv.cfg`` names it.
+    """
+    return identity.digest(
+        "lock",
+        {"python": interp.version, "interpreter": str(interp.path),
+         "packages": normalise_lock(lock)},
+    )
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+def is_disk_full(err: BaseException | str) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(err)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def build_error(
+    err: CommandError | OSError | EnvBuildError, where: str, requirements: Sequence[str],
+    log_path: Path | None, places: str,
+) -> EnvBuildError:
+    """The EnvBuildError a user sees for ``err``: what failed, why, how to fix it."""
+    kept = str(log_path) if log_path else None
+    if isinstance(err, EnvBuildError):
+        return EnvBuildError(f"{where}: {err}", log_path=kept)
+    if is_disk_full(err) or (isinstance(err, CommandError) and is_disk_full(err.output)):
+        return EnvBuildError(
+            f"{where}: no space left on device ({places}); free space, or point the setting "
+            "env.scratch (or the store) at a larger filesystem",
+            log_path=kept, tail=err.tail if isinstance(err, CommandError) else str(err),
+        )
+    if isinstance(err, OSError):
+        return EnvBuildError(f"{where}: {err}", log_path=kept)
+    if err.what == "install":
+        msg = explain_uv_failure(err.output, requirements)
+    elif err.what == "smoke":
+        msg = (
+            f"smoke test: `import {smoke.failed_module(err.output) or '?'}` failed in the new "
+            "env; fix the requirement that provides it, or set smoke_imports=[...] to check "
+            "other modules"
+        )
+    else:
+        msg = f"{err.what} failed"
+    return EnvBuildError(
+        f"{where}: {msg}\ncommand: {shlex.join(err.cmd)} (exit {err.code})",
+        log_path=kept, tail=tail(err.output),
+    )

@@ -1,0 +1,106 @@
+"""uv: where it is, how an env's packages are installed, and what its failures mean."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from .. import settings
+from ..errors import EnvBuildError
+
+if TYPE_CHECKING:
+    from .spec import Env
+
+
+def default_uv_cache() -> Path:
+    """uv's cache: node-local on purpose (docs/design.md §6)."""
+    return settings.node_local("env.uv_cache", "dscheduler-uv-cache")
+
+
+@functools.cache
+def uv_bin() -> str:
+    """uv from the running Python's environment (the ``uv`` package), else from PATH."""
+    beside = Path(sys.executable).parent / "uv"
+    if beside.is_file():
+        return str(beside)
+    try:
+        import uv
+
+        return str(uv.find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found:
+            return found
+    raise EnvBuildError("uv not found: install it into this environment (pip install uv)")
+
+
+def install_command(
+    env: Env, python: Path, cache: Path, *, copy: bool
+) -> list[str | os.PathLike[str]]:
+    """``uv pip install`` of ``env``'s requirements into the venv of ``python``.
+
+    ``copy``: copy files instead of hard-linking them from the cache (a venv
+    that lives in the store must not share inodes with a node-local cache).
+    """
+    cmd: list[str | os.PathLike[str]] = [
+        uv_bin(), "pip", "install", "--no-progress", "--python", python, "--cache-dir", cache,
+    ]
+    cmd += ["--link-mode", "copy"] if copy else []
+    for link in env.find_links:
+        cmd += ["--find-links", link]
+    if env.index_url:
+        cmd += ["--index-url", env.index_url]
+    for url in env.extra_index_urls:
+        cmd += ["--extra-index-url", url]
+    cmd += ["--offline"] if env.offline else []
+    return [*cmd, "--", *env.requirements]
+
+
+_UV_PATTERNS = [
+    re.compile(r"Because (?P<name>[A-Za-z0-9][\w.\-]*)(?:\[[^\]]*\])? was not found"),
+    re.compile(r"there is no version of (?P<name>[A-Za-z0-9][\w.\-]*)"),
+    re.compile(r"Because only (?P<name>[A-Za-z0-9][\w.\-]*)\S* is available"),
+    re.compile(r"Because (?P<name>[A-Za-z0-9][\w.\-]*)\S* has no (?:usable )?wheels"),
+    re.compile(r"Failed to (?:download|build|fetch|prepare)[^`]*`(?P<name>[A-Za-z0-9][\w.\-]*)"),
+]
+
+
+def explain_uv_failure(output: str, requirements: Sequence[str]) -> str:
+    """Which requirement uv could not satisfy, in one sentence."""
+    by_name: dict[str, str] = {canonicalize_name(Requirement(r).name): r for r in requirements}
+    lines = [line.strip() for line in output.splitlines()]
+    cause = next((line.removeprefix("cause: ") for line in lines if line.startswith("cause:")),
+                 "") or next((line for line in lines if line.startswith("error:")), "")
+    missing: list[str] = []
+    for pattern in _UV_PATTERNS:
+        for match in pattern.finditer(output):
+            found_name = str(canonicalize_name(match["name"]))
+            if found_name not in missing:
+                missing.append(found_name)
+    if missing:
+        mine = [by_name[n] for n in missing if n in by_name]
+        what = f"requirement {mine[0]!r}" if mine else f"package {missing[0]!r} (a dependency)"
+        return f"{what} cannot be installed: {cause}"
+    # A conflict: name the requirements the explanation mentions, in its order.
+    text = re.sub(r"[-_.]+", "-", output).lower()
+    found = []
+    for name, req in by_name.items():
+        seen = re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)
+        if seen:
+            found.append((seen.start(), req))
+    mentioned = [req for _, req in sorted(found)]
+    if len(mentioned) == 1:
+        return f"requirement {mentioned[0]!r} cannot be installed: {cause}"
+    if mentioned:
+        return (f"requirements {', '.join(map(repr, mentioned))} cannot be installed "
+                f"together: {cause}")
+    return f"uv pip install failed: {cause or 'see the output below'}"

@@ -1,0 +1,127 @@
+"""``ds.load_experiment``: a YAML file of runs, validated into RunConfigs.
+
+::
+
+    model: recipes.forecast:Forecast     # optional when model= is given
+    defaults:                            # merged under each run
+      steps: "0/120/6"
+    dates:                               # optional: the cases (init times)
+      start: 2020-01-01T00:00
+      end: 2020-01-02T00:00
+      frequency: 12h
+    runs:
+      - {label: base, checkpoint: ckpt/a.pt}
+      - {label: big, checkpoint: ckpt/b.pt, config: {members: 10}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ConfigError
+from .imports import import_object
+from .runconfig import RunConfig
+
+CASE_FORMAT = "%Y%m%d%H%M"
+
+
+@dataclass
+class Experiment:
+    """Runs and cases read from one experiment file."""
+
+    path: Path
+    model: type[RunConfig]
+    runs: list[RunConfig]
+    cases: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def env_ids(self) -> list[str]:
+        return sorted({r.env_id for r in self.runs})
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(run)"
+
+
+def _cases(dates: Any, where: str) -> list[str]:
+    import pandas as pd
+
+    if not isinstance(dates, dict) or not {"start", "end"} <= set(dates):
+        raise ConfigError(f"{where}: dates needs start and end (and frequency, default 1D)")
+    unknown = sorted(set(dates) - {"start", "end", "frequency"})
+    if unknown:
+        raise ConfigError(f"{where}: dates has unknown keys {unknown}; use start, end, frequency")
+    try:
+        index = pd.date_range(dates["start"], dates["end"], freq=dates.get("frequency", "1D"))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{where}: dates {dates!r} are not valid ({err})") from None
+    if len(index) == 0:
+        raise ConfigError(f"{where}: dates from {dates['start']} to {dates['end']} give no case")
+    return [t.strftime(CASE_FORMAT) for t in index]
+
+
+def load_experiment(path: str | Path, model: type[RunConfig] | str | None = None) -> Experiment:
+    """Read and validate an experiment file; errors name the file, run and field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read experiment {path}: {err.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("runs"), list):
+        raise ConfigError(f"{path}: an experiment is a mapping with a top-level 'runs:' list")
+    unknown = sorted(set(raw) - {"model", "defaults", "dates", "runs", "recipe"})
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level keys {unknown}; use model, defaults, dates, runs, recipe"
+        )
+    model = model or raw.get("model")
+    if model is None:
+        raise ConfigError(f"{path}: say which RunConfig to use: 'model: module:Class' or model=")
+    if isinstance(model, str):
+        model = import_object(model, base=path.parent)
+    if not (isinstance(model, type) and issubclass(model, RunConfig)):
+        raise ConfigError(f"{path}: model {model!r} is not a ds.RunConfig subclass")
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: defaults must be a mapping, got {type(defaults).__name__}")
+
+    runs: list[RunConfig] = []
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(raw["runs"]):
+        name = f"run {i}"
+        if isinstance(entry, dict) and entry.get("label"):
+            name += f" ({entry['label']!r})"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: {name} must be a mapping, got {entry!r}")
+        try:
+            cfg = model(**{**defaults, **entry})
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{_field_path(e['loc'])}: {e['msg']} (got {e.get('input')!r:.60})"
+                for e in err.errors()
+            )
+            raise ConfigError(f"{path}: {name}: {problems}") from None
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {name}: {err}") from None
+        if cfg.run_id in seen:
+            raise ConfigError(
+                f"{path}: {name} is the same run as {seen[cfg.run_id]} (run_id {cfg.run_id}); "
+                f"fields in {list(model.HASH_EXCLUDE)} do not make runs different; "
+                "remove the duplicate or change a field"
+            )
+        seen[cfg.run_id] = name
+        runs.append(cfg)
+    cases = _cases(raw["dates"], str(path)) if raw.get("dates") is not None else []
+    return Experiment(path=path, model=model, runs=runs, cases=cases, raw=raw)

@@ -1,0 +1,260 @@
+"""``Node``: one lazy call of a task, identified by a content hash.
+
+A node's key (docs/design.md §2, node key format 2) is::
+
+    digest("node", {"format": 2, "task": name, "version": version,
+                    "fn": where the function is defined, "env": env_id or None,
+                    "args": {parameter: canonical value}})
+
+``fn`` is ``module:qualname`` (for a script, a notebook or a file loaded by
+path, the file's name instead of the module's: see
+:func:`dscheduler.graph.task.function_location`), so two different functions
+under one task name never share a key.  Each argument is canonicalised by
+:func:`canon`:
+
+* an upstream ``Node`` -> ``{"\\u0000node": its full key}``, so a change
+  anywhere upstream changes every key downstream;
+* a ``pathlib.Path`` naming an existing file -> ``{"\\u0000file": sha256 of
+  its bytes}`` (cached in-process by path, mtime and size); other paths hash
+  as their POSIX string.  A ``str`` is always just a string;
+* a ``RunConfig`` -> ``{"\\u0000config": its two digests}``;
+* anything else must have a canonical JSON form (:mod:`dscheduler.identity`);
+  a value without one fails at call time, naming the task and the argument.
+
+The ``\\u0000`` tags cannot come from a hand-written config, so an argument
+can never be mistaken for a node, a file or a config.
+
+Where outputs go: a task "bound to a run" has a RunConfig as its first
+argument.  Its case is the parameter named by ``@ds.task(case="init_time")``
+or, by default, the second argument when it is a ``str``.  Its outputs go to
+``runs/{env_id}/{config_hash}/{case}/`` (``runs/{env_id}/{config_hash}/``
+when it has no case); every other task's to ``tasks/{task}/{key16}/``.
+
+Which environment runs it: ``env=`` an ``ds.Env`` runs it there; ``env=None``
+runs it in the worker process (the driver's environment); left at its
+default, a task bound to a run runs in ``cfg.env()`` (whose env_id is the
+config's) and any other task in the worker process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
+
+from .. import identity
+from ..envs import Env
+from ..errors import ConfigError, GraphError, IdentityError
+from ..store import NodePaths, Store, check_name
+from .options import AUTO
+from .runconfig import RunConfig
+
+if TYPE_CHECKING:
+    from .task import Task
+
+#: Version of the node key's structure; bumped when what a key covers changes.
+KEY_FORMAT = 2
+
+NODE_TAG = "\u0000node"
+FILE_TAG = "\u0000file"
+CONFIG_TAG = "\u0000config"
+
+_SCALARS = (str, int, float, bool, type(None))
+_file_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str | None:
+    """sha256 of a file's bytes, cached by (path, mtime, size); None if not a file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    cache_key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    found = _file_cache.get(cache_key)
+    if found is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        found = _file_cache[cache_key] = h.hexdigest()
+    return found
+
+
+def canon(value: Any, upstream: list[Node]) -> tuple[Any, Any]:
+    """(canonical stand-in for the key, copy to run with) of one argument."""
+    if type(value) in _SCALARS:
+        return value, value
+    if isinstance(value, Node):
+        upstream.append(value)
+        return {NODE_TAG: value.key}, value
+    if isinstance(value, RunConfig):
+        return {CONFIG_TAG: value.identity_fields()}, value
+    if isinstance(value, PurePath):
+        found = file_digest(Path(value))
+        return ({FILE_TAG: found} if found else value), value
+    if isinstance(value, list | tuple):
+        pairs = [canon(v, upstream) for v in value]
+        copy = [p[1] for p in pairs]
+        return [p[0] for p in pairs], (copy if isinstance(value, list) else tuple(copy))
+    if isinstance(value, dict):
+        canon_d: dict[Any, Any] = {}
+        copy_d: dict[Any, Any] = {}
+        for k, v in value.items():
+            canon_d[k], copy_d[k] = canon(v, upstream)
+        return canon_d, copy_d
+    return value, value
+
+
+def raise_bad_argument(name: str, canonical: dict[str, Any]) -> None:
+    """Name the argument that has no canonical form (the slow path, errors only)."""
+    for param, value in canonical.items():
+        try:
+            identity.canonical_json(value, param)
+        except IdentityError as err:
+            raise ConfigError(
+                f"{name}(): argument {err.path}: {err.problem}. Task arguments must be JSON "
+                "values, Paths, datetimes, RunConfigs, Envs or other nodes: they are hashed "
+                "into the node's key"
+            ) from None
+    raise ConfigError(f"{name}(): arguments have no canonical form")  # pragma: no cover
+
+
+
+class Node:
+    """One call of a task: lazy, immutable, identified by ``key``.
+
+    ``key`` is the full digest, ``key16`` its first 16 characters and
+    ``name`` the Dask key ``f"{task}-{key16}"``.
+    """
+
+    __slots__ = ("_env", "arguments", "case", "cfg", "env_id", "key", "key16", "name",
+                 "task", "upstream")
+
+    def __init__(self, task: Task[Any, Any], arguments: dict[str, Any]) -> None:
+        self.task = task
+        upstream: list[Node] = []
+        canonical: dict[str, Any] = {}
+        copy: dict[str, Any] = {}
+        for param, value in arguments.items():
+            canonical[param], copy[param] = canon(value, upstream)
+        self.arguments = copy
+        seen: dict[str, Node] = {}
+        node: Node
+        for node in upstream:
+            seen.setdefault(node.key, node)
+        self.upstream: tuple[Node, ...] = tuple(seen.values())
+
+        values = list(copy.values())
+        first = values[0] if values else None
+        self.cfg: RunConfig | None = first if isinstance(first, RunConfig) else None
+        self.case: str | None = None
+        if task.case is not None:
+            self.case = copy[task.case]
+            if not isinstance(self.case, str):
+                raise ConfigError(
+                    f"{task.name}(): the case argument {task.case}={self.case!r} must be a str"
+                )
+        elif self.cfg is not None and len(values) > 1 and isinstance(values[1], str):
+            self.case = values[1]
+        if self.case is not None:
+            check_name(self.case, f"{task.name}(): case")
+        if self.cfg is not None and self.case is None and task.name == "run":
+            raise ConfigError("a task bound to a run without a case cannot be named 'run' "
+                              "(its record would be the run's run.json); rename it")
+
+        env = task.options_.env
+        self._env: Env | None = None
+        self.env_id: str | None
+        if isinstance(env, Env):
+            self._env, self.env_id = env, env.env_id
+        elif env is AUTO and self.cfg is not None:
+            self.env_id = self.cfg.env_id  # no I/O: cfg.env() is resolved when needed
+        else:
+            self.env_id = None
+
+        self.key: str = ""
+        try:
+            self.key = identity.digest("node", {
+                "format": KEY_FORMAT, "task": task.name, "version": task.version,
+                "fn": task.location, "env": self.env_id, "args": canonical,
+            })
+        except IdentityError:
+            raise_bad_argument(task.name, canonical)
+        self.key16 = identity.short_id(self.key)
+        self.name = f"{task.name}-{self.key16}"
+
+    def __repr__(self) -> str:
+        where = f" case={self.case}" if self.case else ""
+        return f"<Node {self.name}{where} env={self.env_id}>"
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Node) and other.key == self.key
+
+    @property
+    def run_id(self) -> str | None:
+        return self.cfg.run_id if self.cfg is not None else None
+
+    def env(self) -> Env | None:
+        """The Env this node runs in (None: the worker's own Python); may read a checkpoint."""
+        if self._env is not None or self.env_id is None:
+            return self._env
+        if self.cfg is None:  # pragma: no cover - env_id set only with an env or a config
+            raise GraphError(f"{self.name}: no environment")
+        return resolve_env(self.cfg)
+
+    def paths(self, store: Store) -> NodePaths:
+        """Where this node's outputs and record live in ``store``."""
+        if self.cfg is None:
+            return store.task(self.task.name, self.key16)
+        run = store.run(self.cfg.run_id)
+        if self.case is None:
+            return NodePaths(run.dir, self.task.name)
+        return run.node(self.case, self.task.name)
+
+    def walk(self) -> Iterator[Node]:
+        """This node and everything upstream of it, each once (no order promised)."""
+        seen: set[str] = set()
+        stack: list[Node] = [self]
+        while stack:
+            node = stack.pop()
+            if node.key in seen:
+                continue
+            seen.add(node.key)
+            yield node
+            stack.extend(node.upstream)
+
+
+
+_env_cache: dict[tuple[type, str], Env] = {}
+
+
+def resolve_env(cfg: RunConfig) -> Env:
+    """``cfg.env()``, once per (config class, env digest) in this process.
+
+    Configs with the same env fields make the same env by definition of
+    env_id, so one call (which may read a checkpoint's metadata) serves all.
+    """
+    cache_key = (type(cfg), cfg.env_digest)
+    found = _env_cache.get(cache_key)
+    if found is None:
+        try:
+            found = cfg.env()
+        except ConfigError as err:
+            raise GraphError(
+                f"cannot make the environment of run {cfg.run_id} "
+                f"({type(cfg).__name__}, label {getattr(cfg, 'label', '')!r}): {err}"
+            ) from None
+        if not isinstance(found, Env):
+            raise GraphError(
+                f"{type(cfg).__name__}.env() returned {found!r}, not a ds.Env"
+            )
+        _env_cache[cache_key] = found
+    return found

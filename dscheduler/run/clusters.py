@@ -1,0 +1,186 @@
+"""Where graphs run: ``cluster="local"``, a scheduler address, a Client or a cluster.
+
+``"local"`` is one embedded cluster per driver process, made on first use
+and reused by every later ``ds.compute`` (starting one costs about a
+second), closed at exit.  Its scheduler runs in the driver; its workers are
+processes of their own, ``python -m dask spec`` with a nanny each, that never
+import the driver's script: a script needs no ``if __name__ == "__main__":``
+guard, and tasks defined in it travel by value (docs/design.md §8).  Each
+nanny loads :mod:`dscheduler.run.watchdog`, so the workers end with the
+driver, even after kill -9.
+
+The cluster is sized to the machine: one worker process per core (setting
+``local.n_workers``), one thread each (``local.threads_per_worker``: tasks in
+envs are processes of their own, and one thread per worker keeps a worker's
+memory for one task), everything bound to 127.0.0.1, the dashboard too
+(``local.dashboard_address``); its link is printed once.  An address
+(``tcp://host:8786``) connects a Client, also reused; a ``Client`` is used
+as it is.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from .. import settings
+from ..errors import ConfigError
+
+log = logging.getLogger("dscheduler.cluster")
+
+_lock = threading.Lock()
+_local: Any = None  # (SpecCluster, Client)
+_clients: dict[str, Any] = {}
+
+HOST = "127.0.0.1"
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _local_worker_class() -> type:
+    """distributed's SubprocessWorker, started with the driver's Dask config.
+
+    Settings made in the driver (``dask.config.set`` in a notebook) must hold
+    on its workers too; dask passes a serialized config to a child process
+    through ``DASK_INTERNAL_INHERIT_CONFIG``, which distributed's own
+    subprocess worker does not set.
+    """
+    import asyncio
+
+    import dask.config
+    from distributed.deploy.subprocess import SubprocessWorker
+
+    class LocalWorker(SubprocessWorker):
+        async def _start(self) -> None:
+            config = {**dask.config.config, "logging": {
+                **dask.config.get("logging", {}), "distributed.preloading": "warning"}}
+            env = {**os.environ, "DASK_INTERNAL_INHERIT_CONFIG": dask.config.serialize(config)}
+            spec = json.dumps({"cls": self.worker_class, "opts": self.worker_kwargs})
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "dask", "spec", self.scheduler, "--spec", spec, env=env)
+
+    return LocalWorker
+
+
+def _local_spec(n_workers: int, threads: int) -> dict[str, Any]:
+    """Worker spec of the embedded cluster: a nanny per process, watched by the driver."""
+    from distributed.worker_memory import parse_memory_limit
+
+    return {
+        "cls": _local_worker_class(),
+        "options": {
+            "worker_class": "distributed.Nanny",
+            "worker_kwargs": {
+                "host": HOST,
+                "nthreads": threads,
+                "memory_limit": parse_memory_limit("auto", 1, n_workers, logger=log),
+                "preload_nanny": ["dscheduler.run.watchdog"],
+                "silence_logs": logging.WARNING,
+            },
+        },
+    }
+
+
+def local_cluster() -> Any:
+    """The process's embedded cluster's Client, made on first use."""
+    global _local
+    with _lock:
+        if _local is not None and _local[1].status == "running":
+            return _local[1]
+        from distributed import Client, Scheduler, SpecCluster
+
+        n_workers = int(settings.get("local.n_workers") or _cores())
+        worker = _local_spec(n_workers, int(settings.get("local.threads_per_worker")))
+        cluster = SpecCluster(
+            scheduler={"cls": Scheduler, "options": {
+                "host": HOST, "dashboard": True,
+                "dashboard_address": settings.get("local.dashboard_address"),
+            }},
+            workers=dict.fromkeys(range(n_workers), worker),
+            worker=worker,
+            name="dscheduler-local",
+            silence_logs=logging.WARNING,
+        )
+        try:
+            client = Client(cluster)
+            client.wait_for_workers(n_workers, timeout=120)
+        except BaseException:
+            cluster.close()
+            raise
+        _local = (cluster, client)
+        print(f"dscheduler: local cluster dashboard at {cluster.dashboard_link}",
+              file=sys.stderr)
+        return client
+
+
+def local_running() -> bool:
+    """Whether this process's embedded cluster is up."""
+    return _local is not None and _local[1].status == "running"
+
+
+def is_local(client: Any) -> bool:
+    return _local is not None and client is _local[1]
+
+
+def close_local() -> None:
+    """Close the embedded cluster (at exit, or to start afresh)."""
+    global _local
+    with _lock:
+        if _local is not None:
+            cluster, client = _local
+            _local = None
+            # Closing workers that still hold results logs a warning per worker
+            # about "lost" tasks: at exit nobody wants them any more.
+            logger = logging.getLogger("distributed.scheduler")
+            level = logger.level
+            logger.setLevel(logging.ERROR)
+            try:
+                client.close()
+                cluster.close()
+            finally:
+                logger.setLevel(level)
+
+
+atexit.register(close_local)
+
+
+def get_client(cluster: Any = "local") -> Any:
+    """A ``distributed.Client`` for ``cluster`` ("local", an address, a Client or a cluster)."""
+    from distributed import Client
+
+    if isinstance(cluster, Client):
+        return cluster
+    if cluster is None or cluster == "local":
+        return local_cluster()
+    if isinstance(cluster, str):
+        if cluster == "slurm":
+            raise ConfigError(
+                "cluster='slurm' is not available in this version of dscheduler; start "
+                "dask-jobqueue's SLURMCluster yourself and pass it (or its scheduler address "
+                "tcp://host:port) as cluster="
+            )
+        if "://" not in cluster and ":" not in cluster:
+            raise ConfigError(
+                f"cluster={cluster!r} is not 'local', a scheduler address such as "
+                "'tcp://127.0.0.1:8786', or a distributed.Client"
+            )
+        with _lock:
+            client = _clients.get(cluster)
+            if client is None or client.status != "running":
+                client = _clients[cluster] = Client(cluster)
+        return client
+    if hasattr(cluster, "scheduler_address"):  # a SpecCluster, SLURMCluster, ...
+        return get_client(cluster.scheduler_address)
+    raise ConfigError(
+        f"cluster={cluster!r} is not 'local', a scheduler address or a distributed.Client"
+    )

@@ -1,0 +1,155 @@
+"""``ds.compute`` and ``ds.submit``: plan, prune, submit to Dask, collect (docs/design.md §5).
+
+1. :func:`dscheduler.graph.plan` decides every node; a graph with nothing to
+   run returns at once, without starting or contacting any cluster.
+2. Specs for the nodes to run are made (and pickled) before anything is
+   submitted (:mod:`dscheduler.run.spec`).
+3. One Dask task per env to build, key ``build_env-{env_id}``, and one per
+   node, key ``{task}-{key16}``, submitted as one graph whose layers carry
+   resources, retries and priority as annotations; a node's upstream keys
+   and its env build are its arguments, so Dask orders them.  Their results
+   are small outcomes; values stay in the store.
+4. :class:`~dscheduler.run.results.Handle` waits and collects the states.
+
+On the embedded local cluster, resource annotations are dropped (with a
+warning): its workers declare no resources, and a task that asks for one
+would otherwise wait forever.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from typing import Any
+
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+from .. import settings
+from ..graph import Plan, plan
+from ..store import Store, store_of
+from .clusters import get_client, is_local
+from .execute import build_task, node_task
+from .results import Handle, Results, flush_releases
+from .spec import NodeSpec, make_specs
+
+StoreArg = Store | str | os.PathLike[str] | None
+
+
+def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
+           force: bool = False) -> Handle:
+    """Plan ``nodes`` and submit what must run; return at once.
+
+    Parameters
+    ----------
+    *nodes
+        Nodes, or (nested) lists, tuples and dicts of nodes.
+    store
+        Where results live (a Store, a path, or None for the setting ``store``).
+    cluster
+        ``"local"`` (the embedded cluster, started on first use), a scheduler
+        address ``tcp://host:port``, a ``distributed.Client`` or a cluster.
+    force
+        Run every node again, stored results or not.
+
+    Returns
+    -------
+    Handle
+        ``wait()``, ``status()``, ``cancel()``.  A graph with nothing to run
+        contacts no cluster.
+
+    Raises
+    ------
+    GraphError, ConfigError
+        Before anything is submitted (see :func:`dscheduler.plan`).
+    """
+    store = store_of(store)
+    p = plan(*nodes, store=store, force=force)
+    submission = uuid.uuid4().hex[:16]
+    if p.nothing_to_do:
+        return Handle(p, None, {}, {}, submission)
+    to_run = p.to_run
+    specs = make_specs(p, submission)
+    store.ensure()
+    written: set[str] = set()
+    for node in to_run:
+        if node.cfg is not None and node.cfg.run_id not in written:
+            written.add(node.cfg.run_id)
+            store.write_run(node.cfg)
+
+    client = get_client(cluster)
+    flush_releases(client)
+    graph, annotations, dropped = _graph(p, specs, is_local(client))
+    if dropped:
+        warnings.warn(f"the local cluster ignores resource requests (tasks {sorted(dropped)})",
+                      stacklevel=2)
+    keys = [f"build_env-{e}" for e in p.build] + [n.name for n in to_run]
+    layers = {f"dscheduler-{i}": MaterializedLayer(dsk, annotations=ann)
+              for i, (dsk, ann) in enumerate(zip(graph, annotations, strict=True))}
+    names = list(layers)
+    # Layer dependencies are only for dask's bookkeeping: each layer may use any earlier one.
+    deps = {name: set(names[:i]) for i, name in enumerate(names)}
+    got = client.get(HighLevelGraph(layers, deps), keys, sync=False)
+    builds = dict(zip(p.build, got[: len(p.build)], strict=True))
+    futures = {n.key: f for n, f in zip(to_run, got[len(p.build):], strict=True)}
+    return Handle(p, client, futures, builds, submission)
+
+
+def _graph(p: Plan, specs: dict[str, NodeSpec], local: bool
+           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]]:
+    """Task dicts grouped by their annotations, env builds first; dropped resource asks.
+
+    One graph for the whole submission: a ``client.submit`` per node costs the
+    scheduler an update per node, a third of its time for thousands of tiny
+    tasks.  Annotations (retries, resources, priority) live on layers, so
+    nodes are grouped by them; layers keep graph order.
+    """
+    retries_default = settings.get("task.retries")
+    store = p.store
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    builds = {f"build_env-{e}": (build_task, store, p.envs[e]) for e in p.build}
+    graph: list[dict[str, Any]] = [builds] if builds else []
+    annotations: list[dict[str, Any]] = [{"priority": 1_000_000}] if builds else []
+    dropped: set[str] = set()
+    running = set(specs)
+    for node in p.to_run:
+        opts = node.task.options_
+        resources = opts.resources
+        if resources and local:
+            dropped.add(node.task.name)
+            resources = None
+        retries = opts.retries if opts.retries is not None else retries_default
+        group_key = (retries, opts.priority, tuple(sorted((resources or {}).items())))
+        if group_key not in groups:
+            groups[group_key] = {}
+            graph.append(groups[group_key])
+            ann: dict[str, Any] = {"retries": retries, "priority": opts.priority}
+            if resources:
+                ann["resources"] = resources
+            annotations.append(ann)
+        build = f"build_env-{node.env_id}" if node.env_id in p.build else None
+        ups = [up.name for up in node.upstream if up.key in running]
+        groups[group_key][node.name] = (node_task, specs[node.key], build, *ups)
+    return graph, annotations, dropped
+
+
+def compute(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
+            force: bool = False, progress: bool | None = None) -> Results:
+    """Plan, prune, run what must run and wait for it.
+
+    Parameters
+    ----------
+    *nodes, store, cluster, force
+        As for :func:`submit`.
+    progress
+        Show a progress bar (default: setting ``compute.progress``, "auto":
+        in a terminal or a notebook).
+
+    Returns
+    -------
+    Results
+        Per-node states, values and records; ``raise_for_status()`` raises a
+        TaskError listing every failure.
+    """
+    handle = submit(*nodes, store=store, cluster=cluster, force=force)
+    return handle.wait(progress=progress)

@@ -1,0 +1,247 @@
+"""What a submitted graph did: :class:`Handle` while it runs, :class:`Results` after.
+
+Per-node states, in graph order: ``succeeded`` (ran now), ``cached``
+(stored before, or finished by another driver meanwhile), ``failed`` (its
+own attempts failed), ``blocked`` (an upstream node or its env build
+failed; Dask never ran it), ``cancelled``.  Failure and blocking are told
+apart by the graph, not by the exception Dask propagates, so the
+distinction survives Dask's error propagation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from ..errors import TaskError
+from ..graph import Node, Plan
+from ..store import atomic
+from ..store.records import read_record
+from ..store.values import load_value
+from . import progress as progress_bar
+
+STATES = ("succeeded", "cached", "failed", "blocked", "cancelled")
+
+
+class Results:
+    """What a ``ds.compute`` did: per-node state, values, records and errors."""
+
+    def __init__(self, p: Plan, states: dict[str, str], errors: dict[str, str],
+                 envs: dict[str, str], env_errors: dict[str, str]) -> None:
+        self.plan = p
+        self.store = p.store
+        self.states = states  # node key -> state
+        self.errors = errors  # node key -> error text (failed and blocked nodes)
+        self.envs = envs  # env_id -> built | reused | failed | cancelled
+        self.env_errors = env_errors
+        self._by_key = {n.key: n for n in p.nodes}
+
+    def _node(self, node: Node | str) -> Node:
+        key = node.key if isinstance(node, Node) else node
+        found = self._by_key.get(key) or next(
+            (n for n in self.plan.nodes if n.name == key), None)
+        if found is None:
+            raise KeyError(f"{node!r} is not a node of this graph")
+        return found
+
+    def state(self, node: Node | str) -> str:
+        return self.states[self._node(node).key]
+
+    def record(self, node: Node | str) -> dict[str, Any] | None:
+        """The node's stored record; a StoreError naming the file when it is damaged."""
+        found = self._node(node)
+        return read_record(found.paths(self.store).record)
+
+    def value(self, node: Node | str) -> Any:
+        """The stored value (Zarr results open lazily); a StoreError when it is damaged."""
+        found = self._node(node)
+        state = self.states[found.key]
+        record = self.record(found)
+        if state not in ("succeeded", "cached"):
+            raise TaskError(f"{found.name} has no value: it {state}", record)
+        paths = found.paths(self.store)
+        return load_value(paths, (record or {}).get("output"))
+
+    def __getitem__(self, node: Node | str) -> Any:
+        return self.value(node)
+
+    def values(self) -> list[Any]:
+        """Values of the nodes passed to compute, in order."""
+        return [self.value(n) for n in self.plan.targets]
+
+    def nodes(self, state: str) -> list[Node]:
+        return [n for n in self.plan.nodes if self.states[n.key] == state]
+
+    @property
+    def failed(self) -> list[Node]:
+        return self.nodes("failed")
+
+    @property
+    def blocked(self) -> list[Node]:
+        return self.nodes("blocked")
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(self.states.values())
+        return {s: c[s] for s in STATES if c[s]}
+
+    @property
+    def ok(self) -> bool:
+        return all(s in ("succeeded", "cached") for s in self.states.values())
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items()) or "empty"
+        builds = Counter(self.envs.values())
+        envs = ", ".join(f"{n} {s}" for s, n in sorted(builds.items()))
+        return f"<Results {counts}{'; envs: ' + envs if envs else ''}>"
+
+    def raise_for_status(self) -> Results:
+        """Raise TaskError listing every failure with its traceback; else return self."""
+        if self.ok and not self.env_errors:
+            return self
+        parts = []
+        for env_id, err in self.env_errors.items():
+            parts.append(f"build_env-{env_id} failed:\n{err}")
+        for node in self.failed:
+            parts.append(self.errors.get(node.key, f"{node.name} failed"))
+        blocked = self.blocked
+        if blocked:
+            names = ", ".join(n.name for n in blocked[:10])
+            more = f" and {len(blocked) - 10} more" if len(blocked) > 10 else ""
+            parts.append(f"{len(blocked)} node(s) blocked by these failures: {names}{more}")
+        cancelled = self.nodes("cancelled")
+        if cancelled:
+            parts.append(f"{len(cancelled)} node(s) cancelled")
+        summary = f"{len(self.failed)} failed, {len(blocked)} blocked: " + repr(self)
+        raise TaskError(summary + "\n\n" + "\n\n".join(parts))
+
+
+class Handle:
+    """A submitted graph: ``wait()``, ``status()``, ``cancel()``."""
+
+    def __init__(self, p: Plan, client: Any, futures: dict[str, Any],
+                 builds: dict[str, Any], submission: str) -> None:
+        self.plan = p
+        self.client = client
+        self.futures = futures  # node key -> Future
+        self.builds = builds  # env_id -> Future
+        self.submission = submission
+        self._results: Results | None = None
+
+    def _all(self) -> list[Any]:
+        return [*self.builds.values(), *self.futures.values()]
+
+    def status(self) -> dict[str, int]:
+        """Counts of node states: while running, cached, pending, finished, error and
+        cancelled (Dask's future states); after :meth:`wait`, the final states."""
+        if self._results is not None:
+            return self._results.counts()
+        c: Counter[str] = Counter()
+        c["cached"] = len(self.plan.nodes) - len(self.futures)
+        for future in self.futures.values():
+            c[future.status] += 1
+        return {k: v for k, v in c.items() if v}
+
+    def cancel(self) -> None:
+        """Stop the graph: cancel its futures and kill its running task subprocesses."""
+        atomic.write_bytes(self.plan.store.cancel_path(self.submission), b"cancelled\n")
+        if self.client is not None:
+            self.client.cancel(self._all(), force=True)
+
+    def wait(self, timeout: float | None = None, progress: bool | None = None) -> Results:
+        """Wait for every node, then collect states; the futures are released."""
+        if self._results is not None:
+            return self._results
+        futures = self._all()
+        if futures:
+            from distributed import wait
+
+            if progress_bar.wanted(progress):
+                progress_bar.show(futures)
+            try:
+                wait(futures, timeout=timeout)
+            except _cancelled_errors():
+                pass  # cancelled futures are reported per node below
+        self._results = self._collect()
+        for future in futures:
+            future.release()  # a later compute of the same keys must run afresh
+        self.futures, self.builds = {}, {}
+        if self.client is not None:
+            flush_releases(self.client)
+        return self._results
+
+    def _collect(self) -> Results:
+        p = self.plan
+        envs: dict[str, str] = {}
+        env_errors: dict[str, str] = {}
+        done_builds = {e: f for e, f in self.builds.items() if f.status == "finished"}
+        built = dict(zip(done_builds, self.client.gather(list(done_builds.values())),
+                         strict=True)) if done_builds else {}
+        for env_id, future in self.builds.items():
+            if env_id in built:
+                envs[env_id] = "built" if getattr(built[env_id], "built", False) else "reused"
+            elif future.status == "cancelled":
+                envs[env_id] = "cancelled"
+            else:
+                envs[env_id] = "failed"
+                env_errors[env_id] = _error_text(future)
+
+        finished = {k: f for k, f in self.futures.items() if f.status == "finished"}
+        outcomes = dict(zip(finished, self.client.gather(list(finished.values())),
+                            strict=True)) if finished else {}
+        states: dict[str, str] = {}
+        errors: dict[str, str] = {}
+        for node in p.nodes:
+            future = self.futures.get(node.key)
+            if future is None:
+                states[node.key] = "cached"
+                continue
+            if node.key in outcomes:
+                states[node.key] = outcomes[node.key]["state"]
+                continue
+            bad = [up for up in node.upstream if states.get(up.key) not in ("succeeded", "cached")]
+            if node.env_id in env_errors:
+                states[node.key] = "blocked"
+                errors[node.key] = f"{node.name} blocked: build_env-{node.env_id} failed"
+            elif bad:
+                states[node.key] = "blocked"
+                why = f"upstream {bad[0].name} {states[bad[0].key]}"
+                errors[node.key] = f"{node.name} blocked: {why}"
+            elif future.status == "cancelled":
+                states[node.key] = "cancelled"
+            else:
+                states[node.key] = "failed"
+                errors[node.key] = _error_text(future)
+        return Results(p, states, errors, envs, env_errors)
+
+
+async def _noop() -> None:
+    return None
+
+
+def flush_releases(client: Any) -> None:
+    """Let the client's loop process pending future releases before we go on.
+
+    ``Future.release`` only queues the release on the client's event loop;
+    a graph submitted before it runs would find the old future of the same
+    key (same content hash) still held and get its stale result instead of a
+    new run.  Running a no-op on that loop waits for every queued callback.
+    """
+    client.sync(_noop)
+
+
+def _cancelled_errors() -> tuple[type[BaseException], ...]:
+    """What ``distributed.wait`` raises for cancelled futures (newer releases only)."""
+    from distributed import client
+
+    found = getattr(client, "FuturesCancelledError", None)
+    return (found,) if isinstance(found, type) else ()
+
+
+def _error_text(future: Any) -> str:
+    try:
+        err = future.exception(timeout=30)
+    except Exception as exc:  # cancelled or lost meanwhile
+        return f"{future.key}: {type(exc).__name__}: {exc}"
+    return f"{type(err).__name__}: {err}" if not isinstance(err, TaskError) else str(err)
+
+

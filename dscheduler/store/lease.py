@@ -1,0 +1,303 @@
+"""Leases: mutual exclusion across processes and hosts on a shared filesystem.
+
+Contract (the reasons, and why not ``flock``: docs/design.md §7):
+
+* taking a lease creates its file exclusively (:func:`atomic.create_once`);
+  the file holds a random token, owner, host, pid, the pid's start time, the
+  ttl and a heartbeat time;
+* one daemon thread per process refreshes the heartbeat of every lease the
+  process holds, every ``ttl / 4`` s, after checking the token is its own;
+* a waiter may break a lease whose heartbeat is older than its ttl (rename
+  aside, check it moved the lease it judged, put it back otherwise); with
+  ``break_dead_local=True`` also, at once, a lease whose holder ran on this
+  host and is gone (pid and start time);
+* a holder whose token is gone marks the lease ``lost``; work that commits
+  under a lease calls :meth:`Lease.check` first.
+
+A live holder is never broken.  Clocks of hosts sharing a store must agree
+to well within the ttl.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+
+from .. import settings
+from ..errors import LeaseError, LeaseTimeout
+from . import atomic
+
+
+def read_lease(path: Path) -> dict[str, Any] | None:
+    try:
+        data = atomic.read_json(path)
+    except (json.JSONDecodeError, OSError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_stale(info: dict[str, Any], now: float | None = None) -> bool:
+    now = time.time() if now is None else now
+    return now - float(info.get("heartbeat", 0)) > float(info.get("ttl", 0))
+
+
+def process_started(pid: int) -> float:
+    """When process ``pid`` started (seconds since the epoch); with the pid it names one
+    process, also after the pid is reused."""
+    return float(psutil.Process(pid).create_time())
+
+
+def process_alive(pid: int, started: float | None = None) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie does not).
+
+    With ``started`` (from :func:`process_started`), a process that reuses the
+    pid but started at another time does not count either.
+    """
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(proc.create_time() - started) < 0.02
+    except psutil.NoSuchProcess:
+        return False
+    except (psutil.AccessDenied, ValueError):
+        return True  # another user's process: it exists
+
+
+def holder_gone(info: dict[str, Any]) -> bool:
+    """Whether the lease's holder ran on this host and its process no longer exists."""
+    if info.get("host") != socket.gethostname():
+        return False
+    try:
+        pid = int(info.get("pid", -1))
+        started = info.get("started")
+        started = float(started) if started is not None else None
+    except (TypeError, ValueError):
+        return False
+    return pid > 0 and not process_alive(pid, started)
+
+
+class _Heartbeats:
+    """One thread per process refreshing every lease the process holds.
+
+    The lock is held while a lease's file is rewritten and while a lease
+    leaves the set, so a released lease is never written again.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.leases: dict[int, Lease] = {}
+        self.thread: threading.Thread | None = None
+
+    def add(self, lease: Lease) -> None:
+        with self.lock:
+            self.leases[id(lease)] = lease
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="dscheduler-leases",
+                                               daemon=True)
+                self.thread.start()
+
+    def remove(self, lease: Lease) -> None:
+        with self.lock:
+            self.leases.pop(id(lease), None)
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                ttls = [lease.ttl for lease in self.leases.values()]
+            time.sleep(max(min(ttls, default=4.0) / 8, 0.02))
+            now = time.time()
+            with self.lock:
+                for key, lease in list(self.leases.items()):
+                    if now - lease.beaten < lease.ttl / 4:
+                        continue
+                    info = read_lease(lease.path)
+                    if info is None or info.get("token") != lease.token:
+                        lease.lost = True
+                        del self.leases[key]
+                        continue
+                    try:
+                        atomic.write_bytes(lease.path, lease._content(), durable=False)
+                        lease.beaten = now
+                    except OSError:
+                        pass  # a transient filesystem error; the next round tries again
+
+
+_heartbeats = _Heartbeats()
+_own_start: dict[int, float] = {}  # by pid: a forked child is another process
+
+
+def own_start() -> float:
+    """:func:`process_started` of this process, looked up once."""
+    pid = os.getpid()
+    if pid not in _own_start:
+        _own_start[pid] = process_started(pid)
+    return _own_start[pid]
+
+
+class Lease:
+    """An exclusive lease on a file, across processes and hosts.
+
+    Use it as a context manager (``with Lease(path): ...``) or call
+    :meth:`acquire` and :meth:`release`.
+
+    Parameters
+    ----------
+    path
+        The lease file; its directory must be on a filesystem every
+        contender sees.
+    ttl
+        Seconds without a heartbeat after which a waiter may break the
+        lease (default: setting ``lease.ttl``).
+    poll
+        Seconds between attempts while waiting (default: ``lease.poll``).
+    owner
+        Free text shown to waiters and in timeouts.
+    break_dead_local
+        Also break at once a lease whose holder ran on this host and is gone.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        ttl: float | None = None,
+        poll: float | None = None,
+        owner: str = "",
+        break_dead_local: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.ttl = float(settings.get("lease.ttl", ttl))
+        self.poll = float(settings.get("lease.poll", poll))
+        self.owner = owner
+        self.break_dead_local = break_dead_local
+        self.token = ""
+        self.lost = False
+        self.beaten = 0.0
+
+    # -- taking and giving back -------------------------------------------------
+
+    # A lease file matters only while its holder lives, and a machine crash
+    # ends the holder: it is never fsynced (docs/design.md §7).
+
+    def _content(self) -> bytes:
+        info = {
+            "token": self.token,
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": own_start(),
+            "ttl": self.ttl,
+            "heartbeat": time.time(),
+        }
+        return json.dumps(info).encode()
+
+    def try_acquire(self) -> bool:
+        """Take the lease if it is free or stale; never waits."""
+        if self.token:
+            raise LeaseError(f"lease {self.path} is already held by this object")
+        self.token = uuid.uuid4().hex
+        if atomic.create_once(self.path, self._content(), durable=False):
+            self._start_heartbeat()
+            return True
+        info = read_lease(self.path)
+        if (
+            info is not None
+            and (is_stale(info) or (self.break_dead_local and holder_gone(info)))
+            and self._break(info)
+            and atomic.create_once(self.path, self._content(), durable=False)
+        ):
+            self._start_heartbeat()
+            return True
+        self.token = ""
+        return False
+
+    def acquire(
+        self, timeout: float | None = None, abort: Callable[[], str | None] | None = None
+    ) -> Lease:
+        """Wait for the lease.
+
+        Parameters
+        ----------
+        timeout
+            Seconds to wait; None waits until the lease is free (a dead
+            holder's lease is broken after its ttl).  Past it: :class:`LeaseTimeout`.
+        abort
+            Called between attempts; a non-empty string it returns ends the
+            wait with a :class:`LeaseError` quoting it (e.g. "cancelled").
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.try_acquire():
+            reason = abort() if abort is not None else None
+            if reason:
+                raise LeaseError(f"gave up waiting for lease {self.path}: {reason}")
+            if deadline is not None and time.monotonic() > deadline:
+                holder = read_lease(self.path) or {}
+                raise LeaseTimeout(
+                    f"lease {self.path} still held after {timeout} s by "
+                    f"{holder.get('owner') or '?'} (host {holder.get('host')}, "
+                    f"pid {holder.get('pid')}); it is broken automatically "
+                    f"{holder.get('ttl')} s after its holder stops heart-beating"
+                )
+            time.sleep(self.poll)
+        return self
+
+    def release(self) -> None:
+        _heartbeats.remove(self)
+        if self.token and not self.lost:
+            info = read_lease(self.path)
+            if info is not None and info.get("token") == self.token:
+                atomic.remove(self.path, ".released")
+        self.token = ""
+
+    def __enter__(self) -> Lease:
+        return self.acquire()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def check(self) -> None:
+        """Raise if the lease was lost (broken by a waiter after a stalled heartbeat)."""
+        if self.lost or not self.token:
+            raise LeaseError(f"lease {self.path} was lost; another process may hold it now")
+
+    # -- heartbeat and breaking -------------------------------------------------
+
+    def _start_heartbeat(self) -> None:
+        self.lost = False
+        self.beaten = time.time()
+        _heartbeats.add(self)
+
+    def stop_heartbeat(self) -> None:
+        """Stop refreshing without releasing (tests use it to play a stalled holder)."""
+        _heartbeats.remove(self)
+
+    def _break(self, judged: dict[str, Any]) -> bool:
+        """Move a stale lease aside; True when the stale one was removed."""
+        aside = atomic.temp_sibling(self.path, ".broken")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return True  # someone else removed it; creating may now succeed
+        moved = read_lease(aside)
+        if moved is not None and moved.get("token") != judged.get("token"):
+            # Between our read and our rename a new holder took it: put it back.
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+            aside.unlink(missing_ok=True)
+            return False
+        aside.unlink(missing_ok=True)
+        return True

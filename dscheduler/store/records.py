@@ -1,0 +1,81 @@
+"""Node records and their ``.done`` links: how they are written and read back.
+
+A record (``{task}.json``) is written after the node's outputs, by an atomic
+rename; the ``.done`` link after the record (docs/design.md §3, §5.4).  A
+record that cannot be read (truncated by a half-finished copy, a full quota)
+is a :class:`StoreError` naming the file and the way out, never a raw
+``JSONDecodeError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import settings
+from ..errors import StoreError
+from . import atomic
+from .layout import NodePaths
+
+REPAIR_HINT = (
+    "run `dscheduler verify --repair` to demote damaged nodes so that the next run "
+    "redoes them (it keeps every good result)"
+)
+
+
+def damaged(path: Path, err: BaseException | str) -> StoreError:
+    """The error for a store file that exists but cannot be read."""
+    why = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    return StoreError(f"{path} is damaged ({why}); {REPAIR_HINT}", path=path, why=why)
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The record at ``path``; None when there is none; StoreError when it is damaged."""
+    try:
+        data = atomic.read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise damaged(path, err) from None
+    if data is not None and not isinstance(data, dict):
+        raise damaged(path, f"a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def write_record(paths: NodePaths, record: dict[str, Any], *, final: bool = True) -> None:
+    """Write a node's record atomically; fsync only when the setting ``task.fsync`` says so.
+
+    Compact JSON: indented JSON goes through json's pure-Python encoder, five
+    times slower, a third of a tiny task's cost on a worker.  The reasons for
+    not fsyncing by default are in docs/design.md §7.
+    """
+    text = json.dumps(record, separators=(",", ":"), default=str)
+    atomic.write_bytes(paths.record, text.encode(),
+                       durable=bool(final and settings.get("task.fsync")))
+
+
+def done_key(paths: NodePaths) -> str | None:
+    """The key the ``.done`` link points at, or None."""
+    try:
+        return os.readlink(paths.done)
+    except OSError:
+        return None
+
+
+def set_done(paths: NodePaths, key: str) -> None:
+    """Point ``.{task}.done`` at ``key``, after the record.
+
+    Creating a symlink is atomic by itself; only an existing link (healing
+    after a crash) needs one made aside and renamed over it.
+    """
+    try:
+        os.symlink(key, paths.done)
+    except FileExistsError:
+        tmp = atomic.temp_sibling(paths.done)
+        os.symlink(key, tmp)
+        os.replace(tmp, paths.done)
+
+
+def clear_done(paths: NodePaths) -> None:
+    """Remove the ``.done`` link: the node no longer counts as finished."""
+    paths.done.unlink(missing_ok=True)

@@ -1,0 +1,179 @@
+"""Checking a store: every finished node's record, value and ``.done`` link.
+
+A node counts as finished when its ``.done`` link exists or its record says
+``succeeded``.  :func:`verify` reports each finished node whose record is
+missing or unreadable, whose value is missing or unreadable, or whose link
+is missing or points at another key.  With ``repair=True`` it mends what it
+can without losing anything:
+
+* a good record and value whose link is missing or wrong: the link is set;
+* otherwise the node is *demoted* so that the next run redoes it: its link
+  is removed, and a readable record is rewritten with state ``damaged`` (its
+  attempts kept), an unreadable one is moved aside to
+  ``{task}.json.damaged-{time}``.
+
+Nothing is deleted: values stay where they are until the node's next
+attempt replaces them.  Values are checked by reading JSON values whole and
+Zarr metadata (``zarr.json`` of the store and of its arrays), not chunks.
+Directories are checked by a pool of threads: on a parallel filesystem
+every open is a network round trip, and they overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreError
+from .layout import Layout, NodePaths, done_name, record_task
+from .records import read_record, set_done, write_record
+
+THREADS = 8
+
+
+@dataclass
+class Problem:
+    """One finished node whose files are not all right."""
+
+    path: Path  # the node's record
+    why: str
+    action: str = ""  # what repair did
+
+
+@dataclass
+class Report:
+    checked: int = 0  # finished nodes looked at
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        repaired = sum(1 for p in self.problems if p.action)
+        text = (f"checked {self.checked} finished node(s) in {self.seconds:.1f} s: "
+                f"{len(self.problems)} problem(s)")
+        if repaired:
+            text += f", {repaired} repaired"
+        elif self.problems:
+            text += "; `dscheduler verify --repair` mends them (the next run redoes demoted nodes)"
+        return text
+
+
+def _zarr_readable(path: Path) -> str | None:
+    """Why the Zarr store at ``path`` cannot be opened, or None (metadata only)."""
+    try:
+        meta = json.loads((path / "zarr.json").read_bytes())
+        if meta.get("node_type") == "group":
+            for child in os.scandir(path):
+                if child.is_dir():
+                    json.loads((Path(child.path) / "zarr.json").read_bytes())
+    except FileNotFoundError as err:
+        return f"its Zarr store is incomplete ({Path(err.filename).name} missing)"
+    except (OSError, ValueError) as err:
+        return f"its Zarr store is unreadable ({type(err).__name__}: {err})"
+    return None
+
+
+def _value_problem(paths: NodePaths, output: Any) -> str | None:
+    if not isinstance(output, dict) or "path" not in output:
+        return "its record describes no stored value"
+    path = paths.dir / str(output["path"])
+    if output.get("kind") == "json":
+        try:
+            json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return f"its value {path.name} is missing"
+        except (OSError, ValueError) as err:
+            return f"its value {path.name} is unreadable ({type(err).__name__}: {err})"
+        return None
+    if not path.is_dir():
+        return f"its value {path.name} is missing"
+    return _zarr_readable(path)
+
+
+def _check(paths: NodePaths, link: str | None, repair: bool) -> tuple[bool, Problem | None]:
+    """(whether the node is finished, its problem or None), repaired if asked."""
+    try:
+        record = read_record(paths.record)
+    except StoreError as err:  # a damaged record counts as finished: it may say "succeeded"
+        problem = Problem(paths.record, f"its record is unreadable ({err.why})")
+        if repair:
+            aside = paths.record.with_name(f"{paths.record.name}.damaged-{int(time.time())}")
+            os.replace(paths.record, aside)
+            paths.done.unlink(missing_ok=True)
+            problem.action = f"demoted; the record was moved to {aside.name}"
+        return True, problem
+    succeeded = record is not None and record.get("state") == "succeeded"
+    if link is None and not succeeded:
+        return False, None  # not finished: failed, running or never run
+    if record is None:
+        problem = Problem(paths.record, f"its .done link points at {link} but there is no record")
+        return True, _demote(paths, None, problem, repair)
+    if not succeeded:
+        problem = Problem(paths.record, f"its .done link exists but the record says "
+                                        f"{record.get('state')!r}")
+        return True, _demote(paths, None, problem, repair)
+    why = _value_problem(paths, record.get("output"))
+    if why is not None:
+        return True, _demote(paths, record, Problem(paths.record, why), repair)
+    key = str(record.get("key"))
+    if link == key:
+        return True, None
+    problem = Problem(paths.record, "its .done link is missing" if link is None
+                      else f"its .done link points at {link}, the record at {key}")
+    if repair:
+        set_done(paths, key)
+        problem.action = "link set"
+    return True, problem
+
+
+def _demote(paths: NodePaths, record: dict[str, Any] | None, problem: Problem,
+            repair: bool) -> Problem:
+    if repair:
+        paths.done.unlink(missing_ok=True)
+        if record is not None:
+            record["state"] = "damaged"
+            record["damaged"] = problem.why
+            write_record(paths, record)
+        problem.action = "demoted: the next run redoes it"
+    return problem
+
+
+def _nodes_in(folder: Path, names: list[str]) -> list[tuple[NodePaths, str | None]]:
+    present = set(names)
+    tasks = {t for t in map(record_task, names) if t}
+    tasks |= {n[1:-5] for n in names if n.startswith(".") and n.endswith(".done")}
+    out = []
+    for task in sorted(tasks):
+        link = None
+        if done_name(task) in present:
+            try:
+                link = os.readlink(folder / done_name(task))
+            except OSError:
+                link = None
+        out.append((NodePaths(folder, task), link))
+    return out
+
+
+def verify(layout: Layout, run_id: str | None = None, repair: bool = False) -> Report:
+    """Check every finished node of the store (or of one run); repair when asked."""
+    start = time.perf_counter()
+    roots = [layout.run(run_id).dir] if run_id else [layout.runs_dir, layout.tasks_dir]
+    if run_id and not roots[0].is_dir():
+        raise StoreError(f"no run {run_id} in {layout.root}")
+    nodes: list[tuple[NodePaths, str | None]] = []
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")
+                           and not d.endswith(".zarr") and d != "logs"]
+            nodes.extend(_nodes_in(Path(dirpath), filenames))
+    report = Report()
+    with ThreadPoolExecutor(THREADS) as pool:
+        found = list(pool.map(lambda n: _check(n[0], n[1], repair), nodes))
+    report.problems = [p for _, p in found if p is not None]
+    report.checked = sum(1 for finished, _ in found if finished)
+    report.seconds = time.perf_counter() - start
+    return report
