@@ -49,7 +49,7 @@ def top_level_modules(site: Path, requirement_names: Sequence[str]) -> list[str]
     for dist in metadata.distributions(path=[str(site)]):
         try:
             name = dist.metadata["Name"]
-        except Exception:  # noqa: BLE001 - a dist-info without METADATA is not installed
+        except Exception:  # a dist-info without METADATA: not really installed
             continue
         if name:
             dists[canonicalize_name(name)] = dist
