@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 import dscheduler as ds
 
+pytestmark = pytest.mark.fast
+
 
 class Forecast(ds.RunConfig):
     ENV_FIELDS: ClassVar = ("checkpoint", "extra_requirements")

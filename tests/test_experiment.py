@@ -11,6 +11,8 @@ import pytest
 
 import dscheduler as ds
 
+pytestmark = pytest.mark.fast
+
 MODEL = '''
 from typing import ClassVar
 import dscheduler as ds

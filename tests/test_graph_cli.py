@@ -63,6 +63,25 @@ def test_run_plan_status_of_a_recipe_file(cluster: Any, tmp_path: Path) -> None:
     assert Path(str(recipe) + ".log").read_text().count("square") == 3
 
 
+def test_error_text_is_printed_as_is(tmp_path: Path) -> None:
+    """An error quoting ``[test]`` keeps it: messages are not taken as rich markup."""
+    recipe = tmp_path / "bad.py"
+    recipe.write_text("def main():\n    raise ValueError('needs dscheduler[test] installed')\n")
+    for command in ("run", "plan"):
+        out = _invoke(command, str(recipe), "--store", str(tmp_path / "data"))
+        assert out.exit_code == 2, out.output
+        assert "bad.py: main() raised ValueError: needs dscheduler[test] installed" in \
+            out.output, out.output
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("model: m.py:C\nrecipe: '[test].py:main'\nruns: [{a: 1}]\n")
+    (tmp_path / "m.py").write_text("import dscheduler as ds\nclass C(ds.RunConfig):\n"
+                                   "  a: int = 1\n")
+    for command in ("run", "plan"):
+        out = _invoke(command, str(exp), "--store", str(tmp_path / "data"))
+        assert out.exit_code == 2
+        assert "[test].py does not exist" in out.output, out.output
+
+
 def test_bad_paths_are_clear_errors(tmp_path: Path) -> None:
     out = _invoke("plan", str(tmp_path / "nope.py"))
     assert out.exit_code == 2 and "no such file" in out.output

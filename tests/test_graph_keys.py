@@ -15,6 +15,8 @@ from graphfixtures import Cfg, work
 import dscheduler as ds
 import dscheduler.identity
 
+pytestmark = pytest.mark.fast
+
 # ds.plan is the function; the module is reached through sys.modules.
 plan_mod = importlib.import_module("dscheduler.graph.plan")
 
@@ -155,6 +157,39 @@ def test_missing_env_rejected_at_plan(tmp_path: Path) -> None:
                 store=tmp_path)
 
 
+def _other_module_task(tmp_path: Path, body: str) -> ds.Task[Any, Any]:
+    """A task named ``add`` defined in another file, loaded by path."""
+    from dscheduler.graph.imports import load_file
+
+    path = tmp_path / "other_tasks.py"
+    path.write_text("import dscheduler as ds\n\n@ds.task(version='1')\n"
+                    f"def add(a: int, b: int = 2) -> int:\n    return {body}\n")
+    return load_file(path).add  # type: ignore[no-any-return]
+
+
+def test_functions_of_one_name_in_two_places_have_different_keys(tmp_path: Path) -> None:
+    other = _other_module_task(tmp_path, "a * 100")
+    assert other.name == add.name and other.version == add.version
+    assert other.location == "other_tasks.py:add" and add.location == "test_graph_keys:add"
+    assert other(1).key != add(1).key
+    with pytest.raises(ds.GraphError) as info:
+        ds.plan(add(1), other(1), store=tmp_path)
+    message = str(info.value)
+    assert "test_graph_keys:add" in message and "other_tasks.py:add" in message
+    assert "@ds.task(name=" in message
+    # One function under two versions is one task name: allowed.
+    bumped = ds.task(version="2", name="add")(add.fn)
+    assert len(ds.plan(add(1), bumped(5), store=tmp_path).nodes) == 2
+
+
+def test_two_nodes_writing_one_path_are_rejected(tmp_path: Path) -> None:
+    bumped = ds.task(version="2", name="work")(work.fn)
+    cfg = Cfg(x=3)
+    with pytest.raises(ds.GraphError, match="would write the same outputs"):
+        ds.plan(work(cfg, "c1"), bumped(cfg, "c1"), store=tmp_path)
+    ds.plan(work(cfg, "c1"), bumped(cfg, "c2"), store=tmp_path)  # other cases: fine
+
+
 def test_plan_reasons(tmp_path: Path) -> None:
     store = ds.Store(tmp_path)
     a = add(1)
@@ -175,6 +210,24 @@ def test_plan_reasons(tmp_path: Path) -> None:
     store.write_record(paths.record, {"key": a.key, "state": "failed", "attempts": []})
     paths.done.unlink()
     assert ds.plan(a, store=store).reason(a) == plan_mod.FAILED
+    # Its attempt never finished (a record left "running" by a killed worker).
+    store.write_record(paths.record, {"key": a.key, "state": "running", "attempts": [{}]})
+    assert ds.plan(a, store=store).reason(a) == plan_mod.INTERRUPTED
+    store.write_record(paths.record, {"key": a.key, "state": "cancelled", "attempts": []})
+    assert ds.plan(a, store=store).reason(a) == plan_mod.CANCELLED
+    # A succeeded record of another key at this path (the version was bumped since).
+    bumped = ds.task(version="2", name="add")(add.fn)(1)
+    assert bumped.paths(store) != paths  # not bound to a run: its own directory
+    cfg = Cfg(x=1)
+    old, new = work(cfg, "c"), ds.task(version="2", name="work")(work.fn)(cfg, "c")
+    old_paths = old.paths(store)
+    old_paths.dir.mkdir(parents=True)
+    store.write_record(old_paths.record, {"key": old.key, "state": "succeeded",
+                                          "attempts": []})
+    os.symlink(old.key, old_paths.done)
+    assert new.paths(store) == old_paths
+    assert ds.plan(new, store=store).reason(new) == plan_mod.CHANGED
+    assert ds.plan(old, store=store).reason(old) is None
 
 
 def test_plan_lists_envs_to_build(tmp_path: Path) -> None:

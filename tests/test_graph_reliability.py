@@ -21,6 +21,7 @@ import pytest
 from graphfixtures import Cfg, count, lines
 
 import dscheduler as ds
+from dscheduler.envs.mount import mount_root
 from dscheduler.store import atomic
 
 FIXTURES = Path(__file__).with_name("graphfixtures.py")
@@ -237,10 +238,14 @@ def test_task_in_squashfs_env(cluster: Any, graph_store: ds.Store, tmp_path: Pat
     env = ds.Env(image="squashfs", requirements=[], offline=True, smoke_imports=[])
 
     @ds.task(version="1", env=env)
-    def where(tag: str) -> str:
+    def where(tag: str) -> dict[str, str]:
+        import os
         import sys
 
-        return sys.prefix
+        # What the kernel says is mounted at the prefix the task runs from.
+        with open("/proc/self/mounts") as f:
+            mounts = {line.split()[1]: line.split()[2] for line in f}
+        return {"prefix": sys.prefix, "fstype": mounts.get(os.path.realpath(sys.prefix), "")}
 
     node = where("sq")
     results = ds.compute(node, store=graph_store, cluster=cluster, progress=False)
@@ -248,4 +253,10 @@ def test_task_in_squashfs_env(cluster: Any, graph_store: ds.Store, tmp_path: Pat
     assert results.envs == {env.env_id: "built"}
     built = atomic.read_json(graph_store.env(env.env_id).record)
     assert built["kind"] == "squashfs"
-    assert results.value(node) != str(graph_store.env(env.env_id).venv)
+    seen = results.value(node)
+    # It ran from the image, mounted by the first backend that works here
+    # (squashfuse, else a loop mount), at {mount root}/{backend}-{lock_id}/mnt.
+    prefix = Path(seen["prefix"])
+    assert prefix.name == "mnt" and prefix.parent.parent == mount_root()
+    assert prefix.parent.name.endswith("-" + built["lock_digest"][:16])
+    assert seen["fstype"] in ("fuse.squashfuse", "squashfs"), seen

@@ -212,3 +212,52 @@ def test_local_cluster_binds_loopback_and_store_is_not_world_writable(
     assert any(p.suffix == ".zarr" or p.name.endswith(".json") for p in written)
     writable = [p for p in written if not p.is_symlink() and p.stat().st_mode & stat.S_IWOTH]
     assert writable == []
+
+
+def test_handle_status_after_wait_reports_final_states(
+    cluster: Any, graph_store: ds.Store, tmp_path: Path
+) -> None:
+    log = str(tmp_path / "log")
+    good, bad = total([], log), boom(3, log)
+    cached = total([], log + "-cached")
+    ds.compute(cached, store=graph_store, cluster=cluster, progress=False)
+    handle = ds.submit(good, bad, cached, store=graph_store, cluster=cluster)
+    results = handle.wait(timeout=120, progress=False)
+    assert results.counts() == {"succeeded": 1, "cached": 1, "failed": 1}
+    assert handle.status() == results.counts()
+
+
+def test_same_named_functions_in_two_files_keep_their_own_results(
+    cluster: Any, graph_store: ds.Store, tmp_path: Path
+) -> None:
+    """``f(1)`` from ``x + 1`` and from ``x * 100``: each gets its own value, and one
+    graph with both is refused before anything runs."""
+    from dscheduler.graph.imports import load_file
+
+    tasks = []
+    for stem, body in (("first", "x + 1"), ("second", "x * 100")):
+        path = tmp_path / f"{stem}.py"
+        path.write_text(f"import dscheduler as ds\n\n@ds.task(version='1')\n"
+                        f"def f(x: int) -> int:\n    return {body}\n")
+        tasks.append(load_file(path).f)
+    one, two = tasks[0](1), tasks[1](1)
+    assert ds.compute(one, store=graph_store, cluster=cluster, progress=False).value(one) == 2
+    assert ds.compute(two, store=graph_store, cluster=cluster, progress=False).value(two) == 100
+    before = transitions(cluster)
+    with pytest.raises(ds.GraphError, match=r"first\.py:f .* second\.py:f"):
+        ds.compute(tasks[0](7), tasks[1](7), store=graph_store, cluster=cluster,
+                   progress=False)
+    assert transitions(cluster) == before
+
+
+def test_damaged_value_is_a_clear_store_error(cluster: Any, graph_store: ds.Store) -> None:
+    node = plain(4)
+    results = ds.compute(node, store=graph_store, cluster=cluster, progress=False)
+    paths = node.paths(graph_store)
+    (paths.zarr / "zarr.json").write_text("{trunc")
+    with pytest.raises(ds.StoreError) as info:
+        results.value(node)
+    assert str(paths.zarr) in str(info.value) and "verify --repair" in str(info.value)
+    paths.record.write_text('{"state": "succ')
+    with pytest.raises(ds.StoreError, match=r"plain\.json is damaged"):
+        results.record(node)

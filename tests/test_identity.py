@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 import dscheduler as ds
 from dscheduler import identity
 
+pytestmark = pytest.mark.fast
+
 
 class Model(ds.RunConfig):
     ENV_FIELDS: ClassVar = ("checkpoint", "extra_requirements")
@@ -155,9 +157,19 @@ def test_each_field_moves_exactly_its_id(fields: dict[str, Any], field: str) -> 
 
 
 def test_every_field_is_classified() -> None:
-    # Each field is in exactly one of: env fields, excluded, run fields.
-    run_fields = set(Model.model_fields) - set(Model.ENV_FIELDS) - set(Model.HASH_EXCLUDE)
-    assert run_fields == {"config", "steps", "members"}
+    # What the library decided for Model: each field in exactly one group, the
+    # default HASH_EXCLUDE inherited, every other field hashed into config_hash.
+    assert Model.ENV_FIELDS == ("checkpoint", "extra_requirements")
+    assert Model.HASH_EXCLUDE == ("label", "resources")
+    assert Model._run_fields == ("config", "steps", "members")
+
+    class Wider(Model):
+        seed: int = 0
+
+    assert Wider._run_fields == ("config", "steps", "members", "seed")
+    base = Wider(checkpoint="c")
+    assert Wider(checkpoint="c", seed=1).config_hash != base.config_hash
+    assert Wider(checkpoint="c", seed=1).env_id == base.env_id
 
 
 @pytest.mark.parametrize("seed", ["0", "1", "12345"])

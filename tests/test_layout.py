@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.fast
+
 PACKAGE = Path(__file__).resolve().parent.parent / "dscheduler"
 RANKS = {"": 0, "store": 1, "envs": 2, "graph": 3, "run": 4, "cli": 5}
 TOP_LEVEL = {"__init__", "errors", "settings", "identity"}

@@ -261,10 +261,22 @@ def test_bad_backend_names(envs: dict[str, BuiltEnv]) -> None:
             pass
 
 
-def test_unavailable_backends_say_why() -> None:
-    for b in BACKENDS.values():
-        reason = b.unavailable()
-        assert reason is None or (isinstance(reason, str) and reason)
+def test_unavailable_backends_say_why(
+    envs: dict[str, BuiltEnv], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no tool at all
+    assert BACKENDS["squashfuse"].unavailable() == "squashfuse not found on PATH"
+    assert BACKENDS["unsquashfs"].unavailable() == "unsquashfs not found on PATH"
+    assert BACKENDS["apptainer"].unavailable() == "apptainer not found on PATH"
+    assert BACKENDS["loop"].unavailable() == (
+        "mount not found on PATH" if os.geteuid() == 0 else "loop needs root")
+    assert BACKENDS["dir"].unavailable() is None
+    if "squashfs" in envs:
+        with pytest.raises(MountError) as info, ds.mount(envs["squashfs"]):
+            pass
+        message = str(info.value)
+        assert "squashfuse: squashfuse not found on PATH" in message
+        assert "Install squashfuse and fuse3 or squashfs-tools" in message
 
 
 def test_holder_files_of_dead_processes_are_ignored(tmp_path: Path) -> None:

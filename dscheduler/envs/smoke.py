@@ -45,7 +45,7 @@ def top_level_modules(site: Path, requirement_names: Sequence[str]) -> list[str]
     every public top-level module.  Distributions not installed (an
     environment marker said no) are skipped.
     """
-    dists = {}
+    dists: dict[str, metadata.Distribution] = {}
     for dist in metadata.distributions(path=[str(site)]):
         try:
             name = dist.metadata["Name"]
@@ -55,12 +55,12 @@ def top_level_modules(site: Path, requirement_names: Sequence[str]) -> list[str]
             dists[canonicalize_name(name)] = dist
     modules: list[str] = []
     for raw in requirement_names:
-        name = canonicalize_name(raw)
-        dist = dists.get(name)
-        if dist is None:
+        wanted = canonicalize_name(raw)
+        found = dists.get(wanted)
+        if found is None:
             continue
-        tops = _tops_of(dist)
-        own = name.replace("-", "_")
+        tops = _tops_of(found)
+        own = wanted.replace("-", "_")
         chosen = [own] if own in tops else sorted(t for t in tops if not t.startswith("_"))
         modules.extend(m for m in chosen if m not in modules)
     return modules

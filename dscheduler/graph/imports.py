@@ -39,6 +39,9 @@ def load_file(path: Path) -> ModuleType:
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[name]
+        raise ConfigError(f"cannot load {path}: {type(err).__name__}: {err}") from err
     except BaseException:
         del sys.modules[name]
         raise

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..envs import Env
-from ..errors import ConfigError
+from ..errors import ConfigError, DSchedulerError
 from .experiment import load_experiment
 from .imports import import_object, load_file
 
@@ -26,6 +26,17 @@ def _split(spec: str) -> tuple[Path, str | None]:
     if not sep:
         return Path(spec), None
     return Path(file), name
+
+
+def _call(fn: Any, where: str, *args: Any) -> Any:
+    """Call a recipe function; its own failure becomes a ConfigError naming it."""
+    try:
+        return fn(*args)
+    except DSchedulerError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"{where}: {getattr(fn, '__name__', 'recipe')}() raised "
+                          f"{type(err).__name__}: {err}") from err
 
 
 def _function(file: Path, names: tuple[str, ...]) -> Any:
@@ -62,14 +73,14 @@ def load_nodes(path: Path, recipe: str | None = None, model: str | None = None) 
             fn = _function(file, (name or "main",))
         else:
             fn = import_object(str(spec), base=path.parent)
-        return fn(exp)
+        return _call(fn, str(spec), exp)
     file, name = _split(str(path))
     if file.suffix != ".py":
         raise ConfigError(f"{path}: expected an experiment .yaml or a recipe .py file")
     if not file.exists():
         raise ConfigError(f"{file}: no such file")
     name = name or recipe
-    return _function(file, (name,) if name else ("main", "nodes"))()
+    return _call(_function(file, (name,) if name else ("main", "nodes")), str(file))
 
 
 def _read_requirements(path: Path) -> list[str]:

@@ -29,7 +29,10 @@ def wanted(progress: bool | None) -> bool:
 
 
 def widgets_available() -> bool:
-    return importlib.util.find_spec("ipywidgets") is not None
+    try:
+        return importlib.util.find_spec("ipywidgets") is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules["ipywidgets"] is None
+        return False
 
 
 def show(futures: list[Any]) -> None:
@@ -39,4 +42,13 @@ def show(futures: list[Any]) -> None:
     """
     from distributed.diagnostics.progressbar import progress as bar
 
-    bar(futures, multi=True, notebook=in_kernel() and widgets_available())
+    if in_kernel() and widgets_available():
+        try:
+            widget = bar(futures, multi=True, notebook=True)
+            from IPython.display import display  # in a kernel, IPython is there
+
+            display(widget)  # Dask shows it only as a cell's last expression
+            return
+        except ImportError:
+            pass  # a broken ipywidgets install: the text bar still works
+    bar(futures, multi=True, notebook=False)

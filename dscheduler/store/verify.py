@@ -164,15 +164,19 @@ def verify(layout: Layout, run_id: str | None = None, repair: bool = False) -> R
     roots = [layout.run(run_id).dir] if run_id else [layout.runs_dir, layout.tasks_dir]
     if run_id and not roots[0].is_dir():
         raise StoreError(f"no run {run_id} in {layout.root}")
-    nodes: list[tuple[NodePaths, str | None]] = []
+    folders: list[tuple[Path, list[str]]] = []
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")
                            and not d.endswith(".zarr") and d != "logs"]
-            nodes.extend(_nodes_in(Path(dirpath), filenames))
+            folders.append((Path(dirpath), filenames))
+
+    def check_folder(item: tuple[Path, list[str]]) -> list[tuple[bool, Problem | None]]:
+        return [_check(paths, link, repair) for paths, link in _nodes_in(*item)]
+
     report = Report()
     with ThreadPoolExecutor(THREADS) as pool:
-        found = list(pool.map(lambda n: _check(n[0], n[1], repair), nodes))
+        found = [f for batch in pool.map(check_folder, folders) for f in batch]
     report.problems = [p for _, p in found if p is not None]
     report.checked = sum(1 for finished, _ in found if finished)
     report.seconds = time.perf_counter() - start
