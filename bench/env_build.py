@@ -6,7 +6,7 @@ Run:  .venv/bin/python bench/env_build.py [--packages "numpy xarray"] [--repeat 
 In one invocation, with a warm uv cache (one warm-up install first):
 
 * by hand: ``uv venv --relocatable``, ``uv pip install``, ``compileall`` as in
-  notes/reproducible-images.md (plus ``-j0``, as dscheduler runs it), and
+  docs/design.md §6 (plus ``-j0``, as dscheduler runs it), and
   ``mksquashfs -comp zstd -Xcompression-level 3`` with the reproducible flags;
 * dscheduler: ``build_env`` into a fresh store (the same steps plus the lease,
   ``uv pip freeze``, the import smoke test, mode normalisation, fsync and the
@@ -15,7 +15,7 @@ In one invocation, with a warm uv cache (one warm-up install first):
   with pip's cache warmed by one install first;
 * reuse: ``build_env`` of the published env + ``ds.mount`` enter/exit.
 
-Targets (DESIGN 7): dscheduler / by hand <= 1.1; reuse < 0.1 s.  The pip
+Targets (docs/design.md §10): dscheduler / by hand <= 1.1; reuse < 0.1 s.  The pip
 ratio is reported.  Medians over ``--repeat`` rounds, the three builds
 interleaved in each round.
 """

@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python bench/plan.py [--runs 10000] [--big 100000] [--keep DIR]
 
-Shape (DESIGN section 7): N finished runs over 10 envs, one case each.  The
+Shape (docs/design.md §10): N finished runs over 10 envs, one case each.  The
 store is filled the way the executor leaves a finished node (record JSON,
 value JSON, ``.done`` link; env.json per env), without running anything.
 

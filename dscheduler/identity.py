@@ -42,8 +42,8 @@ _encoder = json.JSONEncoder(
     default=lambda o: _default(o),
 )
 # The C encoder behind ``json.dumps``, called directly with the same options:
-# json's Python-level wrapper is 40% of the cost of hashing a small config,
-# and ids for 100,000 configs must take well under a second.
+# json's Python-level wrapper is a large part of the cost of hashing a small
+# config (docs/benchmarks.md), and ids for 100,000 configs must take well under a second.
 _c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
 
 

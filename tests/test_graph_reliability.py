@@ -1,6 +1,6 @@
 """Kill -9 of task subprocesses, workers and drivers; two drivers at once; cancel; timeout.
 
-DESIGN section 8.  Real LocalClusters, real env subprocesses; executions are
+docs/design.md §10.  Real LocalClusters, real env subprocesses; executions are
 counted by side effects (graphfixtures).
 """
 

@@ -1,4 +1,4 @@
-"""The identity contract (DESIGN 2): golden digests and properties."""
+"""The identity contract (docs/design.md §2): golden digests and properties."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """``ds.plan``: what will run, what is cached, which envs need building, and why.
 
 Planning reads the store and nothing else: it builds no env and contacts no
-cluster.  It must be fast (docs/design.md §12: 10,000 finished runs decided
+cluster.  It must be fast (docs/design.md §10: 10,000 finished runs decided
 in 0.3 s, 100,000 runs planned in 3 s), so a node is decided finished without
 parsing its record: after writing a succeeded record, the executor makes the
 symlink ``.{task}.done`` beside it, whose *target* is the node's full key
-(``NodePaths.done``).  One ``readlink`` per node (about 5 us here) answers
+(``NodePaths.done``).  One cheap ``readlink`` per node (docs/benchmarks.md) answers
 "finished with this key?"; a missing link or another key means "run".
 The record stays the truth: the link is written after it, and a node found
 finished by its record but missing its link is simply run, finds the record

@@ -83,8 +83,8 @@ class RunConfig(BaseModel):
 
     def model_post_init(self, context: Any, /) -> None:
         # The digests live in pydantic's private slot, set directly: declared
-        # PrivateAttrs cost a deepcopy of their defaults per instance, which
-        # was a third of the time of making 100,000 configs.
+        # PrivateAttrs cost a deepcopy of their defaults per instance, a large
+        # part of the time of making 100,000 configs (docs/benchmarks.md).
         values = self.__dict__
         env = identity.digest("env.fields", {f: values[f] for f in self.ENV_FIELDS}, "")
         run = identity.digest("run", {f: values[f] for f in self._run_fields}, "")

@@ -100,8 +100,8 @@ def _graph(p: Plan, specs: dict[str, NodeSpec], local: bool
     """Task dicts grouped by their annotations, env builds first; dropped resource asks.
 
     One graph for the whole submission: a ``client.submit`` per node costs the
-    scheduler an update per node, a third of its time for thousands of tiny
-    tasks.  Annotations (retries, resources, priority) live on layers, so
+    scheduler an update per node, a large part of its time for thousands of tiny
+    tasks (docs/benchmarks.md).  Annotations (retries, resources, priority) live on layers, so
     nodes are grouped by them; layers keep graph order.
     """
     retries_default = settings.get("task.retries")

@@ -223,8 +223,8 @@ class Layout:
                     task: str, key16: str) -> str:
         """``NodePaths.done`` as a plain string, for planning's hot loop.
 
-        Three Path joins and four name checks per node cost 20 us, most of the
-        time of planning 100,000 nodes; the names here were checked when the
+        Three Path joins and four name checks per node were most of the time of
+        planning 100,000 nodes (docs/benchmarks.md); the names here were checked when the
         node was made.  ``tests/test_graph_keys.py`` checks both give one path.
         """
         if env_id is None:

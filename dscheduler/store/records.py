@@ -45,8 +45,8 @@ def read_record(path: Path) -> dict[str, Any] | None:
 def write_record(paths: NodePaths, record: dict[str, Any], *, final: bool = True) -> None:
     """Write a node's record atomically; fsync only when the setting ``task.fsync`` says so.
 
-    Compact JSON: indented JSON goes through json's pure-Python encoder, five
-    times slower, a third of a tiny task's cost on a worker.  The reasons for
+    Compact JSON: indented JSON goes through json's pure-Python encoder, far
+    slower on a tiny task's path (docs/benchmarks.md).  The reasons for
     not fsyncing by default are in docs/design.md §7.
     """
     text = json.dumps(record, separators=(",", ":"), default=str)
