@@ -194,6 +194,13 @@ class Layout:
         """Every ``runs/*/*/run.json``."""
         return sorted(self.runs_dir.glob(f"*/*/{RUN_RECORD}")) if self.runs_dir.is_dir() else []
 
+    def task_records(self) -> list[Path]:
+        """Every node record under ``tasks/`` (nodes not bound to a run)."""
+        if not self.tasks_dir.is_dir():
+            return []
+        return sorted(p for p in self.tasks_dir.glob("*/*/*.json") if record_task(p.name)
+                      and p.name == f"{p.parent.parent.name}.json")
+
     def env_records(self) -> list[Path]:
         """Every published env's ``envs/*/env.json``."""
         return sorted(self.envs_dir.glob("*/env.json"))
