@@ -81,11 +81,11 @@ def run_counts(store: Store) -> dict[str, int]:
         counts[env_id] = counts.get(env_id, 0) + 1
     for path in store.task_records():
         try:
-            env_id = (read_record(path) or {}).get("env_id")
+            used = (read_record(path) or {}).get("env_id")
         except StoreError:
             continue  # a damaged record names nothing; `dscheduler verify` reports it
-        if isinstance(env_id, str):
-            counts[env_id] = counts.get(env_id, 0) + 1
+        if isinstance(used, str):
+            counts[used] = counts.get(used, 0) + 1
     return counts
 
 
