@@ -29,7 +29,8 @@ def slow_writer(log: str, n: int) -> None:
 
     with open(log, "a") as f:
         f.write(f"start {os.getpid()}\n")
-    first = sum(1 for line in open(log) if line.startswith("start")) == 1
+    with open(log) as f:
+        first = sum(1 for line in f if line.startswith("start")) == 1
     out = ds.output()
     template = xr.Dataset({"v": ("x", np.zeros(n))})
     template.to_zarr(out, compute=False, zarr_format=3, encoding={"v": {"chunks": (10,)}})
@@ -73,6 +74,7 @@ def test_killed_while_writing_leaves_nothing_visible_and_retry_completes(
         assert record is not None
         first, second = record["attempts"]
         assert first["state"] == "failed" and "interrupted" in first["error"]
+        assert second["state"] == "succeeded"
         leftovers = [p.name for p in paths.dir.iterdir() if p.name.startswith(".")]
         assert leftovers == [".slow_writer.done"]
     finally:

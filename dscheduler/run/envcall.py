@@ -114,7 +114,8 @@ def from_exchange(value: Any, folder: Path) -> Any:
         return {key: read(name) for key, name in manifest["files"].items()}
     import xarray as xr
 
-    data_vars, coords = {}, {}
+    data_vars: dict[str, Any] = {}
+    coords: dict[str, Any] = {}
     for var in manifest["variables"]:
         target = coords if var["coord"] else data_vars
         target[var["name"]] = xr.Variable(var["dims"], read(var["file"]), attrs=var["attrs"])

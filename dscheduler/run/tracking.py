@@ -73,7 +73,7 @@ def summarize(entries: list[dict[str, Any]]) -> dict[str, Any]:
     tags: dict[str, str] = {}
     artifacts: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        kind, name = entry.get("kind"), entry.get("name")
+        kind, name = entry.get("kind"), str(entry.get("name"))
         if kind == "param":
             params[name] = entry["value"]
         elif kind == "metric":

@@ -53,7 +53,7 @@ order: column ORDER?
 ORDER.3: /(asc|desc)\b/i
 value: NUMBER | STRING | TRUE | FALSE
 
-PREFIXED.2: /(metrics?|params?|tags?|config|attributes?)\.(`[^`]+`|"[^"]+"|[A-Za-z_][A-Za-z0-9_.:\/-]*)/i
+PREFIXED.2: /(metrics?|params?|tags?|config|attributes?)\.(`[^`]+`|"[^"]+"|[A-Za-z_][\w.:\/-]*)/i
 _OR.3: /or\b/i
 _AND.3: /and\b/i
 _NOT.3: /not\b/i
@@ -78,7 +78,7 @@ _WORDS = {"_OR": "or", "_AND": "and", "_NOT": "not", "NEGATE": "not", "LIKE": "l
           "_IN": "in", "_IS": "is", "_NULL": "null", "COMPARE": "a comparison (= < ...)",
           "PREFIXED": "a column (metrics.x, params.x ...)", "NAME": "a column",
           "NUMBER": "a number", "STRING": "a 'string'", "TRUE": "true", "FALSE": "false",
-          "LPAR": "(", "RPAR": ")", "COMMA": ",", "$END": "the end",
+          "LPAR": "'('", "RPAR": "')'", "COMMA": "','", "$END": "the end",
           "ORDER": "asc or desc"}
 
 

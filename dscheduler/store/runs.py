@@ -107,8 +107,10 @@ def node_summary(record: dict[str, Any], path: Path | None = None,
     attempts = record.get("attempts") or [{}]
     last = attempts[-1] if isinstance(attempts[-1], dict) else {}
     first = attempts[0] if isinstance(attempts[0], dict) else {}
-    call = record.get("call") if isinstance(record.get("call"), dict) else {}
-    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    call = record.get("call")
+    call = call if isinstance(call, dict) else {}
+    config = record.get("config")
+    config = config if isinstance(config, dict) else {}
     where = None
     if path is not None:
         where = path.relative_to(root).as_posix() if root is not None else str(path)
