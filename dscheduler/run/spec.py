@@ -17,6 +17,7 @@ from ..envs import Env
 from ..errors import GraphError
 from ..graph import Node, Plan
 from ..graph.calls import describe
+from ..graph.drift import DRIFT
 from ..graph.plan import FORCED, NO_CACHE
 from ..store import NodePaths, Store
 from .payload import Ref, dumps, function_for, map_nested
@@ -101,7 +102,7 @@ def make_specs(p: Plan, submission: str) -> dict[str, NodeSpec]:
             upstream=[up.key for up in node.upstream],
             timeout=node.task.options_.timeout,
             submission=submission,
-            rerun=p.reasons.get(node.key) in (FORCED, NO_CACHE),
+            rerun=p.reasons.get(node.key) in (FORCED, NO_CACHE, DRIFT),
             info=describe(node, store, p.envs.get(node.env_id) if node.env_id else None,
                           configs),
         )
