@@ -58,6 +58,15 @@ def _record_files(root: Path) -> Iterator[Path]:
         stack.extend(sorted(subdirs, reverse=True))
 
 
+def _run_of(layout: Layout, path: Path) -> str | None:
+    """The run_id of a record's path under ``runs/``, or None."""
+    try:
+        parts = path.relative_to(layout.runs_dir).parts
+    except ValueError:
+        return None
+    return f"{parts[0]}/{parts[1]}" if len(parts) > 2 else None
+
+
 def iter_node_records(layout: Layout, run_id: str | None = None
                       ) -> Iterator[tuple[Path, dict[str, Any]]]:
     """(path, record) of every node record in the store, or of one run.
@@ -80,7 +89,7 @@ def iter_node_records(layout: Layout, run_id: str | None = None
                 record = read_record(path)
             except StoreError as err:
                 record = {"state": "damaged", "task": record_task(path.name),
-                          "error": err.why}
+                          "error": err.why, "run_id": _run_of(layout, path)}
             except OSError:
                 continue
             if record is not None and ("attempts" in record or record.get("state") == "damaged"):
@@ -197,7 +206,7 @@ def runs_frame(summaries: Iterable[dict[str, Any]], *, filter: str | None = None
         raise ConfigError(f"by={by!r}: list by 'run' or by 'node'")
     if by == "node":
         first = NODE_COLUMNS
-        rows = [_flat(s, {c: s[c] for c in first}) for s in summaries if s["key"]]
+        rows = [_flat(s, {c: s[c] for c in first}) for s in summaries if s["task"]]
     else:
         first = RUN_COLUMNS
         rows = _run_rows(summaries)
