@@ -205,11 +205,10 @@ class _Evaluator:
             values = series.where(known, False).astype(bool)
             return self._masked(op(values, literal).to_numpy(bool), known)
         if isinstance(literal, int | float):
-            numbers = pd.to_numeric(series.where(~series.map(
-                lambda v: isinstance(v, bool))), errors="coerce")
+            numbers = _numbers(series)
             known = numbers.notna().to_numpy(bool)
             return self._masked(op(numbers.fillna(0), literal).to_numpy(bool), known)
-        known = series.map(lambda v: isinstance(v, str)).to_numpy(bool)
+        known = _strings(series)
         values = series.where(known, "").astype(str)
         return self._masked(op(values, literal).to_numpy(bool), known)
 
@@ -219,9 +218,9 @@ class _Evaluator:
         series = self.column(children[0])
         pattern = _like_pattern(_unquote(str(children[-1])),
                                 str(children[-2]).lower() == "ilike")
-        known = series.map(lambda v: isinstance(v, str)).to_numpy(bool)
-        hits = series.map(lambda v: isinstance(v, str) and bool(pattern.match(v)))
-        out = self._masked(hits.to_numpy(bool), known)
+        known = _strings(series)
+        hits = series.where(known, "").astype(str).str.match(pattern)
+        out = self._masked(hits.to_numpy(bool) & known, known)
         return ~out if negate else out
 
     def isin(self, tree: Any) -> pd.Series:
@@ -249,6 +248,31 @@ class _Evaluator:
         result = ~nulls if len(children) == 2 else nulls
         return pd.Series(pd.array(result.to_numpy(bool), dtype="boolean"),
                          index=self.frame.index)
+
+
+def _strings(series: pd.Series) -> Any:
+    """Which values of ``series`` are strings (a numpy bool array), without a Python
+    call per value when the column's dtype says so."""
+    import pandas as pd
+
+    if pd.api.types.is_string_dtype(series.dtype) and series.dtype != object:
+        return series.notna().to_numpy(bool)
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        return series.isna().to_numpy(bool) & False
+    return series.map(lambda v: isinstance(v, str)).to_numpy(bool)
+
+
+def _numbers(series: pd.Series) -> pd.Series:
+    """``series`` as floats (NaN where a value is not a number; bools are not numbers)."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return pd.Series(float("nan"), index=series.index)
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        return series.astype(float)
+    if series.dtype == object:
+        series = series.where(~series.map(lambda v: isinstance(v, bool)))
+    return pd.to_numeric(series, errors="coerce")
 
 
 def _number(text: str) -> float | None:

@@ -150,67 +150,81 @@ def node_summaries(layout: Layout, run_id: str | None = None) -> Iterator[dict[s
         yield node_summary(record, path, layout.root)
 
 
-def _flat(summary: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    for group in ("params", "metrics", "tags", "config"):
-        for name, value in summary[group].items():
-            row[f"{group}.{name}"] = value
-    return row
+_GROUPS = ("config", "params", "metrics", "tags")
 
 
-def _run_rows(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for summary in summaries:
-        if summary["run_id"]:
-            runs.setdefault(summary["run_id"], []).append(summary)
-    rows = []
-    for run_id, nodes in runs.items():
-        nodes.sort(key=lambda s: s["end"] or "")
-        states = {s["state"] for s in nodes}
-        state = next((s for s in _RUN_STATE_ORDER if s in states), sorted(map(str, states))[0])
-        env_id, _, config_hash = run_id.partition("/")
-        starts = [s["start"] for s in nodes if s["start"]]
-        ends = [s["end"] for s in nodes if s["end"]]
-        row: dict[str, Any] = {
-            "run_id": run_id, "env_id": env_id, "config_hash": config_hash,
-            "label": next((s["label"] for s in nodes if s["label"]), ""), "state": state,
-            "nodes": len(nodes), "start": min(starts) if starts else None,
-            "end": max(ends) if ends and state != "running" else None,
-        }
-        metrics: dict[str, list[float]] = {}
-        for s in nodes:  # later nodes win for params, tags and config
-            for group in ("params", "tags", "config"):
-                for name, value in s[group].items():
-                    row[f"{group}.{name}"] = value
-            for name, value in s["metrics"].items():
-                metrics.setdefault(name, []).append(value)
-        for name, values in metrics.items():
-            row[f"metrics.{name}"] = sum(values) / len(values)
-        rows.append(row)
-    return rows
+def _node_frame(summaries: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per summary: the node columns, then one column per config field, param,
+    metric and tag.  Built column by column: a DataFrame of 100,000 row dicts costs
+    several times more."""
+    import pandas as pd
+
+    rows = list(summaries)
+    data: dict[str, list[Any]] = {c: [s[c] for s in rows] for c in NODE_COLUMNS}
+    for group in _GROUPS:
+        names: set[str] = set()
+        for s in rows:
+            names.update(s[group])
+        for name in sorted(names):
+            data[f"{group}.{name}"] = [s[group].get(name) for s in rows]
+    return pd.DataFrame(data)
+
+
+def _run_frame(nodes: pd.DataFrame) -> pd.DataFrame:
+    """One row per run from a node frame (see :meth:`Store.runs`)."""
+    import pandas as pd
+
+    nodes = nodes[nodes["run_id"].notna()]
+    nodes = nodes.sort_values("end", na_position="first", kind="stable")  # latest last
+    rank = {s: i for i, s in enumerate(_RUN_STATE_ORDER)}
+    ids = nodes["run_id"].str.partition("/")
+    base = pd.DataFrame({"run_id": nodes["run_id"], "env_id": ids[0], "config_hash": ids[2],
+                         "label": nodes["label"].replace("", None),
+                         "state": nodes["state"].map(lambda v: rank.get(v, len(rank))),
+                         "start": nodes["start"], "end": nodes["end"]})
+    later = [c for c in nodes.columns if c.startswith(("config.", "params.", "tags."))]
+    metrics = [c for c in nodes.columns if c.startswith("metrics.")]
+    if nodes["run_id"].is_unique:  # one node per run: nothing to aggregate
+        runs = base.assign(nodes=1)
+        runs[later] = nodes[later]
+        runs[metrics] = nodes[metrics].apply(pd.to_numeric, errors="coerce")
+    else:
+        grouped = base.assign(**{c: nodes[c] for c in later},
+                              **{c: pd.to_numeric(nodes[c], errors="coerce")
+                                 for c in metrics}).groupby("run_id", sort=False)
+        runs = grouped[["env_id", "config_hash", "label", *later]].last()
+        runs["state"] = grouped["state"].min()
+        runs["nodes"] = grouped.size()
+        runs["start"] = grouped["start"].min()
+        runs["end"] = grouped["end"].max()
+        runs[metrics] = grouped[metrics].mean()
+        runs = runs.reset_index()
+    runs["state"] = runs["state"].map(
+        lambda i: _RUN_STATE_ORDER[i] if i < len(_RUN_STATE_ORDER) else "unknown")
+    runs["label"] = runs["label"].fillna("")
+    runs.loc[runs["state"] == "running", "end"] = None
+    return runs
 
 
 def _ordered_columns(columns: Iterable[str], first: list[str]) -> list[str]:
     rest = sorted(c for c in columns if c not in first)
-    groups = ("config.", "params.", "metrics.", "tags.")
     return first + sorted(rest, key=lambda c: (next(
-        (i for i, g in enumerate(groups) if c.startswith(g)), len(groups)), c))
+        (i for i, g in enumerate(_GROUPS) if c.startswith(g + ".")), len(_GROUPS)), c))
 
 
 def runs_frame(summaries: Iterable[dict[str, Any]], *, filter: str | None = None,
                order_by: list[str] | str | None = None,
                state: str | list[str] | None = None, by: str = "run") -> pd.DataFrame:
     """The DataFrame of ``store.runs()`` from node summaries (see :meth:`Store.runs`)."""
-    import pandas as pd
-
     if by not in ("run", "node"):
         raise ConfigError(f"by={by!r}: list by 'run' or by 'node'")
+    frame = _node_frame(summaries)
     if by == "node":
         first = NODE_COLUMNS
-        rows = [_flat(s, {c: s[c] for c in first}) for s in summaries if s["task"]]
+        frame = frame[frame["task"].notna()]
     else:
         first = RUN_COLUMNS
-        rows = _run_rows(summaries)
-    frame = pd.DataFrame(rows)
+        frame = _run_frame(frame)
     frame = frame.reindex(columns=_ordered_columns(frame.columns, first))
     if state:
         wanted = [state] if isinstance(state, str) else list(state)
