@@ -21,6 +21,7 @@ Run:  .venv/bin/python bench/records.py [--runs 100000] [--arrays 16] [--mb 100]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -141,8 +142,8 @@ def writes(arrays: int, mb: int) -> None:
             data = smooth(mb * 10**6 // 4, i)
             chunks = chunks_for(data.shape, data.dtype.itemsize)
             paths = NodePaths(root, f"a{i}")
-            jobs = [("raw", lambda: raw_write(root / f"raw{i}.zarr", data, chunks)),
-                    ("ds", lambda: save_value(paths, data))]
+            jobs = [("raw", functools.partial(raw_write, root / f"raw{i}.zarr", data, chunks)),
+                    ("ds", functools.partial(save_value, paths, data))]
             for name, job in (jobs if i % 2 == 0 else jobs[::-1]):
                 t, _ = timed(job)
                 if name == "raw":

@@ -55,7 +55,7 @@ def test_open_results_and_collect(cluster: Any, graph_store: ds.Store, tmp_path:
     xr.testing.assert_equal(collected, combined.load())
     assert collected["t2m"].encoding["chunks"] == (1, 4)  # one chunk per case
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".all.zarr")]
-    with pytest.raises(ds.ConfigError, match="nothing in the store .* is named 'nope'"):
+    with pytest.raises(ds.ConfigError, match=r"nothing in the store .* is named 'nope'"):
         ds.open_results("nope", store=graph_store)
 
 

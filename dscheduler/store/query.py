@@ -193,7 +193,6 @@ class _Evaluator:
     def compare(self, tree: Any) -> pd.Series:
         import operator
 
-        import pandas as pd
 
         series = self.column(tree.children[0])
         op = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, "<>": operator.ne,
