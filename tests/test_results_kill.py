@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from graphfixtures import lines
+from test_graph_reliability import _wait_for
 
 import dscheduler as ds
 
@@ -43,23 +43,13 @@ def slow_writer(log: str, n: int) -> None:
             time.sleep(60)
 
 
-def _wait(predicate: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 def test_killed_while_writing_leaves_nothing_visible_and_retry_completes(
         cluster: Any, graph_store: ds.Store, tmp_path: Path) -> None:
     log = str(tmp_path / "log")
     node = slow_writer(log, 100)
     paths = node.paths(graph_store)
     handle = ds.submit(node, store=graph_store, cluster=cluster)
-    _wait(lambda: "writing" in lines(log))
+    _wait_for(lambda: "writing" in lines(log), what="the write to start")
     pid = int(lines(log)[0].split()[1])
     partial = [p.name for p in paths.dir.iterdir() if p.name.startswith(".slow_writer.zarr.")]
     assert partial and not paths.zarr.exists()  # written so far: only a hidden sibling
