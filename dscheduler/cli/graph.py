@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import settings
-from ..errors import DSchedulerError, StoreError
+from ..errors import DSchedulerError, StoreError, tail
 from ..graph import plan as make_plan
 from ..graph.recipe import load_nodes
 from ..run import compute
@@ -86,7 +86,8 @@ def plan(
 def status(
     store: StoreOption = None,
     failures: Annotated[int | None, typer.Option(
-        help="show this many recent failures (default: setting dashboard.failures)")] = None,
+        help="show this many recent failures (default: setting dashboard.failures; "
+        "3 with --watch)")] = None,
     watch: Annotated[bool, typer.Option(
         "--watch", "-w", help="keep the summary on screen, read again every --interval "
         "seconds, until Ctrl-C; needs no running scheduler")] = False,
@@ -101,12 +102,14 @@ def status(
         console.print(status_view(summarize(st, failures)))
         return
     every = float(settings.get("dashboard.refresh", interval))
+    # A screen holds less than a scroll-back: 3 failures and 5 lines of each log by default.
+    shown = 3 if failures is None else failures
     with Live(console=console, auto_refresh=False) as live:
         try:
             while True:
-                view = status_view(summarize(st, failures),
+                view = status_view(summarize(st, shown),
                                    f" · {time.strftime('%H:%M:%S')}, every {every:g} s; "
-                                   "Ctrl-C stops")
+                                   "Ctrl-C stops", tail_lines=5)
                 live.update(view, refresh=True)
                 time.sleep(every)
         except KeyboardInterrupt:
@@ -121,8 +124,11 @@ def _counts(first: str, rows: dict[str, Counter[str]], columns: list[str]) -> Ta
     return table
 
 
-def status_view(summary: Summary, note: str = "") -> Group:
-    """What ``dscheduler status`` prints: the page's store section, as rich renderables."""
+def status_view(summary: Summary, note: str = "", tail_lines: int | None = None) -> Group:
+    """What ``dscheduler status`` prints: the page's store section, as rich renderables.
+
+    ``tail_lines`` shortens each failure's log tail to its last lines.
+    """
     parts: list[Any] = [
         Text(f"store {summary.root}{note}"),
         Text(f"runs: {summary.runs}; envs built: {summary.envs_built}"),
@@ -153,5 +159,6 @@ def status_view(summary: Summary, note: str = "") -> Group:
                               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.time))}: "
                               f"{f.error}\n    {f.where}"))
             if f.log_tail:
-                parts.append(Text(textwrap.indent(f.log_tail, "    | "), style="dim"))
+                log = tail(f.log_tail, tail_lines) if tail_lines else f.log_tail
+                parts.append(Text(textwrap.indent(log, "    | "), style="dim"))
     return Group(*parts)
