@@ -21,6 +21,7 @@ import dask
 import psutil
 import pytest
 from graphfixtures import Cfg, boom, total, work
+from test_graph_run import Broken
 from typer.testing import CliRunner
 
 import dscheduler as ds
@@ -28,18 +29,6 @@ from dscheduler.cli import app
 from dscheduler.run import dashboard
 from dscheduler.run.dashboard.web import _MARK
 from dscheduler.store.status import summarize
-
-BROKEN_INDEX = Path(__file__).parent  # no wheels here: nothing resolves
-
-
-class Labelled(Cfg):
-    """Cfg whose flavor "broken" asks for a package no index has: its env build fails."""
-
-    def env(self) -> ds.Env:
-        if self.flavor != "broken":
-            return super().env()
-        return ds.Env(image="dir", requirements=["dstest-no-such-package==1.0"],
-                      find_links=[str(BROKEN_INDEX)], offline=True)
 
 
 def get_json(url: str) -> dict[str, Any]:
@@ -79,10 +68,10 @@ def fresh_stores() -> Iterator[None]:
 def mixed_graph(log: str) -> tuple[list[ds.Node], ds.Node, ds.Node]:
     """Six runs under two labels, a sum over them, a failing node and what it blocks,
     and a run whose env cannot be built."""
-    cfgs = [Labelled(flavor="ab"[i % 2], x=i, log=log, label=f"L{i % 2}") for i in range(6)]
+    cfgs = [Broken(flavor="ab"[i % 2], x=i, log=log, label=f"L{i % 2}") for i in range(6)]
     works = [work(c, "c0") for c in cfgs]
     bad = boom(7, log)
-    broken = work(Labelled(flavor="broken", x=99, log=log, label="L9"), "c0")
+    broken = work(Broken(flavor="broken", x=99, log=log, label="L9"), "c0")
     return [*works, total(works, log), bad, total([bad], log), broken], bad, broken
 
 
@@ -123,7 +112,7 @@ def test_page_json_agrees_with_results_store_and_status(
     # Envs: the two flavors built (with build time and size from env.json), one failed.
     envs = {e["env_id"]: e for e in graph["envs"]}
     assert envs[broken.env_id]["state"] == "failed"
-    assert "dstest-no-such-package" in envs[broken.env_id]["log_tail"]
+    assert "dstest-does-not-exist" in envs[broken.env_id]["log_tail"]
     good = [e for k, e in envs.items() if k != broken.env_id]
     assert len(good) == 2 and all(e["state"] == "built" and e["kind"] == "dir"
                                   and e["build_seconds"] > 0 and e["size_bytes"] > 0
@@ -134,7 +123,7 @@ def test_page_json_agrees_with_results_store_and_status(
     assert failures[bad.name]["error"] == "ValueError: boom 7 went wrong"
     assert "boom 7 went wrong" in failures[bad.name]["log_tail"]
     assert failures[bad.name]["where"] == str(bad.paths(graph_store).record)
-    assert "dstest-no-such-package" in failures[f"build_env-{broken.env_id}"]["log_tail"]
+    assert "dstest-does-not-exist" in failures[f"build_env-{broken.env_id}"]["log_tail"]
 
     # The store section is the store's own summary: what `dscheduler status` prints.
     data = get_json(page_url(cluster) + ".json")
