@@ -211,6 +211,52 @@ def test_install_is_idempotent_on_a_scheduler_dscheduler_did_not_start(
     assert capsys.readouterr().err.count("dscheduler page:") == 1  # printed once
 
 
+@pytest.fixture
+def scheduler_process(tmp_path: Path) -> Iterator[str]:
+    """A ``dask scheduler`` and a ``dask worker``, processes of their own, as a long-lived
+    scheduler (``cluster up``, a SLURM job) would be: its address."""
+    import subprocess
+    import sys
+
+    info = tmp_path / "scheduler.json"
+    dask_cli = [sys.executable, "-m", "dask"]
+    procs = [subprocess.Popen([*dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--dashboard-address", "127.0.0.1:0", "--dashboard-prefix",
+                               "/hub", "--scheduler-file", str(info)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        wait_for(info.exists, timeout=60, what="the scheduler to start")
+        address = json.loads(wait_for(info.read_text, what="its scheduler file"))["address"]
+        procs.append(subprocess.Popen([*dask_cli, "worker", address, "--nthreads", "1",
+                                       "--host", "127.0.0.1", "--no-nanny"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_page_on_a_scheduler_in_another_process(scheduler_process: str, tmp_path: Path,
+                                                graph_store: ds.Store) -> None:
+    """The plugin travels to a scheduler process by reference and serves the page there."""
+    from distributed import Client
+
+    with Client(scheduler_process) as client:
+        client.wait_for_workers(1, timeout=60)
+        log = str(tmp_path / "log")
+        results = ds.compute(total([boom(2, log)], log), total([], log), store=graph_store,
+                             cluster=client, progress=False)
+        assert results.counts() == {"failed": 1, "blocked": 1, "succeeded": 1}
+        port = client.scheduler_info()["services"]["dashboard"]
+        base = f"http://127.0.0.1:{port}/hub/dscheduler"
+        [graph] = wait_for(lambda: [g for g in get_json(base + ".json")["graphs"] if g["done"]],
+                           what="the graph to end on the page")
+        assert graph["by_task"] == {"boom": {"failed": 1},
+                                    "total": {"blocked": 1, "succeeded": 1}}
+        assert graph["failures"][0]["error"] == "ValueError: boom 2 went wrong"
+
+
 def page_rules(scheduler: Any) -> list[str]:
     """Route patterns naming dscheduler on the scheduler's dashboard server."""
     found = []

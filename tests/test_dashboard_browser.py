@@ -30,7 +30,7 @@ CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Headless Chromium through Selenium, with a fresh profile."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if chromium is None or driver is None:
@@ -38,7 +38,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true: {why}")
         pytest.skip(why)
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager never downloads
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager never downloads anything
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -28,6 +28,7 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from ... import settings
+from ...errors import StoreError
 from ...store.layout import Layout
 from ...store.records import read_record
 from ...store.status import (
@@ -103,12 +104,12 @@ class GraphView:
         self.nodes: dict[str, list[Any]] = {}  # key -> [task, label, state, record]
         self.envs: dict[str, str] = dict(meta["envs"])
         self.failures: deque[tuple[float, str, str]] = deque(maxlen=failures)
-        self.active = 0  # nodes and envs not ended
         for t, lbl, n in meta["cached"]:
             self.counts.setdefault((t, lbl), Counter())["cached"] += n
         for key, t, lbl, record in meta["run"]:
             self.nodes[key] = [t, lbl, "queued", record]
             self.counts.setdefault((t, lbl), Counter())["queued"] += 1
+        # nodes and envs not ended yet: the graph is done at 0
         self.active = len(self.nodes) + sum(s not in ENDED for s in self.envs.values())
 
     def followed(self) -> list[str]:
@@ -238,6 +239,7 @@ class Reader:
         with self.lock:
             graphs = [self._graph(g).to_json() for g in frozen]
             roots = list(dict.fromkeys(g.root for g in frozen))
+            self.stores = {r: self.stores[r] for r in roots if r in self.stores}
             return {"scheduler": address, "updated": time.time(),
                     "refresh": float(settings.get("dashboard.refresh")),
                     "graphs": graphs, "stores": [self._store(root) for root in roots]}
@@ -278,7 +280,7 @@ class Reader:
             path = layout.root / record
             try:
                 data = read_record(path)
-            except Exception as err:  # a damaged record: say so, keep the scheduler's text
+            except (StoreError, OSError) as err:  # the scheduler's text stands in for it
                 log.debug("dashboard: %s", err)
                 data = None
             if data is not None and data.get("state") == "failed":
