@@ -29,7 +29,7 @@ from .errors import (
     TaskError,
 )
 from .graph import Experiment, Node, Plan, RunConfig, Task, load_experiment, plan, task
-from .run import Handle, Results, compute, submit
+from .run import Handle, Results, compute, connect, slurm_cluster, submit
 from .store import Lease, Store
 
 __version__ = "0.1.0"
@@ -59,9 +59,11 @@ __all__ = [
     "Task",
     "TaskError",
     "compute",
+    "connect",
     "load_experiment",
     "mount",
     "plan",
+    "slurm_cluster",
     "submit",
     "task",
 ]

@@ -142,6 +142,8 @@ EXPORTED = [
     "Store", "StoreError", "Task", "TaskError", "compute", "load_experiment", "mount", "plan",
     "submit", "task",
 ]
+EXPORTED += ["connect", "slurm_cluster"]  # SLURM (docs/design.md §11)
+EXPORTED.sort()
 
 
 def test_exported_names() -> None:

@@ -16,7 +16,8 @@ from ..errors import DSchedulerError, StoreError
 from ..graph import plan as make_plan
 from ..graph.recipe import load_nodes
 from ..run import compute
-from ..run.clusters import close_local, local_running
+from ..run.clusters import close_local, close_slurm, local_running, slurm_running
+from ..run.slurm.ledger import cluster_jobs, reap_orphans
 from ..store import Store
 from ..store.status import summarize
 from .common import ModelOption, RecipeOption, StoreOption, console, errors, fail, say
@@ -26,7 +27,10 @@ PathArgument = Annotated[Path, typer.Argument(help="experiment YAML or recipe .p
 
 def run(
     path: PathArgument,
-    cluster: Annotated[str, typer.Option("--cluster", "-c", help="local or a scheduler "
+    cluster: Annotated[str, typer.Option("--cluster", "-c", help="local (an embedded cluster), "
+                                         "slurm (SLURM jobs for this run, settings "
+                                         "dscheduler.slurm), store (the cluster `dscheduler "
+                                         "cluster up` started for the store) or a scheduler "
                                          "address tcp://host:port")] = "local",
     store: StoreOption = None,
     recipe: RecipeOption = None,
@@ -39,6 +43,7 @@ def run(
 ) -> None:
     """Run what PATH describes; finished nodes are skipped, envs built once."""
     owned = not local_running()  # close only a cluster this command starts
+    owned_slurm = not slurm_running()
     try:
         nodes = load_nodes(path, recipe, model)
         results = compute(nodes, store=Store(store), cluster=cluster, force=force,
@@ -48,6 +53,8 @@ def run(
     finally:
         if owned:
             close_local()  # before distributed's own exit hooks, which log lost tasks
+        if owned_slurm:
+            close_slurm()  # cancels every job it submitted
     say(repr(results))
     say(f"store: {results.store.root}")
     try:
@@ -78,10 +85,13 @@ def status(
     store: StoreOption = None,
     failures: Annotated[int, typer.Option(help="show this many recent failures")] = 5,
 ) -> None:
-    """Summarise the store: runs, nodes by state, envs, the last failures."""
+    """Summarise the store: runs, nodes by state, envs, the last failures, SLURM jobs."""
     st = Store(store)
     if not st.root.is_dir():
         fail(StoreError(f"no store at {st.root}; run something first or pass --store"))
+    for info in reap_orphans(st):
+        say(f"cancelled SLURM jobs {', '.join(sorted(info.get('jobs') or {})) or 'none'} of "
+            f"cluster {info.get('cluster')}, whose owner (pid {info.get('pid')}) is gone")
     summary = summarize(st)
     say(f"store {summary.root}")
     say(f"runs: {summary.runs}; envs built: {summary.envs}")
@@ -97,3 +107,19 @@ def status(
         say(f"last {len(shown)} failure(s):")
         for failure in shown:
             say(f"  {failure.name} ({failure.path.parent}): {failure.last_attempt.get('error')}")
+    _slurm_jobs(st)
+
+
+def _slurm_jobs(st: Store) -> None:
+    """The store's live SLURM clusters and their jobs, as squeue sees them."""
+    for info in cluster_jobs(st):
+        say(f"SLURM cluster {info.get('cluster')} ({info.get('kind')}, pid {info.get('pid')} "
+            f"on {info.get('host')}, scheduler {info.get('address')}): "
+            f"{len(info['queue'])} job(s)")
+        table = Table("job", "kind", "state", "node or reason", box=None)
+        for job, entry in sorted(info["queue"].items()):
+            kind = str((info.get("jobs") or {}).get(job, {}).get("kind", ""))
+            state, where = (entry["state"], entry["where"]) if entry else ("gone", "")
+            table.add_row(job, kind, state, where)
+        if info["queue"]:
+            console.print(table)
