@@ -8,6 +8,7 @@ GPU job fit the 2-CPU node at once; every test ends with none of its jobs in
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,8 +20,11 @@ from typing import Any
 import dask.config
 import pytest
 from graphfixtures import Cfg, count, lines, work
+from test_graph_reliability import _wait_for as wait_for
 
 import dscheduler as ds
+from dscheduler.envs.mount import BACKENDS, SharedMount, release_unused
+from dscheduler.identity import short_id
 from dscheduler.run.clusters import close_slurm
 
 pytestmark = pytest.mark.slurm
@@ -50,14 +54,10 @@ def wait_until_gone(job_ids: set[str], timeout: float = 60.0) -> float:
     return time.monotonic() - start
 
 
-def wait_for(predicate: Any, timeout: float = 120.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+def run(nodes: list[ds.Node], store: ds.Store, cluster: Any,
+        timeout: float = 180) -> ds.Results:
+    """``ds.compute`` that gives up after ``timeout`` seconds instead of hanging."""
+    return ds.submit(nodes, store=store, cluster=cluster).wait(timeout=timeout, progress=False)
 
 
 def attempts(results: ds.Results, node: ds.Node) -> list[dict[str, Any]]:
@@ -77,7 +77,7 @@ def test_two_envs_ten_tasks_on_slurm_workers(slurm_available: str, node_dirs: An
     settings = {f"dscheduler.slurm.{k}": v for k, v in SMALL.items()}
     with dask.config.set({**settings, "dscheduler.slurm.partition": slurm_available}):
         try:
-            results = ds.compute(nodes, store=store, cluster="slurm", progress=False)
+            results = run(nodes, store, "slurm")
         finally:
             close_slurm()  # cancels its jobs
     assert results.counts() == {"succeeded": 10}, results.errors
@@ -150,8 +150,7 @@ def on_gpu(i: int) -> dict[str, Any]:
 
 def test_gpu_tasks_run_only_in_gpu_jobs_cpu_tasks_in_the_others(slurm: Any) -> None:
     cpu_nodes, gpu_nodes = [on_cpu(i) for i in range(3)], [on_gpu(i) for i in range(3)]
-    results = ds.compute(cpu_nodes + gpu_nodes, store=slurm.store, cluster=slurm,
-                         progress=False)
+    results = run(cpu_nodes + gpu_nodes, slurm.store, slurm)
     assert results.counts() == {"succeeded": 6}, results.errors
     kinds = slurm.history  # every job this one scheduler submitted -> cpu | gpu
     for node in gpu_nodes:
@@ -199,6 +198,41 @@ def test_scancel_of_a_workers_job_mid_task_runs_it_again_elsewhere(slurm: Any,
     assert rerun["state"] == "succeeded" and rerun["slurm_job_id"] == value["job"]
 
 
+def hello(i: int) -> str:
+    import dstest_app  # only in the env's image
+
+    return f"{i} {dstest_app.hello()}"
+
+
+@pytest.mark.squashfs
+def test_a_squashfs_env_is_built_once_mounted_on_the_node_and_released(
+        slurm: Any, make_env: Any, node_dirs: dict[str, Path]) -> None:
+    if shutil.which("mksquashfs") is None or shutil.which("squashfuse") is None:
+        pytest.skip("squashfs-tools or squashfuse missing (apt-get install squashfs-tools "
+                    "squashfuse fuse3)")
+    env = make_env("dstest-app")  # a squashfs image, built by a CPU job's worker
+    task = ds.task(version="1", env=env, name="hello_sqsh")(hello)
+    nodes = [task(i) for i in range(4)]
+    results = run(nodes, slurm.store, slurm)
+    assert results.envs == {env.env_id: "built"}, results.env_errors
+    assert [results.value(n) for n in nodes] == [f"{i} app+base" for i in range(4)]
+    assert all(attempts(results, n)[-1]["slurm_job_id"] in slurm.history for n in nodes)
+    # the image was mounted on the node (a shared mount's lock file stays) ...
+    assert list(node_dirs["mounts"].glob("*.lock")), list(node_dirs["mounts"].iterdir())
+    # ... and nothing of it is mounted any more
+    mounts = Path("/proc/mounts").read_text()
+    assert str(node_dirs["mounts"]) not in mounts, mounts
+
+    # A mount whose holder was killed mid-task is released when a worker starts or stops.
+    built = slurm.store.build_env(env)  # published: returned at once
+    shared = SharedMount(BACKENDS["squashfuse"], f"squashfuse-{short_id(built.lock_digest)}")
+    holder = shared.enter(built.image)
+    holder.rename(holder.with_name("1-1-killed"))  # pid 1 started at another time: dead
+    assert str(shared.target) in Path("/proc/mounts").read_text()
+    assert release_unused() == [shared.dir]  # what dscheduler.run.slurm.preload calls
+    assert str(shared.target) not in Path("/proc/mounts").read_text()
+
+
 # -- walltime: workers retire at their lifetime, new jobs finish the graph -------------------
 
 
@@ -220,7 +254,7 @@ def test_a_worker_reaching_its_lifetime_retires_and_new_jobs_finish(
     nodes = [step(i, log) for i in range(4)]
     options = {**SMALL, "walltime": "00:05:00", "lifetime": "8s", "lifetime_stagger": "0s"}
     with ds.slurm_cluster(store, partition=slurm_available, **options) as cluster:
-        results = ds.compute(nodes, store=store, cluster=cluster, progress=False)
+        results = run(nodes, store, cluster)
         history = cluster.history
     wait_until_gone(set(history), 60)
     assert results.counts() == {"succeeded": 4}, results.errors  # no task lost

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from graphfixtures import Cfg, count, work
-from test_slurm_cluster import our_jobs, wait_for, wait_until_gone
+from test_slurm_cluster import our_jobs, run, wait_for, wait_until_gone
 
 import dscheduler as ds
 
@@ -66,14 +67,20 @@ def test_cluster_up_detach_a_new_driver_collects_cluster_down(
                                 timeout=120)
         assert driver.returncode == 0 and "submitted" in driver.stdout, driver.stderr
         assert count(log, "end") < 3  # gone before its graph finished
+        status = _cli("status", "--store", str(store.root))
+        assert f"SLURM cluster {record['cluster']} (detached, pid {record['pid']}" in status.stdout
         # A new driver sees those nodes running, waits for them and collects them.
-        results = ds.compute(_nodes(log), store=store, cluster="store", progress=False)
+        wait_for(lambda: count(log, "start") >= 1, 60, "a detached task to start")
+        reasons = ds.plan(_nodes(log), store=store).reasons.values()
+        assert any(r.startswith("in progress elsewhere (its lease is held)") for r in reasons)
+        results = run(_nodes(log), store, "store")
         assert results.ok and len(results.states) == 3, results.errors
         assert count(log, "start") == 3 and count(log, "end") == 3  # nothing ran twice
         jobs = {r["attempts"][-1]["slurm_job_id"] for r in map(results.record, results.plan.nodes)
                 if r is not None}
         assert None not in jobs
     finally:
+        ds.connect(store).close()  # the notebook goes away first
         down = _cli("cluster", "down", "--store", str(store.root))
     assert down.returncode == 0, down.stderr
     assert f"stopped SLURM cluster {record['cluster']}" in down.stdout
@@ -139,5 +146,35 @@ def test_kill9_of_a_driver_leaves_no_job_in_the_queue(slurm_available: str,
             os.killpg(driver.pid, signal.SIGKILL)
     print(f"{len(states)} jobs ({sorted(states.values())}) left the queue {took:.1f} s "
           "after the driver's kill -9")
+    # Well before the workers' own death timeout (60 s), which pending jobs never reach:
+    # the reaper cancelled them.
+    assert took < 45, took
     assert not any(name in ledger["names"] for _, name in our_jobs().values())
     assert store.slurm_jobs_records() == []  # the reaper removed the ledger after cancelling
+
+
+def test_the_next_command_cancels_the_jobs_of_a_dead_driver(slurm_available: str,
+                                                            tmp_path: Path) -> None:
+    """A driver and its reaper both gone (a rebooted login node): ``status`` cleans up."""
+    store = ds.Store(tmp_path / "data").ensure()
+    name = "dscheduler-cpu-deadbeef"
+    held = subprocess.run(["sbatch", "--parsable", "--hold", "-p", slurm_available, "-J", name,
+                           "-o", "/dev/null", "-t", "5", "--wrap", "sleep 300"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    job = held.stdout.strip().split(";")[0]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ledger = {"cluster": "deadbeef", "kind": "driver", "host": socket.gethostname(),
+              "pid": dead.pid, "started": time.time(), "address": None, "beat": time.time(),
+              "names": [name], "jobs": {job: {"kind": "cpu", "name": "cpu-0"}}}
+    store.slurm_jobs_record("deadbeef").parent.mkdir(parents=True)
+    store.slurm_jobs_record("deadbeef").write_text(json.dumps(ledger))
+    try:
+        assert our_jobs()[job][0] == "PENDING"  # held: it would never start a worker
+        status = _cli("status", "--store", str(store.root))
+        assert status.returncode == 0, status.stderr
+        assert f"cancelled SLURM jobs {job} of cluster deadbeef" in status.stdout
+        wait_until_gone({job}, 30)
+        assert store.slurm_jobs_records() == []
+    finally:
+        subprocess.run(["scancel", job], check=False, timeout=30)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from distributed import Client
 from distributed.deploy.cluster import Cluster
 from distributed.utils import format_dashboard_link
 
+from ...errors import ConfigError
 from ...store import Store, store_of
 from .jobs import JOB_CLASSES, CpuJob, inherited_config, job_label
 from .ledger import Ledger, reap_orphans
@@ -56,7 +58,8 @@ class SlurmCluster(SLURMCluster):
     Raises
     ------
     ConfigError
-        A bad option, before a scheduler starts or a job is submitted.
+        A bad option or no SLURM commands, before a scheduler starts or a job
+        is submitted.
     """
 
     job_cls: type[SLURMJob] = CpuJob
@@ -64,6 +67,11 @@ class SlurmCluster(SLURMCluster):
     def __init__(self, store: Store | str | os.PathLike[str] | None = None, *,
                  adapt: bool = True, owner: str = "driver", **overrides: Any) -> None:
         options = resolve(**overrides)
+        missing = [tool for tool in ("sbatch", "squeue", "scancel") if shutil.which(tool) is None]
+        if missing:
+            raise ConfigError(
+                f"a SLURM cluster needs SLURM's commands on PATH, and {', '.join(missing)} "
+                "cannot be found: run on a SLURM login node, or use cluster='local'")
         self.options: SlurmOptions = options
         self.store = store_of(store)
         reap_orphans(self.store)  # the jobs of a killed earlier driver, if any
@@ -83,7 +91,11 @@ class SlurmCluster(SLURMCluster):
             options=options, cluster_id=self.cluster_id, log_dir=str(log_dir),
             ledger=self.ledger, config=inherited_config(),
         )
-        self.ledger.open(self.scheduler_address)
+        try:
+            self.ledger.open(self.scheduler_address)
+        except BaseException:
+            self.close()
+            raise
         if adapt:
             self.adapt()
 
@@ -99,7 +111,7 @@ class SlurmCluster(SLURMCluster):
             spec["group"] = [f"-{i}" for i in range(processes)]
         return name, spec
 
-    def job_script(self, kind: str = "cpu") -> str:  # type: ignore[override]
+    def job_script(self, kind: str = "cpu") -> str:
         """The batch script of a ``kind`` ("cpu" or "gpu") job of this cluster."""
         job = JOB_CLASSES[kind](self.scheduler_address, name="dummy-name", **self._job_kwargs)
         return str(job.job_script())
@@ -111,6 +123,8 @@ class SlurmCluster(SLURMCluster):
 
     # -- scaling -------------------------------------------------------------------------
 
+    # Not distributed's Adaptive (one target for one worker spec) but a scaler per
+    # kind of job, configured by the options: hence another signature.
     def adapt(self, *args: Any, **kwargs: Any) -> Scaler:  # type: ignore[override]
         """Start scaling each kind of job to its tasks (options max_jobs, min_jobs,
         gpu.max_jobs, idle_timeout, interval); replaces any earlier adaptivity."""

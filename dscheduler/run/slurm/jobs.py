@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import dask.config
 from dask_jobqueue.slurm import SLURMJob
+from distributed.deploy.spec import ProcessInterface
 
 from ...store.layout import slurm_log_name
 from .ledger import Ledger
@@ -56,7 +57,7 @@ class CpuJob(SLURMJob):
                  options: SlurmOptions, cluster_id: str, log_dir: str,
                  ledger: Ledger | None = None, config: str = "", **jobqueue: Any) -> None:
         self.ledger = ledger
-        self.error: BaseException | None = None
+        self.error: str | None = None  # why sbatch failed (text: no frames kept alive)
         job = options.job(self.kind)
         label = job_label(options, self.kind, cluster_id)
         logs = Path(log_dir)
@@ -94,7 +95,7 @@ class CpuJob(SLURMJob):
         try:
             await super().start()
         except Exception as err:
-            self.error = err
+            self.error = str(err)
             raise
         if self.ledger is not None and self.job_id:
             self.ledger.add(self.job_id, self.kind, str(self.name))
@@ -104,6 +105,8 @@ class CpuJob(SLURMJob):
         await super().close()
         if self.ledger is not None and self.job_id:
             self.ledger.remove(self.job_id)
+        # dask-jobqueue leaves the status as it was; SpecCluster's close checks it
+        await ProcessInterface.close(self)
 
 
 class GpuJob(CpuJob):

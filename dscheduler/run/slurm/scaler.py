@@ -127,8 +127,8 @@ class Scaler:
                 target = max(target, self.options.min_jobs)
             live = [n for n, s in self.jobs.items() if s.kind == kind and s.left is None]
             if target > len(live):
-                for state in self.jobs.values():
-                    state.surplus = None if state.kind == kind else state.surplus
+                for name in live:
+                    self.jobs[name].surplus = None
                 if now >= self.backoff[kind]:
                     for _ in range(target - len(live)):
                         self._add(kind)
