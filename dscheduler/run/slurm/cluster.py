@@ -26,11 +26,12 @@ from dask_jobqueue.slurm import SLURMJob
 from distributed import Client
 from distributed.deploy.cluster import Cluster
 from distributed.utils import format_dashboard_link
+from tornado.ioloop import PeriodicCallback
 
 from ...errors import ConfigError
 from ...store import Store, store_of
 from .jobs import JOB_CLASSES, CpuJob, inherited_config, job_label
-from .ledger import Ledger, reap_orphans
+from .ledger import BEAT, Ledger, reap_orphans
 from .options import SlurmOptions, resolve
 from .routing import KINDS, RoutingPlugin
 from .scaler import Scaler
@@ -96,6 +97,10 @@ class SlurmCluster(SLURMCluster):
         except BaseException:
             self.close()
             raise
+        # the ledger's beat tells other hosts this cluster lives (scaling or not)
+        self._beat = PeriodicCallback(self.ledger.beat, BEAT * 1000 / 4)
+        if self.loop is not None:  # always, once started
+            self.loop.add_callback(self._beat.start)
         if adapt:
             self.adapt()
 
@@ -175,6 +180,9 @@ class SlurmCluster(SLURMCluster):
         return super().close(timeout)
 
     async def _close(self) -> None:
+        beat = getattr(self, "_beat", None)
+        if beat is not None:
+            beat.stop()
         try:
             await super()._close()
         finally:

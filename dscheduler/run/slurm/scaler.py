@@ -139,7 +139,6 @@ class Scaler:
         except Exception as err:  # a failed sbatch: the job keeps it in .error
             log.debug("correcting the SLURM cluster's state: %s", err)
         self._note_failures(now)
-        cluster.ledger.beat()
 
     def _add(self, kind: str) -> None:
         name, spec = self.cluster.new_job_spec(kind)
