@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from graphfixtures import Small
 
 import dscheduler as ds
 from dscheduler.store.records import write_record
@@ -116,15 +117,8 @@ def test_bad_order_and_by(store: ds.Store) -> None:
 
 
 def test_a_run_without_node_records_is_pending(tmp_path: Path) -> None:
-    from typing import ClassVar
-
-    class Cfg(ds.RunConfig):
-        ENV_FIELDS: ClassVar = ("ck",)
-        ck: str
-        label: str = ""
-
     st = ds.Store(tmp_path)
-    cfg = Cfg(ck="a", label="waiting")
+    cfg = Small(ck="a", label="waiting")
     st.write_run(cfg)
     frame = st.runs()
     assert list(frame["run_id"]) == [cfg.run_id] and list(frame["state"]) == ["pending"]
