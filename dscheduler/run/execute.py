@@ -3,14 +3,22 @@
 :func:`run_node` is what a ``{task}-{key16}`` Dask task calls::
 
     take the lease locks/node-{key16}.lease      (_take_lease)
-    a succeeded record with this key?  -> "cached"; a record left "running":
-      its attempt was killed, mark it failed      (_earlier_attempts)
-    write the record "running" with this attempt, drop the .done link
-                                                  (_start_attempt)
+    a succeeded record with this key?  -> "cached" (link and index entry
+      restored); a record left "running": its attempt was killed, mark it
+      failed                                      (_earlier_attempts)
+    drop a stored result: an index entry saying so (fsynced), then the .done
+      link; write the record "running" with this attempt   (_start_attempt)
     run the function, in this worker or in its env's Python; store the value
                                                   (_call, values.save_value)
-    write the record "succeeded", then the .done link   (_succeed)
-      or "failed"/"cancelled", every attempt kept       (_fail)
+    write the record "succeeded", then the .done link, then the index entry
+                                                  (_succeed)
+      or "failed"/"cancelled", every attempt kept, and its entry   (_fail)
+
+Each record written carries a ``seq`` above its predecessor's
+(:func:`~dscheduler.store.records.next_seq`), which orders the node's index
+entries.  The index entry also travels back to the driver in the outcome,
+which appends it to its own segment: the driver's next plan sees it even
+where the worker's writes are not yet visible to it (NFS).
 
 A failed attempt raises :class:`~dscheduler.errors.TaskError` so that Dask's
 ``retries=`` runs the next one; the record gains one attempt per try.  Tasks
@@ -34,7 +42,8 @@ from .. import settings
 from ..envs import BuiltEnv, Env, build_env
 from ..errors import LeaseError, TaskError, tail
 from ..store import Lease, Store
-from ..store.records import clear_done, read_record, set_done, write_record
+from ..store.index import SUCCEEDED, Entry
+from ..store.records import clear_done, next_seq, read_record, write_record
 from ..store.values import load_value, remove_partials, save_value
 from .envcall import call_in_env
 from .payload import Ref, load_function, map_nested
@@ -86,9 +95,10 @@ def _take_lease(spec: NodeSpec) -> Lease:
         raise TaskError(f"{spec.name}: {err}") from None
 
 
-def _earlier_attempts(spec: NodeSpec) -> list[dict[str, Any]] | None:
+def _earlier_attempts(spec: NodeSpec, previous: dict[str, Any] | None
+                     ) -> list[dict[str, Any]] | None:
     """Attempts of the stored record with this key; None when it already succeeded."""
-    record = read_record(spec.paths.record)
+    record = previous
     if record is None or record.get("key") != spec.key:
         return []
     if record.get("state") == "succeeded" and not spec.rerun:
@@ -106,7 +116,8 @@ def _earlier_attempts(spec: NodeSpec) -> list[dict[str, Any]] | None:
     return attempts
 
 
-def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]]
+def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]],
+                   previous: dict[str, Any] | None = None
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write the record "running" with a new attempt: the marker a killed attempt leaves."""
     attempt: dict[str, Any] = {
@@ -125,12 +136,28 @@ def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]]
         "env_id": spec.env_id, "run_id": spec.run_id, "case": spec.case,
         "upstream": spec.upstream, "state": "running", "attempts": [*attempts, attempt],
     }
-    # A new key at this path (version bump, changed input): the old result is
-    # no longer this node's.  Drop its .done link before any output moves.
-    clear_done(spec.paths)
+    _drop_result(spec, record, previous)
     write_record(spec.paths, record, final=False)  # lives only while the attempt runs
-    remove_partials(spec.paths)
     return record, attempt
+
+
+def _drop_result(spec: NodeSpec, record: dict[str, Any],
+                 previous: dict[str, Any] | None) -> None:
+    """Before an attempt: the stored result (a rerun, or another key at this path since
+    a version bump or a changed input) is no longer this node's.
+
+    The index hears it first, durably, then the .done link goes, before any
+    output moves.  A node never run before has no link, result or partial
+    files to drop: nothing is touched.
+    """
+    record["seq"] = next_seq(previous)
+    if previous is None:
+        return
+    if previous.get("state") == SUCCEEDED:
+        spec.store.index.undone(spec.paths, str(previous.get("key")), record["seq"])
+    else:
+        clear_done(spec.paths)  # a link a damaged or edited record may have left
+    remove_partials(spec.paths)
 
 
 def _load_arguments(spec: NodeSpec) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
@@ -146,7 +173,8 @@ def _load_arguments(spec: NodeSpec) -> tuple[Any, tuple[Any, ...], dict[str, Any
             if record.get("key") != value.key or record.get("state") != "succeeded":
                 raise TaskError(
                     f"{spec.name}: upstream {value.name} has no succeeded record at "
-                    f"{value.paths.record}; was it removed while the graph ran?"
+                    f"{value.paths.record}; was it removed while the graph ran? (after "
+                    "removing results by hand, run `dscheduler index rebuild`)"
                 )
             cache[value.key] = load_value(value.paths, record.get("output"), load=True)
         return cache[value.key]
@@ -166,11 +194,12 @@ def _call(spec: NodeSpec, built: BuiltEnv | None, attempt: dict[str, Any]) -> An
 
 
 def _succeed(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
-             output: dict[str, Any], started: float) -> None:
+             output: dict[str, Any], started: float) -> Entry:
     attempt.update(state="succeeded", end=_now(), seconds=round(time.monotonic() - started, 3))
     record.update(state="succeeded", output=output)
+    record["seq"] = next_seq(record)
     write_record(spec.paths, record)  # after the value
-    set_done(spec.paths, spec.key)  # after the record
+    return spec.store.index.done(spec.paths, record)  # the link, then the index entry
 
 
 def _fail(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
@@ -185,7 +214,9 @@ def _fail(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
     if "log" in attempt:
         attempt["log_tail"] = _log_tail(spec)
     record["state"] = attempt["state"]
+    record["seq"] = next_seq(record)
     write_record(spec.paths, record)
+    spec.store.index.note(spec.paths, record)
 
 
 # -- running -----------------------------------------------------------------------
@@ -195,11 +226,15 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> dict[str, Any]:
     """Run ``spec`` once under its lease; the outcome (small) for the driver."""
     lease = _take_lease(spec)
     try:
-        attempts = _earlier_attempts(spec)
-        if attempts is None:
-            set_done(spec.paths, spec.key)  # heal a missing link
-            return {"name": spec.name, "state": "cached", "attempts": 0}
-        record, attempt = _start_attempt(spec, attempts)
+        previous = read_record(spec.paths.record)
+        attempts = _earlier_attempts(spec, previous)
+        if attempts is None and previous is not None:
+            # Finished before (by another driver, or by one that crashed before its
+            # index entry was written): restore the link and the entry.
+            entry = spec.store.index.done(spec.paths, previous, seq=next_seq(previous))
+            return {"name": spec.name, "state": "cached", "attempts": 0,
+                    "index": entry.to_list()}
+        record, attempt = _start_attempt(spec, attempts or [], previous)
         started = time.monotonic()
         try:
             output = save_value(spec.paths, _call(spec, built, attempt))
@@ -209,8 +244,9 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> dict[str, Any]:
             if isinstance(err, Exception):  # Dask retries on it; the record has the details
                 raise TaskError(_failure_message(spec, attempt), record) from None
             raise
-        _succeed(spec, record, attempt, output, started)
-        return {"name": spec.name, "state": "succeeded", "attempts": len(record["attempts"])}
+        entry = _succeed(spec, record, attempt, output, started)
+        return {"name": spec.name, "state": "succeeded", "attempts": len(record["attempts"]),
+                "index": entry.to_list()}
     finally:
         lease.release()
 

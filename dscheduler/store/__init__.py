@@ -6,13 +6,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import identity
-from ..errors import StoreError
+from ..errors import LeaseError, StoreError
 from . import atomic
+from .index import Index, run_entry
 from .layout import EnvPaths, Layout, NodePaths, RunPaths, check_name
 from .lease import Lease
 from .records import read_record
@@ -78,7 +80,16 @@ class Store(Layout):
                 f"cannot create the store at {self.root}: {err}; choose a writable "
                 "directory with ds.Store(path) or DASK_DSCHEDULER__STORE"
             ) from err
+        if not self.index_snapshot.exists():
+            # A cache: planning without it reads one link per node.
+            with contextlib.suppress(OSError, LeaseError):
+                self.index.rebuild(if_missing=True)
         return self
+
+    @property
+    def index(self) -> Index:
+        """The store's index of finished nodes and runs (:mod:`dscheduler.store.index`)."""
+        return Index(self)
 
     def lease(self, name: str, ttl: float | None = None, **options: Any) -> Lease:
         """The lease ``locks/{name}.lease`` (options as for :class:`Lease`)."""
@@ -114,17 +125,30 @@ class Store(Layout):
             where = str(paths.record)
             identity.check_collision(cfg.config_digest, stored.get("config_digest"), where)
             identity.check_collision(cfg.env_digest, stored.get("env_digest"), where)
+            record = stored
+        self.index.append([run_entry(self, record)])
         return paths.record
 
     def runs(self) -> pd.DataFrame:
-        """One row per run record: run_id, env_id, config_hash, label, model."""
+        """One row per run record: run_id, env_id, config_hash, label, model.
+
+        Read from the index (rebuilt from the ``run.json`` files when missing),
+        not from one file per run.
+        """
         import pandas as pd
 
         columns = ["run_id", "env_id", "config_hash", "label", "model"]
+        view = self.index.load(summaries=True)
+        summaries = view.summaries or {}
         rows = []
-        for path in self.run_records():
-            data = read_record(path) or {}
-            rows.append({k: data.get(k) for k in columns})
+        for path in view.values:
+            run_id = self.run_of_id(path)
+            if run_id is not None:
+                env_id, _, config_hash = run_id.partition("/")
+                summary = summaries.get(path, {})
+                rows.append((run_id, env_id, config_hash, summary.get("label"),
+                             summary.get("model")))
+        rows.sort()
         return pd.DataFrame(rows, columns=columns)
 
     def build_env(self, env: Buildable, **options: Any) -> Any:

@@ -13,6 +13,8 @@
                                 .{task}.done (a symlink whose target is the key)
       tasks/{task}/{key16}/     the same files, for tasks not bound to a run
       locks/                    env-{env_id}.lease, node-{key16}.lease, cancel-{id}
+      index/                    snapshot.json, summaries-{generation}.json,
+                                segments/{time}-{host}-{pid}-{random}.log (see store.index)
 
 The reasons for this shape are in docs/design.md §3.  Names that become path
 components are checked (:func:`check_name`): a label such as ``../../x``
@@ -166,6 +168,45 @@ class Layout:
     def locks_dir(self) -> Path:
         return self.root / "locks"
 
+    # -- the index (dscheduler.store.index) ------------------------------------------
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def index_snapshot(self) -> Path:
+        """The compacted index, replaced by one rename per compaction."""
+        return self.index_dir / "snapshot.json"
+
+    def index_summaries(self, generation: int) -> Path:
+        """Per-node summaries of snapshot ``generation``, kept apart: planning never reads them."""
+        return self.index_dir / f"summaries-{int(generation)}.json"
+
+    @property
+    def index_segments_dir(self) -> Path:
+        """One append-only segment file per writer process."""
+        return self.index_dir / "segments"
+
+    def index_segment(self, name: str) -> Path:
+        return self.index_segments_dir / check_name(name, "index segment")
+
+    def node_id(self, paths: NodePaths) -> str:
+        """A node's name in the index: its ``.done`` link relative to the root."""
+        return paths.done.relative_to(self.root).as_posix()
+
+    def run_id_path(self, run_id: str) -> str:
+        """A run's name in the index: its ``run.json`` relative to the root."""
+        return self.run(run_id).record.relative_to(self.root).as_posix()
+
+    @staticmethod
+    def run_of_id(path: str) -> str | None:
+        """The run_id whose index name (:meth:`run_id_path`) is ``path``; None for a node."""
+        parts = path.split("/")
+        if len(parts) == 4 and parts[0] == "runs" and parts[3] == RUN_RECORD:
+            return f"{parts[1]}/{parts[2]}"
+        return None
+
     def env(self, env_id: str) -> EnvPaths:
         return EnvPaths(self.envs_dir / check_name(env_id, "env_id"))
 
@@ -227,8 +268,14 @@ class Layout:
         planning 100,000 nodes (docs/benchmarks.md); the names here were checked when the
         node was made.  ``tests/test_graph_keys.py`` checks both give one path.
         """
+        return f"{self.root}/{self.done_id(env_id, config_hash, case, task, key16)}"
+
+    @staticmethod
+    def done_id(env_id: str | None, config_hash: str | None, case: str | None,
+                task: str, key16: str) -> str:
+        """:meth:`node_id` from a node's names, the way :meth:`done_marker` builds it."""
         if env_id is None:
-            return f"{self.root}/tasks/{task}/{key16}/.{task}.done"
+            return f"tasks/{task}/{key16}/.{task}.done"
         if case is None:
-            return f"{self.root}/runs/{env_id}/{config_hash}/.{task}.done"
-        return f"{self.root}/runs/{env_id}/{config_hash}/{case}/.{task}.done"
+            return f"runs/{env_id}/{config_hash}/.{task}.done"
+        return f"runs/{env_id}/{config_hash}/{case}/.{task}.done"

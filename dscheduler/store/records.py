@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from .. import settings
 from ..errors import StoreError
 from . import atomic
-from .layout import NodePaths
+from .layout import NodePaths, done_name, record_task
 
 REPAIR_HINT = (
     "run `dscheduler verify --repair` to demote damaged nodes so that the next run "
@@ -40,6 +41,33 @@ def read_record(path: Path) -> dict[str, Any] | None:
     if data is not None and not isinstance(data, dict):
         raise damaged(path, f"a JSON {type(data).__name__}, not an object")
     return data
+
+
+def next_seq(previous: dict[str, Any] | None) -> int:
+    """The ``seq`` of a node's next record: above its previous record's, at least the time in us.
+
+    ``seq`` orders a node's index entries (:mod:`dscheduler.store.index`).  A
+    record's writers hold the node's lease one after another, so counting up
+    from the previous record orders them whatever the hosts' clocks say; the
+    clock is a floor for records written before there was an index, or lost.
+    """
+    return max(record_seq(previous) + 1, time.time_ns() // 1000)
+
+
+def record_seq(record: dict[str, Any] | None) -> int:
+    """A record's ``seq``; 0 for none, or for a record written before there was one."""
+    seq = (record or {}).get("seq")
+    return seq if isinstance(seq, int) else 0
+
+
+def summary_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The small summary the index keeps of a node's record, for listing runs.
+
+    Opaque to the index, which stores whatever this returns with the node's
+    entry; an index rebuilt from the records calls it too, so it must depend
+    on the record alone.
+    """
+    return {}
 
 
 def write_record(paths: NodePaths, record: dict[str, Any], *, final: bool = True) -> None:
@@ -79,3 +107,34 @@ def set_done(paths: NodePaths, key: str) -> None:
 def clear_done(paths: NodePaths) -> None:
     """Remove the ``.done`` link: the node no longer counts as finished."""
     paths.done.unlink(missing_ok=True)
+
+
+def node_folders(roots: list[Path]) -> list[tuple[Path, list[str]]]:
+    """Every folder under ``roots`` that may hold node records, with its file names.
+
+    Zarr values, logs and temporary names (a leading dot) are not descended into.
+    """
+    folders: list[tuple[Path, list[str]]] = []
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")
+                           and not d.endswith(".zarr") and d != "logs"]
+            folders.append((Path(dirpath), filenames))
+    return folders
+
+
+def nodes_in(folder: Path, names: list[str]) -> list[tuple[NodePaths, str | None]]:
+    """The nodes in ``folder`` (a record or a ``.done`` link), each with its link's target."""
+    present = set(names)
+    tasks = {t for t in map(record_task, names) if t}
+    tasks |= {n[1:-5] for n in names if n.startswith(".") and n.endswith(".done")}
+    out = []
+    for task in sorted(tasks):
+        link = None
+        if done_name(task) in present:
+            try:
+                link = os.readlink(folder / done_name(task))
+            except OSError:
+                link = None
+        out.append((NodePaths(folder, task), link))
+    return out
