@@ -30,10 +30,15 @@ the task an env when it needs either.
 from __future__ import annotations
 
 import datetime as dt
+import heapq
+import logging
 import os
 import socket
+import threading
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
@@ -43,11 +48,20 @@ from ..envs import BuiltEnv, Env, build_env
 from ..errors import LeaseError, TaskError, tail
 from ..store import Lease, Store
 from ..store.index import SUCCEEDED, Entry
-from ..store.records import clear_done, next_seq, read_record, write_record
+from ..store.records import (
+    clear_done,
+    next_seq,
+    read_record,
+    record_text,
+    write_record,
+    write_record_text,
+)
 from ..store.values import load_value, remove_partials, save_value
 from .envcall import call_in_env
 from .payload import Ref, load_function, map_nested
 from .spec import NodeSpec
+
+log = logging.getLogger("dscheduler.execute")
 
 
 def _now() -> str:
@@ -119,7 +133,7 @@ def _earlier_attempts(spec: NodeSpec, previous: dict[str, Any] | None
 def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]],
                    previous: dict[str, Any] | None = None
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Write the record "running" with a new attempt: the marker a killed attempt leaves."""
+    """The record "running" with a new attempt (:func:`_mark_running` writes it)."""
     attempt: dict[str, Any] = {
         "attempt": len(attempts) + 1,
         "state": "running",
@@ -137,8 +151,86 @@ def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]],
         "upstream": spec.upstream, "state": "running", "attempts": [*attempts, attempt],
     }
     _drop_result(spec, record, previous)
-    write_record(spec.paths, record, final=False)  # lives only while the attempt runs
     return record, attempt
+
+
+def _mark_running(spec: NodeSpec, record: dict[str, Any], first: bool) -> _Later:
+    """Write the record "running": the marker a killed attempt leaves.
+
+    The first attempt of a node without an env writes it only once it has run
+    ``task.running_record_after`` seconds: a tiny task then writes its record
+    once, not twice (docs/design.md §11), at the price of a worker killed in
+    that first moment leaving no trace of the attempt (Dask reschedules it
+    all the same).  Every other attempt writes it at once, before any output
+    moves: a stored record must never say "succeeded" over another attempt's
+    value.
+    """
+    text = record_text(record)  # as it is now: the attempt goes on changing it
+
+    def write() -> None:
+        write_record_text(spec.paths, text, final=False)  # lives while the attempt runs
+
+    delay = float(settings.get("task.running_record_after")) if first and spec.env is None \
+        else 0.0
+    if delay <= 0:
+        write()
+        return _Later(0.0, lambda: None, cancelled=True)
+    return _later(delay, write)
+
+
+@dataclass(order=True)
+class _Later:
+    """A call :func:`_later` makes after a delay, unless :meth:`cancel` came first."""
+
+    when: float
+    call: Callable[[], None] = field(compare=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        """Prevent the call; if it is running, return when it has finished."""
+        with self.lock:
+            self.cancelled = True
+
+
+_queue: list[_Later] = []
+_queue_cond = threading.Condition()
+_queue_thread: dict[int, threading.Thread] = {}  # by pid: a forked child starts its own
+
+
+def _later(delay: float, call: Callable[[], None]) -> _Later:
+    """Call ``call`` in ``delay`` seconds, on one thread per process (one thread per
+    task would cost a tiny task more than the write it saves)."""
+    item = _Later(time.monotonic() + delay, call)
+    with _queue_cond:
+        if os.getpid() not in _queue_thread:
+            _queue_thread[os.getpid()] = threading.Thread(
+                target=_run_later, name="dscheduler-later", daemon=True)
+            _queue_thread[os.getpid()].start()
+        heapq.heappush(_queue, item)
+        if _queue[0] is item:
+            _queue_cond.notify()
+    return item
+
+
+def _run_later() -> None:
+    while True:
+        with _queue_cond:
+            while not _queue:
+                _queue_cond.wait()
+            item = _queue[0]
+            wait = item.when - time.monotonic()
+            if wait > 0:
+                _queue_cond.wait(wait)
+                continue
+            heapq.heappop(_queue)
+        with item.lock:
+            if not item.cancelled:
+                try:
+                    item.call()
+                except Exception:  # a marker that could not be written: the attempt goes on
+                    log.warning("deferred write failed", exc_info=True)
+            item.cancelled = True
 
 
 def _drop_result(spec: NodeSpec, record: dict[str, Any],
@@ -235,11 +327,14 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> dict[str, Any]:
             return {"name": spec.name, "state": "cached", "attempts": 0,
                     "index": entry.to_list()}
         record, attempt = _start_attempt(spec, attempts or [], previous)
+        running = _mark_running(spec, record, first=previous is None)
         started = time.monotonic()
         try:
             output = save_value(spec.paths, _call(spec, built, attempt))
             lease.check()  # never commit under a lease that was broken meanwhile
+            running.cancel()
         except BaseException as err:
+            running.cancel()
             _fail(spec, record, attempt, err, started)
             if isinstance(err, Exception):  # Dask retries on it; the record has the details
                 raise TaskError(_failure_message(spec, attempt), record) from None

@@ -70,16 +70,24 @@ def summary_of(record: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def write_record(paths: NodePaths, record: dict[str, Any], *, final: bool = True) -> None:
-    """Write a node's record atomically; fsync only when the setting ``task.fsync`` says so.
+def record_text(record: dict[str, Any]) -> bytes:
+    """A node record's text: compact JSON.
 
-    Compact JSON: indented JSON goes through json's pure-Python encoder, far
-    slower on a tiny task's path (docs/benchmarks.md).  The reasons for
-    not fsyncing by default are in docs/design.md §7.
+    Indented JSON goes through json's pure-Python encoder, five times slower,
+    a third of a tiny task's cost on a worker (docs/benchmarks.md).
     """
-    text = json.dumps(record, separators=(",", ":"), default=str)
-    atomic.write_bytes(paths.record, text.encode(),
-                       durable=bool(final and settings.get("task.fsync")))
+    return json.dumps(record, separators=(",", ":"), default=str).encode()
+
+
+def write_record_text(paths: NodePaths, text: bytes, *, final: bool = True) -> None:
+    """Write a node's record (:func:`record_text`) atomically; fsync only when the
+    setting ``task.fsync`` says so (docs/design.md §7 gives the reasons)."""
+    atomic.write_bytes(paths.record, text, durable=bool(final and settings.get("task.fsync")))
+
+
+def write_record(paths: NodePaths, record: dict[str, Any], *, final: bool = True) -> None:
+    """Write a node's record atomically (see :func:`write_record_text`)."""
+    write_record_text(paths, record_text(record), final=final)
 
 
 def done_key(paths: NodePaths) -> str | None:
