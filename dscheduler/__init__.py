@@ -29,8 +29,9 @@ from .errors import (
     TaskError,
 )
 from .graph import Experiment, Node, Plan, RunConfig, Task, load_experiment, plan, task
-from .run import Handle, Results, compute, submit
-from .store import Lease, Store
+from .run import Handle, Results, compute, connect, slurm_cluster, submit
+from .run.tracking import log_artifact, log_metric, log_param, output, set_tag
+from .store import Lease, Store, open_results
 
 __version__ = "0.1.0"
 
@@ -59,9 +60,17 @@ __all__ = [
     "Task",
     "TaskError",
     "compute",
+    "connect",
     "load_experiment",
+    "log_artifact",
+    "log_metric",
+    "log_param",
     "mount",
+    "open_results",
+    "output",
     "plan",
+    "set_tag",
+    "slurm_cluster",
     "submit",
     "task",
 ]

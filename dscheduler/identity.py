@@ -78,9 +78,34 @@ def _default(obj: Any) -> Any:
     raise TypeError(type(obj).__name__)
 
 
+def _str_keys(value: Any) -> bool:
+    """Whether every mapping inside ``value`` has only str keys.
+
+    json writes an int key as a string, which would make ``{1: x}`` and
+    ``{"1": x}`` one text and one digest; the encoder cannot be told to refuse.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            for key, inner in item.items():
+                if type(key) is not str:
+                    return False
+                if type(inner) in _CONTAINERS:
+                    stack.append(inner)
+        else:
+            stack.extend(x for x in item if type(x) in _CONTAINERS)
+    return True
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
 def canonical_json(value: Any, path: str = "value") -> str:
     """The canonical JSON text of ``value``; ``path`` names it in errors."""
     try:
+        if type(value) in _CONTAINERS and not _str_keys(value):
+            raise TypeError("a mapping key is not a str")
         if _fast is not None:
             return "".join(_fast(value, 0))
         return _encoder.encode(value)

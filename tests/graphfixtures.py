@@ -48,6 +48,14 @@ class Cfg(ds.RunConfig):
         return ds.Env(image="dir")
 
 
+class Small(ds.RunConfig):
+    """The smallest run config: one env field and a label (for store and listing tests)."""
+
+    ENV_FIELDS: ClassVar = ("ck",)
+    ck: str
+    label: str = ""
+
+
 def lines(path: str | Path) -> list[str]:
     try:
         return Path(path).read_text().splitlines()

@@ -147,3 +147,10 @@ def test_env_from_checkpoint_sidecar_and_zip(tmp_path: Path) -> None:
         ds.Env.from_checkpoint(bare)
     with pytest.raises(ds.ConfigError, match="does not exist"):
         ds.Env.from_checkpoint(tmp_path / "missing.ckpt")
+
+
+@pytest.mark.parametrize("label", ["../../x", "a/b", "..", "tab\there"])
+def test_path_like_labels_are_rejected(label: str) -> None:
+    with pytest.raises(ValidationError, match="looks like a path"):
+        Forecast(checkpoint="a", label=label)
+    assert Forecast(checkpoint="a", label="base run (v2), 6h").label == "base run (v2), 6h"

@@ -183,3 +183,20 @@ def test_gc_never_touches_an_env_whose_lease_is_held(
         lease.release()
     cli("envs", "gc", "--yes", "--store", store.root)
     assert not store.env(built.env_id).dir.exists()
+
+
+def test_gc_keeps_an_env_used_only_by_a_task_not_bound_to_a_run(
+    store: ds.Store, make_env, node_dirs: dict[str, Path]
+) -> None:
+    built = build_env(store, make_env("dstest-base", image="dir"))
+    # A node of a task with env=ds.Env(...) and no RunConfig: its record lives
+    # under tasks/ and names the env it ran in.
+    paths = store.task("aggregate", "0123456789abcdef")
+    paths.dir.mkdir(parents=True)
+    store.write_record(paths.record, {"key": "k", "state": "succeeded",
+                                      "env_id": built.env_id, "attempts": []})
+    assert gc_plan(store).envs == []
+    cli("envs", "gc", "--yes", "--store", store.root)
+    assert store.env(built.env_id).record.is_file()
+    paths.record.unlink()
+    assert [e.env_id for e in gc_plan(store).envs] == [built.env_id]

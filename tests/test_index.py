@@ -49,7 +49,7 @@ def runs_of(log: str, i: int) -> int:
 def run_inline(nodes: list[ds.Node], store: ds.Store, force: bool = False) -> dict[str, str]:
     """Run what the plan says, upstream first, in this process: state per node name."""
     p = ds.plan(nodes, store=store, force=force)
-    specs = make_specs(p, "inline")
+    specs = make_specs(p, os.urandom(4).hex())  # a submission of its own
     store.ensure()
     states = {}
     for node in p.to_run:

@@ -6,27 +6,40 @@ PATH is an experiment YAML (with a ``recipe:``) or a recipe ``.py`` file;
 
 from __future__ import annotations
 
+import textwrap
+import time
+from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Group
+from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from ..errors import DSchedulerError, StoreError
+from .. import settings
+from ..errors import DSchedulerError, StoreError, tail
 from ..graph import plan as make_plan
 from ..graph.recipe import load_nodes
 from ..run import compute
-from ..run.clusters import close_local, local_running
+from ..run.clusters import close_local, close_slurm, local_running, slurm_running
+from ..run.slurm.ledger import cluster_jobs, reap_orphans
 from ..store import Store
-from ..store.status import summarize
+from ..store.status import STATES, Summary, summarize
 from .common import ModelOption, RecipeOption, StoreOption, console, errors, fail, say
+from .envs import _size as size_text
 
 PathArgument = Annotated[Path, typer.Argument(help="experiment YAML or recipe .py")]
 
 
 def run(
     path: PathArgument,
-    cluster: Annotated[str, typer.Option("--cluster", "-c", help="local or a scheduler "
+    cluster: Annotated[str, typer.Option("--cluster", "-c", help="local (an embedded cluster), "
+                                         "slurm (SLURM jobs for this run, settings "
+                                         "dscheduler.slurm), store (the cluster `dscheduler "
+                                         "cluster up` started for the store) or a scheduler "
                                          "address tcp://host:port")] = "local",
     store: StoreOption = None,
     recipe: RecipeOption = None,
@@ -39,6 +52,7 @@ def run(
 ) -> None:
     """Run what PATH describes; finished nodes are skipped, envs built once."""
     owned = not local_running()  # close only a cluster this command starts
+    owned_slurm = not slurm_running()
     try:
         nodes = load_nodes(path, recipe, model)
         results = compute(nodes, store=Store(store), cluster=cluster, force=force,
@@ -48,6 +62,8 @@ def run(
     finally:
         if owned:
             close_local()  # before distributed's own exit hooks, which log lost tasks
+        if owned_slurm:
+            close_slurm()  # cancels every job it submitted
     say(repr(results))
     say(f"store: {results.store.root}")
     try:
@@ -76,24 +92,100 @@ def plan(
 
 def status(
     store: StoreOption = None,
-    failures: Annotated[int, typer.Option(help="show this many recent failures")] = 5,
+    failures: Annotated[int | None, typer.Option(
+        help="show this many recent failures (default: setting dashboard.failures; "
+        "3 with --watch)")] = None,
+    watch: Annotated[bool, typer.Option(
+        "--watch", "-w", help="keep the summary on screen, read again every --interval "
+        "seconds, until Ctrl-C; needs no running scheduler")] = False,
+    interval: Annotated[float | None, typer.Option(
+        help="seconds between refreshes (default: setting dashboard.refresh)")] = None,
 ) -> None:
-    """Summarise the store: runs, nodes by state, envs, the last failures."""
+    """Summarise the store: runs, nodes by state per task and label, envs, the last failures,
+    the jobs of its SLURM clusters."""
     st = Store(store)
     if not st.root.is_dir():
         fail(StoreError(f"no store at {st.root}; run something first or pass --store"))
-    summary = summarize(st)
-    say(f"store {summary.root}")
-    say(f"runs: {summary.runs}; envs built: {summary.envs}")
-    table = Table("state", "nodes", box=None)
-    for state, n in sorted(summary.states.items()):
-        table.add_row(state, str(n))
-    console.print(table)
+    for info in reap_orphans(st):
+        say(f"cancelled SLURM jobs {', '.join(sorted(info.get('jobs') or {})) or 'none'} of "
+            f"cluster {info.get('cluster')}, whose owner (pid {info.get('pid')}) is gone")
+    if not watch:
+        console.print(status_view(summarize(st, failures)))
+        _slurm_jobs(st)
+        return
+    every = float(settings.get("dashboard.refresh", interval))
+    # A screen holds less than a scroll-back: 3 failures and 5 lines of each log by default.
+    shown = 3 if failures is None else failures
+    with Live(console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                view = status_view(summarize(st, shown),
+                                   f" · {time.strftime('%H:%M:%S')}, every {every:g} s; "
+                                   "Ctrl-C stops", tail_lines=5)
+                live.update(view, refresh=True)
+                time.sleep(every)
+        except KeyboardInterrupt:
+            pass
+
+
+def _counts(first: str, rows: dict[str, Counter[str]], columns: list[str]) -> Table:
+    table = Table(first, *columns, "total", box=None)
+    for name, counts in rows.items():
+        table.add_row(escape(name or "(no run)"), *(str(counts[c]) for c in columns),
+                      str(sum(counts.values())))
+    return table
+
+
+def status_view(summary: Summary, note: str = "", tail_lines: int | None = None) -> Group:
+    """What ``dscheduler status`` prints: the page's store section, as rich renderables.
+
+    ``tail_lines`` shortens each failure's log tail to its last lines.
+    """
+    parts: list[Any] = [
+        Text(f"store {summary.root}{note}"),
+        Text(f"runs: {summary.runs}; envs built: {summary.envs_built}"),
+    ]
+    totals = Table("state", "nodes", box=None)
+    states = summary.states
+    for state in STATES:
+        if states[state]:
+            totals.add_row(state, str(states[state]))
+    columns = summary.columns()
+    parts += [totals, Text("\nnodes by task:"), _counts("task", summary.by_task(), columns),
+              Text("\nnodes by run label:"), _counts("label", summary.by_label(), columns)]
+    if summary.envs:
+        parts.append(Text("\nenvironments:"))
+        envs = Table("env_id", "state", "kind", "build time", "size", box=None)
+        for e in summary.envs:
+            envs.add_row(e.env_id, e.state, e.kind or "-",
+                         "-" if e.build_seconds is None else f"{e.build_seconds:.1f} s",
+                         "-" if e.size_bytes is None else size_text(e.size_bytes))
+        parts.append(envs)
     if summary.damaged:
-        say(f"{len(summary.damaged)} damaged record(s), e.g. {summary.damaged[0]}; "
-            "`dscheduler verify --repair` demotes them")
-    shown = summary.failures[:failures]
-    if shown:
-        say(f"last {len(shown)} failure(s):")
-        for failure in shown:
-            say(f"  {failure.name} ({failure.path.parent}): {failure.last_attempt.get('error')}")
+        parts.append(Text(f"{len(summary.damaged)} damaged record(s), e.g. "
+                          f"{summary.damaged[0]}; `dscheduler verify --repair` demotes them"))
+    if summary.failures:
+        parts.append(Text(f"\nlast {len(summary.failures)} failure(s):"))
+        for f in summary.failures:
+            parts.append(Text(f"  {f.name}{f' ({f.label})' if f.label else ''} at "
+                              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.time))}: "
+                              f"{f.error}\n    {f.where}"))
+            if f.log_tail:
+                log = tail(f.log_tail, tail_lines) if tail_lines else f.log_tail
+                parts.append(Text(textwrap.indent(log, "    | "), style="dim"))
+    return Group(*parts)
+
+
+def _slurm_jobs(st: Store) -> None:
+    """The store's live SLURM clusters and their jobs, as squeue sees them."""
+    for info in cluster_jobs(st):
+        say(f"SLURM cluster {info.get('cluster')} ({info.get('kind')}, pid {info.get('pid')} "
+            f"on {info.get('host')}, scheduler {info.get('address')}): "
+            f"{len(info['queue'])} job(s)")
+        table = Table("job", "kind", "state", "node or reason", box=None)
+        for job, entry in sorted(info["queue"].items()):
+            kind = str((info.get("jobs") or {}).get(job, {}).get("kind", ""))
+            state, where = (entry["state"], entry["where"]) if entry else ("gone", "")
+            table.add_row(job, kind, state, where)
+        if info["queue"]:
+            console.print(table)

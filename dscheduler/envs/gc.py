@@ -73,11 +73,19 @@ def lease_held(store: Store, env_id: str) -> bool:
 
 
 def run_counts(store: Store) -> dict[str, int]:
-    """env_id -> how many run records name it."""
+    """env_id -> how many runs use it: run records, and records of nodes not bound to a
+    run (``tasks/``) that ran in it."""
     counts: dict[str, int] = {}
     for record in store.run_records():
         env_id = record.parent.parent.name
         counts[env_id] = counts.get(env_id, 0) + 1
+    for path in store.task_records():
+        try:
+            used = (read_record(path) or {}).get("env_id")
+        except StoreError:
+            continue  # a damaged record names nothing; `dscheduler verify` reports it
+        if isinstance(used, str):
+            counts[used] = counts.get(used, 0) + 1
     return counts
 
 

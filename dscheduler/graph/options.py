@@ -1,7 +1,9 @@
-"""How a task runs (env, resources, retries, timeout, cache, priority): never part of its key.
+"""How a task runs: env, resources, retries, timeout, cache, priority.
 
 Where and how often a task runs must not move its outputs (docs/design.md §2),
-so none of these options is hashed.
+so resources, retries, timeout, cache and priority are not hashed.  The env
+is: a node's key covers the env_id it runs in, since another env may give
+another result.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ store (fewer nodes than ``index.sparse_ratio`` times less than the index's
 entries) is decided with one ``readlink`` per node instead.
 
 Records are parsed only for nodes that will run, to say why (no record,
-failed before, changed since the stored result, interrupted, cancelled).
+failed before, changed since the stored result, interrupted, in progress
+elsewhere under a live lease, cancelled).
 For those nodes the plan also resolves their envs (``cfg.env()``, once per
 env_id: it may read a checkpoint's metadata) and lists the envs whose
 ``env.json`` is missing as to be built; a node whose env cannot be made is a
@@ -40,7 +41,9 @@ from ..envs import Env
 from ..errors import DSchedulerError, GraphError, LeaseError, StoreError
 from ..store import Store, store_of
 from ..store.index import View, finished
+from ..store.lease import holder_gone, is_stale, read_lease
 from ..store.records import done_key, read_record
+from . import drift
 from .node import Node
 
 NO_RECORD = "no record"
@@ -49,6 +52,7 @@ FORCED = "forced"
 NO_CACHE = "cache=False"
 CHANGED = "changed since the stored result (task version, arguments or upstream)"
 INTERRUPTED = "interrupted (its last attempt never finished)"
+IN_PROGRESS = "in progress elsewhere (its lease is held): waited for, not run twice"
 CANCELLED = "cancelled before"
 DAMAGED = "its stored record or value is damaged"
 UPSTREAM = "upstream will run"
@@ -118,6 +122,7 @@ class Plan:
     reasons: dict[str, str] = field(default_factory=dict)  # key -> why it runs
     envs: dict[str, Env] = field(default_factory=dict)  # env_id -> Env of nodes to run
     build: list[str] = field(default_factory=list)  # env_ids not yet published
+    drift: dict[str, str] = field(default_factory=dict)  # key -> code drift (drift.py)
 
     @property
     def to_run(self) -> list[Node]:
@@ -154,6 +159,11 @@ class Plan:
                   for n in shown]
         if len(shown) < len(self.reasons):
             lines.append(f"  ... and {len(self.reasons) - len(shown)} more")
+        drifted = [n for n in self.nodes if n.key in self.drift and n.key not in self.reasons]
+        if drifted:
+            lines.append(f"{len(drifted)} cached node(s) whose code changed, version unchanged:")
+            lines += [f"  {n.name}{f' [{n.case}]' if n.case else ''}: {self.drift[n.key]}"
+                      for n in (drifted if limit is None else drifted[:limit])]
         return "\n".join(lines)
 
 
@@ -183,12 +193,19 @@ def _why(node: Node, store: Store) -> str | None:
         return CHANGED if record.get("state") == "succeeded" else NO_RECORD
     if record.get("state") == "succeeded" and done_key(paths) == node.key:
         return None
+    if record.get("state") == "running" and _lease_held(store, node.key16):
+        return IN_PROGRESS  # e.g. a detached graph still running it (docs/design.md §11.7)
     return {
         "failed": FAILED,
         "running": INTERRUPTED,
         "cancelled": CANCELLED,
         "damaged": DAMAGED,
     }.get(record.get("state", ""), NO_RECORD)
+
+
+def _lease_held(store: Store, key16: str) -> bool:
+    info = read_lease(store.node_lease_path(key16))
+    return info is not None and not is_stale(info) and not holder_gone(info)
 
 
 def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
@@ -243,6 +260,8 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
             why = _why(node, store)
             if why is not None:
                 reasons[node.key] = why
+    if not force:
+        drift.check(result, UPSTREAM)  # code changed, version not (results.code_drift)
     _resolve_envs(result)
     if view is not None and view.wants_compaction():
         _compact(store)

@@ -18,6 +18,7 @@ Instances are frozen: use ``cfg.model_copy(update={...})`` for a variant.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -28,6 +29,9 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..envs import Env
+
+
+_BAD_LABEL = re.compile(r"[/\\\x00-\x1f]")
 
 
 class RunConfig(BaseModel):
@@ -86,6 +90,12 @@ class RunConfig(BaseModel):
         # PrivateAttrs cost a deepcopy of their defaults per instance, a large
         # part of the time of making 100,000 configs (docs/benchmarks.md).
         values = self.__dict__
+        label = values.get("label")
+        if isinstance(label, str) and (label in (".", "..") or _BAD_LABEL.search(label)):
+            raise ConfigError(
+                f"label {label!r} looks like a path; a label names a run for people: use "
+                "letters, digits, spaces and punctuation other than '/' and '\\'"
+            )
         env = identity.digest("env.fields", {f: values[f] for f in self.ENV_FIELDS}, "")
         run = identity.digest("run", {f: values[f] for f in self._run_fields}, "")
         object.__setattr__(self, "__pydantic_private__", {"env": env, "run": run})

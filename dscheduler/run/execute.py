@@ -56,7 +56,8 @@ from ..store.records import (
     write_record,
     write_record_text,
 )
-from ..store.values import load_value, remove_partials, save_value
+from ..store.values import load_value, remove_partials
+from . import tracking
 from .envcall import call_in_env
 from .payload import Ref, load_function, map_nested
 from .spec import NodeSpec
@@ -141,6 +142,10 @@ def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]],
         "pid": os.getpid(),
         "worker": _worker_address(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        # SLURM workers (docs/design.md §13.4): the job's node and its log file
+        "slurm_node": os.environ.get("SLURMD_NODENAME"),
+        "worker_log": os.environ.get("DSCHEDULER_WORKER_LOG"),
+        "submission": spec.submission,
         "start": _now(),
     }
     if spec.env_id is not None:
@@ -150,6 +155,8 @@ def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]],
         "env_id": spec.env_id, "run_id": spec.run_id, "case": spec.case,
         "upstream": spec.upstream, "state": "running", "attempts": [*attempts, attempt],
     }
+    record.update(spec.info)  # label, config, env, call: what the node is (graph/calls.py)
+    tracking.begin(spec.paths)  # ds.log_* and ds.output of this attempt (run/tracking.py)
     _drop_result(spec, record, previous)
     return record, attempt
 
@@ -289,6 +296,7 @@ def _succeed(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
              output: dict[str, Any], started: float) -> Entry:
     attempt.update(state="succeeded", end=_now(), seconds=round(time.monotonic() - started, 3))
     record.update(state="succeeded", output=output)
+    tracking.end(record, succeeded=True)
     record["seq"] = next_seq(record)
     write_record(spec.paths, record)  # after the value
     return spec.store.index.done(spec.paths, record)  # the link, then the index entry
@@ -306,6 +314,7 @@ def _fail(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
     if "log" in attempt:
         attempt["log_tail"] = _log_tail(spec)
     record["state"] = attempt["state"]
+    tracking.end(record, succeeded=False)
     record["seq"] = next_seq(record)
     write_record(spec.paths, record)
     spec.store.index.note(spec.paths, record)
@@ -324,13 +333,13 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> dict[str, Any]:
             # Finished before (by another driver, or by one that crashed before its
             # index entry was written): restore the link and the entry.
             entry = spec.store.index.done(spec.paths, previous, seq=next_seq(previous))
-            return {"name": spec.name, "state": "cached", "attempts": 0,
+            return {"name": spec.name, "state": _stored_state(spec, previous), "attempts": 0,
                     "index": entry.to_list()}
         record, attempt = _start_attempt(spec, attempts or [], previous)
         running = _mark_running(spec, record, first=previous is None)
         started = time.monotonic()
         try:
-            output = save_value(spec.paths, _call(spec, built, attempt))
+            output = tracking.save(spec.paths, _call(spec, built, attempt))
             lease.check()  # never commit under a lease that was broken meanwhile
             running.cancel()
         except BaseException as err:
@@ -344,6 +353,18 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> dict[str, Any]:
                 "index": entry.to_list()}
     finally:
         lease.release()
+
+
+def _stored_state(spec: NodeSpec, record: dict[str, Any]) -> str:
+    """"succeeded" when this submission's own attempt made the stored result, else "cached".
+
+    Dask runs a task again when the worker holding its outcome left (a
+    worker retiring at its lifetime with nowhere to move its data); the
+    rerun finds the result its first run stored.
+    """
+    last = (record.get("attempts") or [{}])[-1]
+    return "succeeded" if spec.submission and last.get("submission") == spec.submission \
+        else "cached"
 
 
 def _user_traceback(err: BaseException) -> str:

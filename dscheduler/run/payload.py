@@ -14,11 +14,13 @@ as :class:`Ref`, replaced by the stored value on the worker.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import sys
 import sysconfig
 import threading
-from collections import OrderedDict
+import types
+from collections import ChainMap, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -114,8 +116,35 @@ def function_for(task: Any) -> Any:
     return fn
 
 
-def dumps(obj: Any, *, extra: tuple[ModuleType, ...] = ()) -> bytes:
-    """cloudpickle ``obj``, user code (:func:`user_modules`) and ``extra`` by value."""
+def _code_reduce(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, with the code's real file name.
+
+    cloudpickle writes ``<dynamic-code>`` instead, to make payloads independent
+    of where a function was defined.  dscheduler pickles all user code by
+    value, so that would leave a task's traceback without a single file name;
+    the real one lets it show the user's own source lines.
+    """
+    rebuild, args = _cloudpickle_code_reduce(code)
+    return rebuild, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
+# No public API gives cloudpickle's code reducer; it is this dispatch entry.
+_cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+class SourcePickler(cloudpickle.Pickler):
+    """cloudpickle that keeps code objects' file names (see :func:`_code_reduce`)."""
+
+    dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
+
+
+def dumps(obj: Any, *, extra: tuple[ModuleType, ...] = (),
+          pickler: type[cloudpickle.Pickler] = SourcePickler) -> bytes:
+    """cloudpickle ``obj``, user code (:func:`user_modules`) and ``extra`` by value.
+
+    ``pickler``: a subclass of :class:`SourcePickler` to use instead (one that
+    overrides how some objects are reduced).
+    """
     with _pickle_lock:
         registered = []
         for module in [*user_modules(), *extra]:
@@ -125,7 +154,9 @@ def dumps(obj: Any, *, extra: tuple[ModuleType, ...] = ()) -> bytes:
             except ValueError:
                 pass  # registered already (by the caller, or it is a package's submodule)
         try:
-            return cloudpickle.dumps(obj, protocol=4)
+            buffer = io.BytesIO()
+            pickler(buffer, protocol=4).dump(obj)
+            return buffer.getvalue()
         finally:
             for module in registered:
                 cloudpickle.unregister_pickle_by_value(module)

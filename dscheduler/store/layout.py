@@ -10,9 +10,14 @@
       runs/{env_id}/{config_hash}/run.json
       runs/{env_id}/{config_hash}/{case}/{task}.json    the node's record
                                 {task}.zarr or {task}.value.json, logs/{task}.log,
+                                {task}.files/, {task}.artifacts/ (ds.output, ds.log_artifact),
                                 .{task}.done (a symlink whose target is the key)
       tasks/{task}/{key16}/     the same files, for tasks not bound to a run
       locks/                    env-{env_id}.lease, node-{key16}.lease, cancel-{id}
+      slurm/cluster.json        the address of the cluster `dscheduler cluster up` started,
+      slurm/scheduler.log         and its scheduler's log
+      slurm/jobs/{cluster}.json a live SLURM cluster's owner and its job ids (orphan cleanup)
+      slurm/logs/{job}-{id}.log worker logs, one file per SLURM job
       index/                    snapshot.json, summaries-{generation}.json,
                                 segments/{time}-{host}-{pid}-{random}.log (see store.index)
 
@@ -53,6 +58,11 @@ def record_task(filename: str) -> str | None:
             or filename == RUN_RECORD or filename.startswith("."):
         return None
     return filename[:-5]
+
+
+def slurm_log_name(job_name: str, job_id: str) -> str:
+    """File name of a SLURM job's log in the worker log directory (``%j``: sbatch's job id)."""
+    return f"{job_name}-{job_id}.log"
 
 
 def done_name(task: str) -> str:
@@ -116,6 +126,21 @@ class NodePaths:
     @property
     def log(self) -> Path:
         return self.dir / "logs" / f"{self.task}.log"
+
+    @property
+    def files(self) -> Path:
+        """Files a task wrote through ``ds.output("dir")``, committed when it succeeded."""
+        return self.dir / f"{self.task}.files"
+
+    @property
+    def artifacts(self) -> Path:
+        """Files a task logged with ``ds.log_artifact``, committed when it succeeded."""
+        return self.dir / f"{self.task}.artifacts"
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        """Every output a node may have besides its record and log."""
+        return (self.zarr, self.value, self.files, self.artifacts)
 
     @property
     def done(self) -> Path:
@@ -235,6 +260,13 @@ class Layout:
         """Every ``runs/*/*/run.json``."""
         return sorted(self.runs_dir.glob(f"*/*/{RUN_RECORD}")) if self.runs_dir.is_dir() else []
 
+    def task_records(self) -> list[Path]:
+        """Every node record under ``tasks/`` (nodes not bound to a run)."""
+        if not self.tasks_dir.is_dir():
+            return []
+        return sorted(p for p in self.tasks_dir.glob("*/*/*.json") if record_task(p.name)
+                      and p.name == f"{p.parent.parent.name}.json")
+
     def env_records(self) -> list[Path]:
         """Every published env's ``envs/*/env.json``."""
         return sorted(self.envs_dir.glob("*/env.json"))
@@ -279,3 +311,41 @@ class Layout:
         if case is None:
             return f"runs/{env_id}/{config_hash}/.{task}.done"
         return f"runs/{env_id}/{config_hash}/{case}/.{task}.done"
+
+    # -- SLURM clusters (docs/design.md §13) ----------------------------------------
+
+    @property
+    def slurm_dir(self) -> Path:
+        return self.root / "slurm"
+
+    @property
+    def slurm_logs_dir(self) -> Path:
+        """Default directory of worker logs (setting ``slurm.log_directory``)."""
+        return self.slurm_dir / "logs"
+
+    def slurm_log(self, job_name: str, job_id: str) -> Path:
+        """A job's log in the default worker log directory."""
+        return self.slurm_logs_dir / slurm_log_name(job_name, job_id)
+
+    @property
+    def slurm_cluster_record(self) -> Path:
+        """Address, owner and id of the cluster ``dscheduler cluster up`` started."""
+        return self.slurm_dir / "cluster.json"
+
+    @property
+    def slurm_scheduler_log(self) -> Path:
+        """Output of the ``dscheduler cluster up`` process."""
+        return self.slurm_dir / "scheduler.log"
+
+    @property
+    def slurm_jobs_dir(self) -> Path:
+        return self.slurm_dir / "jobs"
+
+    def slurm_jobs_record(self, cluster_id: str) -> Path:
+        """A live cluster's owner (host, pid) and the ids of the jobs it submitted."""
+        return self.slurm_jobs_dir / f"{check_name(cluster_id, 'cluster id')}.json"
+
+    def slurm_jobs_records(self) -> list[Path]:
+        """Every ``slurm/jobs/*.json``."""
+        d = self.slurm_jobs_dir
+        return sorted(d.glob("*.json")) if d.is_dir() else []
