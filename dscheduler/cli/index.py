@@ -1,6 +1,6 @@
 """``dscheduler index rebuild|compact``: the store index, maintained on demand.
 
-The index (docs/design.md §11) is a cache of the records and ``.done``
+The index (docs/design.md §14) is a cache of the records and ``.done``
 links; it rebuilds itself when missing or unreadable.  ``rebuild`` is for
 a store whose results were removed or edited by hand.
 """

@@ -2,7 +2,7 @@
 
 Planning reads the store and nothing else: it builds no env and contacts no
 cluster.  It must be fast on a parallel filesystem too, where every
-metadata operation is a network round trip (docs/design.md §10, §11), so a
+metadata operation is a network round trip (docs/design.md §10, §14), so a
 node is decided finished by the store's index (:mod:`dscheduler.store.index`):
 a few files say, for every node, whether it finished and with which key.
 The truth stays in the store: after writing a succeeded record the executor
@@ -194,7 +194,7 @@ def _why(node: Node, store: Store) -> str | None:
     if record.get("state") == "succeeded" and done_key(paths) == node.key:
         return None
     if record.get("state") == "running" and _lease_held(store, node.key16):
-        return IN_PROGRESS  # e.g. a detached graph still running it (docs/design.md §11.7)
+        return IN_PROGRESS  # e.g. a detached graph still running it (docs/design.md §13.7)
     return {
         "failed": FAILED,
         "running": INTERRUPTED,

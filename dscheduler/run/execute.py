@@ -166,7 +166,7 @@ def _mark_running(spec: NodeSpec, record: dict[str, Any], first: bool) -> _Later
 
     The first attempt of a node without an env writes it only once it has run
     ``task.running_record_after`` seconds: a tiny task then writes its record
-    once, not twice (docs/design.md §11), at the price of a worker killed in
+    once, not twice (docs/design.md §14), at the price of a worker killed in
     that first moment leaving no trace of the attempt (Dask reschedules it
     all the same).  Every other attempt writes it at once, before any output
     moves: a stored record must never say "succeeded" over another attempt's
@@ -242,21 +242,23 @@ def _run_later() -> None:
 
 def _drop_result(spec: NodeSpec, record: dict[str, Any],
                  previous: dict[str, Any] | None) -> None:
-    """Before an attempt: the stored result (a rerun, or another key at this path since
-    a version bump or a changed input) is no longer this node's.
+    """Before an attempt: its index entry ("running", for listings); and the stored
+    result, if any, is no longer this node's (a rerun, or another key at this path
+    since a version bump or a changed input).
 
-    The index hears it first, durably, then the .done link goes, before any
-    output moves.  A node never run before has no link, result or partial
-    files to drop: nothing is touched.
+    The index hears of a dropped result first, durably, then the .done link
+    goes, before any output moves (docs/design.md §14).  A node never run
+    before has no link, result or partial files: nothing more is touched.
     """
     record["seq"] = next_seq(previous)
-    if previous is None:
-        return
-    if previous.get("state") == SUCCEEDED:
-        spec.store.index.undone(spec.paths, str(previous.get("key")), record["seq"])
+    if previous is not None and previous.get("state") == SUCCEEDED:
+        spec.store.index.undone(spec.paths, record)
     else:
-        clear_done(spec.paths)  # a link a damaged or edited record may have left
-    remove_partials(spec.paths)
+        spec.store.index.note(spec.paths, record)
+        if previous is not None:
+            clear_done(spec.paths)  # a link a damaged or edited record may have left
+    if previous is not None:
+        remove_partials(spec.paths)
 
 
 def _load_arguments(spec: NodeSpec) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
@@ -298,7 +300,7 @@ def _succeed(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
     record.update(state="succeeded", output=output)
     tracking.end(record, succeeded=True)
     record["seq"] = next_seq(record)
-    write_record(spec.paths, record)  # after the value
+    write_record(spec.paths, record, announce=False)  # after the value
     return spec.store.index.done(spec.paths, record)  # the link, then the index entry
 
 
@@ -316,8 +318,7 @@ def _fail(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
     record["state"] = attempt["state"]
     tracking.end(record, succeeded=False)
     record["seq"] = next_seq(record)
-    write_record(spec.paths, record)
-    spec.store.index.note(spec.paths, record)
+    write_record(spec.paths, record)  # and its index entry
 
 
 # -- running -----------------------------------------------------------------------

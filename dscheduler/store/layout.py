@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import settings
@@ -106,10 +106,16 @@ class EnvPaths:
 
 @dataclass(frozen=True)
 class NodePaths:
-    """Files of one node in a directory (a run's case, or ``tasks/{task}/{key16}``)."""
+    """Files of one node in a directory (a run's case, or ``tasks/{task}/{key16}``).
+
+    ``root`` is the store's root when known (paths made by a :class:`Layout`):
+    writes through :func:`~dscheduler.store.records.write_record` then reach
+    the store's index too.
+    """
 
     dir: Path
     task: str
+    root: Path | None = field(default=None, compare=False)
 
     @property
     def record(self) -> Path:
@@ -153,6 +159,7 @@ class RunPaths:
     """Files of one run: ``runs/{env_id}/{config_hash}/``."""
 
     dir: Path
+    root: Path | None = field(default=None, compare=False)
 
     @property
     def record(self) -> Path:
@@ -164,7 +171,7 @@ class RunPaths:
     def node(self, case: str | None, task: str) -> NodePaths:
         """A node bound to this run, in its case directory (or the run's own without one)."""
         where = self.dir if case is None else self.case(case)
-        return NodePaths(where, check_name(task, "task name"))
+        return NodePaths(where, check_name(task, "task name"), self.root)
 
 
 class Layout:
@@ -253,7 +260,8 @@ class Layout:
     def run(self, run_id: str) -> RunPaths:
         env_id, _, config_hash = run_id.partition("/")
         return RunPaths(
-            self.runs_dir / check_name(env_id, "env_id") / check_name(config_hash, "config_hash")
+            self.runs_dir / check_name(env_id, "env_id") / check_name(config_hash, "config_hash"),
+            self.root,
         )
 
     def run_records(self) -> list[Path]:
@@ -273,7 +281,7 @@ class Layout:
 
     def task(self, task: str, key16: str) -> NodePaths:
         name = check_name(task, "task name")
-        return NodePaths(self.tasks_dir / name / check_name(key16, "key"), name)
+        return NodePaths(self.tasks_dir / name / check_name(key16, "key"), name, self.root)
 
     def lease_path(self, name: str) -> Path:
         return self.locks_dir / f"{check_name(name, 'lease name')}.lease"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,41 @@ def record_seq(record: dict[str, Any] | None) -> int:
     return seq if isinstance(seq, int) else 0
 
 
-def summary_of(record: dict[str, Any]) -> dict[str, Any]:
-    """The small summary the index keeps of a node's record, for listing runs.
+def node_summary(record: dict[str, Any], path: Path | None = None,
+                 root: Path | None = None) -> dict[str, Any]:
+    """The small, JSON-able dict a listing needs of one node record.
 
-    Opaque to the index, which stores whatever this returns with the node's
-    entry; an index rebuilt from the records calls it too, so it must depend
-    on the record alone.
+    What a store index keeps per node for ``store.runs()``: ids, label, state,
+    version, timings of the last attempt, params, metrics (last values), tags,
+    the code digest, upstream keys, the config's scalar fields and the record's
+    path relative to the store root.
     """
-    return {}
+    attempts = record.get("attempts") or [{}]
+    last = attempts[-1] if isinstance(attempts[-1], dict) else {}
+    first = attempts[0] if isinstance(attempts[0], dict) else {}
+    call = record.get("call")
+    call = call if isinstance(call, dict) else {}
+    config = record.get("config")
+    config = config if isinstance(config, dict) else {}
+    where = None
+    if path is not None:
+        where = path.relative_to(root).as_posix() if root is not None else str(path)
+    return {
+        "key": record.get("key"), "name": record.get("name"), "task": record.get("task"),
+        "case": record.get("case"), "run_id": record.get("run_id"),
+        "env_id": record.get("env_id"), "label": record.get("label") or "",
+        "state": record.get("state"), "version": record.get("version"),
+        "attempts": len(record.get("attempts") or []), "host": last.get("host"),
+        "start": first.get("start"), "end": last.get("end"), "seconds": last.get("seconds"),
+        "params": record.get("params") or {}, "metrics": record.get("metrics") or {},
+        "tags": record.get("tags") or {},
+        "code": (call.get("code") or {}).get("digest") if call else None,
+        "upstream": record.get("upstream") or [],
+        "config": {k: v for k, v in config.items()
+                   if v is None or isinstance(v, str | int | float | bool)},
+        "record": where,
+    }
+
 
 
 def record_text(record: dict[str, Any]) -> bytes:
@@ -85,9 +113,26 @@ def write_record_text(paths: NodePaths, text: bytes, *, final: bool = True) -> N
     atomic.write_bytes(paths.record, text, durable=bool(final and settings.get("task.fsync")))
 
 
-def write_record(paths: NodePaths, record: dict[str, Any], *, final: bool = True) -> None:
-    """Write a node's record atomically (see :func:`write_record_text`)."""
+_listeners: list[Callable[[NodePaths, dict[str, Any]], None]] = []
+
+
+def on_write(listener: Callable[[NodePaths, dict[str, Any]], None]) -> None:
+    """Call ``listener(paths, record)`` after each :func:`write_record` that announces
+    itself: the store index listens (:mod:`dscheduler.store.index`), which this
+    module cannot import (the index reads records)."""
+    _listeners.append(listener)
+
+
+def write_record(paths: NodePaths, record: dict[str, Any], *, final: bool = True,
+                 announce: bool = True) -> None:
+    """Write a node's record atomically (see :func:`write_record_text`), with a ``seq``
+    (the time, unless it has one), and tell the store index unless ``announce`` is
+    False (the executor writes the index entries itself, in its own order)."""
+    record.setdefault("seq", next_seq(None))
     write_record_text(paths, record_text(record), final=final)
+    if announce:
+        for listener in _listeners:
+            listener(paths, record)
 
 
 def done_key(paths: NodePaths) -> str | None:

@@ -115,8 +115,8 @@ def _check(paths: NodePaths, link: str | None, repair: bool,
     except StoreError as err:  # a damaged record counts as finished: it may say "succeeded"
         problem = Problem(paths.record, f"its record is unreadable ({err.why})")
         if repair:
-            # The index hears of it before anything changes (docs/design.md §11).
-            index.undone(paths, link or "", next_seq(None), state="damaged")
+            # The index hears of it before anything changes (docs/design.md §14).
+            index.damaged(paths, problem.why, link or "")
             aside = paths.record.with_name(f"{paths.record.name}.damaged-{int(time.time())}")
             os.replace(paths.record, aside)
             problem.action = f"demoted; the record was moved to {aside.name}"
@@ -148,13 +148,12 @@ def _check(paths: NodePaths, link: str | None, repair: bool,
 def _demote(paths: NodePaths, record: dict[str, Any] | None, problem: Problem,
             repair: bool, index: Index) -> Problem:
     if repair:
-        seq = next_seq(record)
-        index.undone(paths, str((record or {}).get("key", "")), seq, state="damaged")
-        if record is not None:
-            record["state"] = "damaged"
-            record["damaged"] = problem.why
-            record["seq"] = seq
-            write_record(paths, record)
+        if record is None:
+            index.damaged(paths, problem.why)
+        else:
+            record.update(state="damaged", damaged=problem.why, seq=next_seq(record))
+            index.undone(paths, record)  # the index first, then the link goes
+            write_record(paths, record, announce=False)
         problem.action = "demoted: the next run redoes it"
     return problem
 

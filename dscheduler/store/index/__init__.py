@@ -2,7 +2,7 @@
 
 Planning and run listing read the index instead of one file per node; on a
 parallel filesystem every stat, open or readlink is a network round trip
-(docs/design.md §11).  Records and ``.done`` links stay the truth; the
+(docs/design.md §14).  Records and ``.done`` links stay the truth; the
 index is a cache of them::
 
     index/snapshot.json            compacted entries, replaced by one rename
@@ -30,10 +30,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..layout import Layout, NodePaths
-from ..records import clear_done, record_seq, set_done, summary_of
+from ..records import clear_done, next_seq, node_summary, on_write, record_seq, set_done
 from . import snapshot
-from .entries import RUN, RUNNING, SUCCEEDED, Entry, finished
-from .rebuild import rebuild, run_entry
+from .entries import RUN, RUNNING, SUCCEEDED, UNLINKED, Entry, finished
+from .rebuild import damaged_entry, rebuild, run_entry
 from .segments import writer
 from .snapshot import Corrupt, Missing, View
 
@@ -43,7 +43,7 @@ log = logging.getLogger("dscheduler.index")
 
 
 class Index:
-    """The index of the store at ``layout``."""
+    """The index of the store at ``layout`` (see the module's docstring)."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
@@ -93,7 +93,7 @@ class Index:
         """The entry that says what ``record`` (the node's, at ``paths``) says."""
         return Entry(self.layout.node_id(paths), record_seq(record) if seq is None else seq,
                      state or str(record.get("state")), str(record.get("key")),
-                     summary_of(record))
+                     node_summary(record, paths.record, self.layout.root))
 
     def done(self, paths: NodePaths, record: dict[str, Any], *,
              seq: int | None = None) -> Entry:
@@ -103,17 +103,44 @@ class Index:
         self.append([entry])
         return entry
 
-    def undone(self, paths: NodePaths, key: str, seq: int, state: str = RUNNING) -> None:
+    def undone(self, paths: NodePaths, record: dict[str, Any]) -> Entry:
         """Append a durable entry saying the node is not finished, then remove its link.
 
+        ``record`` is what the node's record becomes (running, damaged): its
         ``seq`` must be above that of the record whose result is dropped
-        (:func:`dscheduler.store.records.next_seq`), and is the new record's.
+        (:func:`dscheduler.store.records.next_seq`).
         """
-        self.append([Entry(self.layout.node_id(paths), seq, state, key)], durable=True)
+        entry = self.entry(paths, record)
+        self.append([entry], durable=True)
+        clear_done(paths)
+        return entry
+
+    def damaged(self, paths: NodePaths, why: str, key: str = "") -> None:
+        """Like :meth:`undone`, for a node whose record cannot be read or is missing."""
+        self.append([damaged_entry(self.layout, paths, why, next_seq(None), key)], durable=True)
         clear_done(paths)
 
     def note(self, paths: NodePaths, record: dict[str, Any]) -> Entry:
-        """Append the entry of a record that did not succeed (failed, cancelled)."""
+        """Append the entry of a record that is not finished (running, failed, cancelled)."""
         entry = self.entry(paths, record)
         self.append([entry])
         return entry
+
+
+def _announced(paths: NodePaths, record: dict[str, Any]) -> None:
+    """The entry of a record written with :func:`~dscheduler.store.records.write_record`
+    by code that keeps no index itself.  A succeeded record is ``unlinked`` (not
+    finished) one ``seq`` below its own until its link is made, as a rebuild has it."""
+    if paths.root is None:
+        return
+    index = Index(Layout(paths.root))
+    entry = index.entry(paths, record)
+    if entry.state == SUCCEEDED:
+        entry = Entry(entry.path, entry.seq - 1, UNLINKED, entry.key, entry.summary)
+    try:
+        index.append([entry])
+    except OSError as err:
+        log.warning("could not add %s to the index of %s: %s", entry.path, paths.root, err)
+
+
+on_write(_announced)

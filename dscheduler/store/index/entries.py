@@ -6,7 +6,8 @@ An entry says "node ``path`` was in ``state`` with ``key`` as of ``seq``":
   (``Layout.node_id``), or a run's ``run.json`` (``Layout.run_id_path``);
 * ``seq``: the ``seq`` of the record it reflects (``records.next_seq``);
 * ``state``: ``succeeded`` (finished), or ``running``, ``failed``,
-  ``cancelled``, ``damaged`` (not finished), or ``run`` for a run's entry;
+  ``cancelled``, ``damaged``, ``unlinked`` (not finished), or ``run`` for a
+  run's entry;
 * ``key``: the node's full key (a run's: its config digest);
 * ``summary``: a small dict the record's writer passes in, kept for listing.
 
@@ -29,6 +30,8 @@ from typing import Any
 
 SUCCEEDED = "succeeded"
 RUNNING = "running"
+DAMAGED = "damaged"
+UNLINKED = "unlinked"  # a succeeded record whose .done link is not made (yet)
 RUN = "run"
 
 

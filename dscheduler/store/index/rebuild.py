@@ -6,12 +6,15 @@ rebuild``.  Under the index lease (waited for), it walks ``runs/`` and
 filesystem) and makes one entry per node:
 
 * a ``.done`` link pointing at its succeeded record's key: ``succeeded``;
-* a record in another state: that state;
-* a succeeded record without its link (a crash between the two): no entry,
-  so the node's own next attempt, which restores the link, wins;
+* a record in another state: that state (an unreadable one: ``damaged``);
+* a succeeded record without its link (a crash between the two):
+  ``unlinked``, not finished, one ``seq`` below the record's, so that the
+  entry of the writer about to make the link, or of the node's next
+  attempt, which restores it, wins;
 
-each with its record's ``seq``.  Segment entries are then laid over those,
-but only entries newer than the walk's start less twice ``task.lease_ttl``:
+each with its record's ``seq`` and :func:`~dscheduler.store.records.node_summary`.
+Segment entries are then laid over those, but only entries newer than the
+walk's start less twice ``task.lease_ttl``:
 an older entry is reflected by the files the walk read, or by later ones
 (a node is changed only under its lease, and the entry announcing a change
 that unfinishes it is written first), while a newer one may describe a
@@ -31,10 +34,10 @@ from typing import Any
 
 from ... import settings
 from ...errors import StoreError
-from ..layout import RUN_RECORD, Layout
+from ..layout import RUN_RECORD, Layout, NodePaths
 from ..lease import Lease
-from ..records import node_folders, nodes_in, read_record, record_seq, summary_of
-from .entries import RUN, SUCCEEDED, Entry, Merged
+from ..records import node_folders, node_summary, nodes_in, read_record, record_seq
+from .entries import DAMAGED, RUN, SUCCEEDED, UNLINKED, Entry, Merged
 from .segments import LOG, SEALED, names, read_tail
 from .snapshot import Corrupt, Missing, View, cleanup, load, publish, read_header, stem
 
@@ -42,10 +45,23 @@ THREADS = 8
 
 
 def run_entry(layout: Layout, record: dict[str, Any]) -> Entry:
-    """The entry of a run (its ``run.json``): label and model class as its summary."""
+    """The entry of a run (its ``run.json``): the summary a listing shows of a run none
+    of whose nodes has a record yet (state ``pending``)."""
+    path = layout.run(str(record["run_id"])).record
+    pending: dict[str, Any] = {"run_id": record.get("run_id"), "env_id": record.get("env_id"),
+               "label": record.get("label"), "config": record.get("config"),
+               "state": "pending", "task": None, "attempts": []}
     return Entry(layout.run_id_path(str(record["run_id"])), 0, RUN,
-                 str(record.get("config_digest", "")),
-                 {"label": record.get("label", ""), "model": record.get("model")})
+                 str(record.get("config_digest", "")), node_summary(pending, path, layout.root))
+
+
+def damaged_entry(layout: Layout, paths: NodePaths, why: str, seq: int, key: str = "") -> Entry:
+    """The entry of a node whose record cannot be read."""
+    path = layout.node_id(paths)
+    parts = path.split("/")
+    run_id = f"{parts[1]}/{parts[2]}" if parts[0] == "runs" else None
+    pseudo = {"state": DAMAGED, "task": paths.task, "error": why, "run_id": run_id}
+    return Entry(path, seq, DAMAGED, key, node_summary(pseudo, paths.record, layout.root))
 
 
 def _folder_entries(layout: Layout, folder: Path, files: list[str]) -> list[Entry]:
@@ -62,14 +78,16 @@ def _folder_entries(layout: Layout, folder: Path, files: list[str]) -> list[Entr
     for paths, link in nodes_in(folder, files):
         try:
             record = read_record(paths.record)
-        except StoreError:
-            continue  # damaged: not finished; `dscheduler verify` reports it
+        except StoreError as err:
+            out.append(damaged_entry(layout, paths, str(err.why), 0, link or ""))
+            continue
         if record is None or not isinstance(record.get("key"), str):
             continue
-        state, key = str(record.get("state")), record["key"]
+        state, key, seq = str(record.get("state")), record["key"], record_seq(record)
         if state == SUCCEEDED and link != key:
-            continue
-        out.append(Entry(layout.node_id(paths), record_seq(record), state, key, summary_of(record)))
+            state, seq = UNLINKED, seq - 1
+        out.append(Entry(layout.node_id(paths), seq, state, key,
+                         node_summary(record, paths.record, layout.root)))
     return out
 
 
