@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -407,3 +411,38 @@ def test_a_reader_racing_a_compaction_misses_nothing(
     monkeypatch.setattr(snapshot, "names", names_after_a_compaction)
     assert all(load(store).finished(store.node_id(n.paths(store)), n.key) for n in nodes)
     assert raced
+
+
+# -- a tiny task writes its record once --------------------------------------------------
+
+
+def test_tiny_first_attempt_writes_its_record_once_and_a_kill_is_still_listed(
+    store: ds.Store, log: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dscheduler.store import atomic
+
+    writes: list[str] = []
+    real = atomic.write_bytes
+
+    def counting(path: Path, data: bytes, **kw: Any) -> None:
+        writes.append(path.name)
+        real(path, data, **kw)
+
+    monkeypatch.setattr(atomic, "write_bytes", counting)
+    run_inline([step(0, log)], store)
+    time.sleep(0.3)  # past task.running_record_after: a deferred write would have happened
+    assert writes.count("step.json") == 1  # once, not "running" then "succeeded"
+    # A first attempt killed before its "running" record leaves only its lease:
+    # the next attempt, breaking it, lists the killed one.
+    node = step(1, log)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    lease = store.node_lease_path(node.key16)
+    lease.parent.mkdir(parents=True, exist_ok=True)
+    lease.write_text(json.dumps({"token": "t", "owner": f"{node.name} tcp://10.0.0.1:1",
+                                 "host": socket.gethostname(), "pid": int(dead.stdout),
+                                 "started": 0.0, "ttl": 60, "heartbeat": time.time()}))
+    run_inline([node], store)
+    first, second = json.loads(node.paths(store).record.read_text())["attempts"]
+    assert first["state"] == "failed" and "interrupted" in first["error"]
+    assert first["worker"] == "tcp://10.0.0.1:1" and second["state"] == "succeeded"

@@ -121,14 +121,32 @@ def _earlier_attempts(spec: NodeSpec, previous: dict[str, Any] | None
     attempts = list(record.get("attempts", []))
     if record.get("state") == "running" and attempts:
         last = attempts[-1]
-        last.update(
-            state="failed",
-            error=(f"attempt interrupted: the process running it (host {last.get('host')}, "
-                   f"pid {last.get('pid')}, worker {last.get('worker')}) died before "
-                   "finishing"),
-        )
+        last.update(state="failed", error=_interrupted(last))
         last.setdefault("end", None)
     return attempts
+
+
+def _interrupted(attempt: dict[str, Any]) -> str:
+    return (f"attempt interrupted: the process running it (host {attempt.get('host')}, "
+            f"pid {attempt.get('pid')}, worker {attempt.get('worker')}) died before finishing")
+
+
+def _broken_attempt(attempts: list[dict[str, Any]], holder: dict[str, Any]
+                    ) -> list[dict[str, Any]]:
+    """``attempts`` and the attempt whose lease this one broke, unless listed already.
+
+    A first attempt killed before its "running" record was written
+    (:func:`_mark_running`) leaves only its lease, which names its host, pid
+    and worker.
+    """
+    if any(a.get("host") == holder.get("host") and a.get("pid") == holder.get("pid")
+           for a in attempts):
+        return attempts
+    owner = str(holder.get("owner") or "").split(" ", 1)
+    attempt = {"attempt": len(attempts) + 1, "state": "failed", "host": holder.get("host"),
+               "pid": holder.get("pid"), "worker": owner[1] if len(owner) > 1 else None,
+               "end": None}
+    return [*attempts, {**attempt, "error": _interrupted(attempt)}]
 
 
 def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]],
@@ -166,11 +184,11 @@ def _mark_running(spec: NodeSpec, record: dict[str, Any], first: bool) -> _Later
 
     The first attempt of a node without an env writes it only once it has run
     ``task.running_record_after`` seconds: a tiny task then writes its record
-    once, not twice (docs/design.md §14), at the price of a worker killed in
-    that first moment leaving no trace of the attempt (Dask reschedules it
-    all the same).  Every other attempt writes it at once, before any output
-    moves: a stored record must never say "succeeded" over another attempt's
-    value.
+    once, not twice (docs/design.md §14).  One killed in that first moment is
+    still listed by the next attempt, from the lease it leaves
+    (:func:`_broken_attempt`); until then the node has no record.  Every
+    other attempt writes it at once, before any output moves: a stored
+    record must never say "succeeded" over another attempt's value.
     """
     text = record_text(record)  # as it is now: the attempt goes on changing it
 
@@ -330,6 +348,8 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> dict[str, Any]:
     try:
         previous = read_record(spec.paths.record)
         attempts = _earlier_attempts(spec, previous)
+        if attempts is not None and lease.broken is not None:
+            attempts = _broken_attempt(attempts, lease.broken)
         if attempts is None and previous is not None:
             # Finished before (by another driver, or by one that crashed before its
             # index entry was written): restore the link and the entry.
