@@ -357,10 +357,15 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> dict[str, Any]:
             return {"name": spec.name, "state": _stored_state(spec, previous), "attempts": 0,
                     "index": entry.to_list()}
         record, attempt = _start_attempt(spec, attempts or [], previous)
-        running = _mark_running(spec, record, first=previous is None)
+        # No record and no lease broken: no earlier attempt left anything here.
+        fresh = previous is None and lease.broken is None
+        if previous is None and not fresh:
+            remove_partials(spec.paths)  # of a first attempt killed before its record
+        running = _mark_running(spec, record, first=fresh)
         started = time.monotonic()
         try:
-            output = tracking.save(spec.paths, _call(spec, built, attempt))
+            output = tracking.save(spec.paths, _call(spec, built, attempt), fresh=fresh,
+                                   here=spec.env is None)
             lease.check()  # never commit under a lease that was broken meanwhile
             running.cancel()
         except BaseException as err:
