@@ -83,6 +83,7 @@ KINDS = ("squashfs", "dir")
 #: Prefix compiled into the .pyc files of images (docs/design.md §6).
 IMAGE_PREFIX = "/env"
 INVALIDATION = "unchecked-hash"
+_bytecode_tags: dict[str, tuple[str, str]] = {}  # interpreter path -> (cache tag, magic)
 
 
 # -- building ----------------------------------------------------------------------------
@@ -210,6 +211,7 @@ class _Builder:
         self.pyc_cache = pyc_cache
         self.compile_stats = CompileStats()
         self._storing: threading.Thread | None = None
+        self.smoking: Running | None = None  # the smoke test, when started early
         self.lease = lease
         self.paths = store.env(env.env_id)
         self.timings: dict[str, float] = {}
@@ -270,8 +272,13 @@ class _Builder:
     def _build(self, blog: BuildLog) -> dict[str, Any]:
         self._make_venv(blog)
         self._install(blog)
-        stats = self._compile_and_lock(blog)
-        self._check_and_squash(blog)
+        try:
+            stats = self._compile_and_lock(blog)
+            self._check_and_squash(blog)
+        except BaseException:
+            if self.smoking is not None:  # started early, beside the compile
+                self.smoking.kill()
+            raise
         if self._storing is not None:
             self._storing.join()
         image, reused, image_bytes = self._publish_image()
@@ -335,8 +342,12 @@ class _Builder:
                    f"compiled before, {len(missing)} to compile\n")
         if len(missing) * 2 > stats.sources:
             self._compileall(blog, [self.venv / "lib"])  # all of it, in parallel (-j0)
-        elif missing:
-            self._compile_files(blog, [source for source, _ in missing])
+        else:
+            # Most modules import from their .pyc already: the smoke test (-B, it
+            # writes none) runs beside the rest of the compile, not after it.
+            self.smoking = self._start_smoke(blog)
+            if missing:
+                self._compile_files(blog, [source for source, _ in missing])
         self._storing = threading.Thread(target=self._store_pycs, args=(cache, missing),
                                          name="dscheduler-pyc-cache", daemon=True)
         self._storing.start()
@@ -346,15 +357,18 @@ class _Builder:
         is false, or the interpreter would not say its bytecode's tag)."""
         if self.pyc_cache is None:
             return None
-        script = ("import importlib.util, sys; "
-                  "print(sys.implementation.cache_tag, importlib.util.MAGIC_NUMBER.hex())")
-        try:
-            tag, magic = blog.run("compile", [self.python, "-I", "-c", script],
-                                  env=self.subenv).split()
-        except (CommandError, ValueError):
-            return None
-        return PycCache(self.pyc_cache, tag=tag, magic=magic, version=self.interp.version,
-                        prefix=self.prefix, mode=INVALIDATION)
+        found = _bytecode_tags.get(str(self.interp.path))
+        if found is None:
+            script = ("import importlib.util, sys; "
+                      "print(sys.implementation.cache_tag, importlib.util.MAGIC_NUMBER.hex())")
+            try:
+                tag, magic = blog.run("compile", [self.python, "-I", "-c", script],
+                                      env=self.subenv).split()
+            except (CommandError, ValueError):
+                return None
+            found = _bytecode_tags[str(self.interp.path)] = (tag, magic)
+        return PycCache(self.pyc_cache, tag=found[0], magic=found[1],
+                        version=self.interp.version, prefix=self.prefix, mode=INVALIDATION)
 
     def _store_pycs(self, cache: PycCache, compiled: list[tuple[Path, Path]]) -> None:
         try:
@@ -400,8 +414,10 @@ class _Builder:
 
     def _check_and_squash(self, blog: BuildLog) -> None:
         """The import smoke test, with mksquashfs alongside (both only read the tree)."""
-        with blog.phase("smoke"):
-            running = self._start_smoke(blog)
+        running = self.smoking
+        if running is None:
+            with blog.phase("smoke"):
+                running = self._start_smoke(blog)
         try:
             if self.kind == "squashfs":
                 self.squashed = self._squash(blog)
