@@ -8,30 +8,17 @@ from the cache and compiles only what is new.
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_build import MakeEnv, sha256, squashfs_tools
 
 import dscheduler as ds
 from dscheduler.envs.build import build_env
 from dscheduler.envs.reproducible import PycCache
 
-MakeEnv = Callable[..., ds.Env]
-
 pytestmark = pytest.mark.squashfs
-
-
-@pytest.fixture
-def squashfs_tools() -> None:
-    if shutil.which("mksquashfs") is None:
-        pytest.skip("mksquashfs not installed (apt-get install squashfs-tools)")
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+__all__ = ["squashfs_tools"]  # a fixture of test_build.py, used here too
 
 
 def test_warm_build_uses_the_cache_and_gives_the_same_image(

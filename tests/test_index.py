@@ -320,6 +320,15 @@ def test_runs_are_listed_through_the_index(
     assert states["run0"] == "succeeded" and states["run19"] == "pending"
     nodes = store.runs(by="node")
     assert len(nodes) == 5 and set(nodes["label"]) == {f"run{i}" for i in range(5)}
+    # Compactions carry the summaries over, and replace those that changed.
+    assert store.index.compact()
+    Path(log + ".fail").touch()
+    run_inline([bound_v2(cfgs[0], "c", log)], store)
+    assert store.index.compact()
+    after = store.runs(by="node").set_index("label")
+    assert after.loc["run0", "state"] == "failed" and after.loc["run0", "version"] == "2"
+    assert (after.drop("run0")["state"] == "succeeded").all() and len(after) == 5
+    assert len(store.runs()) == 20
 
 
 def test_small_graph_in_a_large_index_reads_links(store: ds.Store, log: str) -> None:

@@ -153,11 +153,10 @@ def rebuild(layout: Layout, timeout: float | None = None, *, if_missing: bool = 
             except (Missing, Corrupt):
                 pass
         view = collect(layout)
-        summaries = {p: s for p, s in (view.merged.summaries if view.merged else {}).items()
-                     if s}
-        view.header = publish(layout, view, summaries, lease)
+        view.header = publish(layout, view, lease)
         cleanup(layout, view, view.generation)
-        view.summaries = summaries
+        view.summaries = {p: s for p, s in (view.merged.summaries if view.merged else {}).items()
+                          if s}
         return view
     finally:
         lease.release()

@@ -4,7 +4,8 @@
 count, the summaries file, and for each segment the offset up to which its
 entries are in the snapshot), then one JSON object mapping path to
 ``"state seq key"``.  Summaries live in ``index/summaries-{generation}.json``,
-written before the snapshot that names it, so planning never reads them.
+one line ``path<TAB>json`` each, written before the snapshot that names it,
+so planning never reads them.
 
 Reading (:func:`load`): the snapshot, one listing of ``segments/``, each
 segment from its offset (whole lines only), merged by
@@ -27,7 +28,9 @@ import datetime as dt
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ... import settings
@@ -185,27 +188,72 @@ def _with_segments(layout: Layout, header: dict[str, Any], values: dict[str, str
 
 
 def _summaries(layout: Layout, view: View) -> dict[str, dict[str, Any]] | None:
-    name = view.header.get("summaries")
+    """Every summary: the snapshot's summaries file with the segments' laid over it; None
+    when that file is gone (a compaction removed it meanwhile)."""
     out: dict[str, dict[str, Any]] = {}
-    if name:
-        try:
-            with open(layout.index_dir / name, "rb") as f:
-                out = json.loads(f.read())
-        except FileNotFoundError:
-            return None
-        except ValueError as err:
-            raise Corrupt(f"summaries: {err}") from None
-    if view.merged is not None:
-        for path, summary in view.merged.summaries.items():
-            if summary:
-                out[path] = summary
-            else:
-                out.pop(path, None)
+    try:
+        for path, text in _summary_lines(layout, view.header):
+            out[path] = json.loads(text)
+    except ValueError as err:
+        raise Corrupt(f"summaries: {err}") from None
+    except FileNotFoundError:
+        return None
+    for path, summary in (view.merged.summaries if view.merged is not None else {}).items():
+        if summary:
+            out[path] = summary
+        else:
+            out.pop(path, None)
     return out
 
 
-def publish(layout: Layout, view: View, summaries: dict[str, dict[str, Any]],
-            lease: Lease) -> dict[str, Any]:
+def _summary_lines(layout: Layout, header: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
+    """(path, summary's JSON) of each line ``path<TAB>json`` of the snapshot's summaries file.
+
+    Lines, not one JSON object: a compaction copies the lines whose summary
+    did not change without parsing them, so it never holds every summary of
+    a large store in memory at once.  Paths hold no tab (``check_name``).
+    """
+    name = header.get("summaries")
+    if not name:
+        return
+    with open(layout.index_dir / name, "rb") as f:
+        for line in f:
+            path, sep, text = line.rstrip(b"\n").partition(b"\t")
+            if not sep:
+                raise ValueError(f"not a summary line: {line[:100]!r}")
+            yield path.decode(), text
+
+
+def _write_summaries(layout: Layout, view: View, target: Path) -> None:
+    """The summaries file of a new snapshot: the old one's lines, those of paths the
+    segments changed replaced (or dropped), then the segments' new paths."""
+    changed = dict(view.merged.summaries) if view.merged is not None else {}
+
+    def line(path: str, summary: dict[str, Any]) -> bytes:
+        return f"{path}\t{json.dumps(summary, separators=(',', ':'), default=str)}\n".encode()
+
+    tmp = atomic.temp_sibling(target)
+    try:
+        with open(tmp, "wb") as out:
+            for path, text in _summary_lines(layout, view.header):
+                if path not in changed:
+                    out.write(f"{path}\t".encode() + text + b"\n")
+                elif changed[path]:
+                    out.write(line(path, changed.pop(path)))
+                else:
+                    del changed[path]
+            for path, summary in changed.items():
+                if summary:
+                    out.write(line(path, summary))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def publish(layout: Layout, view: View, lease: Lease) -> dict[str, Any]:
     """Write the summaries file, then the snapshot; the new header."""
     generation = view.generation + 1
     summary_file = layout.index_summaries(generation)
@@ -218,8 +266,10 @@ def publish(layout: Layout, view: View, summaries: dict[str, dict[str, Any]],
         "segments": view.offsets,
     }
     layout.index_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_bytes(summary_file, json.dumps(summaries, separators=(",", ":"),
-                                                default=str).encode())
+    try:
+        _write_summaries(layout, view, summary_file)
+    except FileNotFoundError as err:
+        raise Corrupt(f"summaries: {err}") from None
     body = json.dumps(header, separators=(",", ":")) + "\n" + json.dumps(
         view.values, separators=(",", ":")) + "\n"
     lease.check()  # never publish after another compactor took over
@@ -267,10 +317,7 @@ def compact(layout: Layout) -> bool:
     try:
         view = load(layout)
         seal_old(layout, view)
-        summaries = _summaries(layout, view)
-        if summaries is None:
-            raise Corrupt(f"summaries: {view.header.get('summaries')} is missing")
-        header = publish(layout, view, summaries, lease)
+        header = publish(layout, view, lease)
         cleanup(layout, view, header["generation"])
         return True
     finally:
