@@ -15,6 +15,7 @@ from .. import identity
 from ..errors import LeaseError, StoreError
 from . import atomic
 from .index import Index, run_entry
+from .index.snapshot import paused_gc
 from .layout import EnvPaths, Layout, NodePaths, RunPaths, check_name
 from .lease import Lease
 from .records import read_record
@@ -160,8 +161,9 @@ class Store(Layout):
             Ids, label, state, timings, then ``config.*``, ``params.*``,
             ``metrics.*`` and ``tags.*`` columns.
         """
-        return runs_frame(node_summaries(self, run_id), filter=filter, order_by=order_by,
-                          state=state, by=by)
+        with paused_gc():  # tens of thousands of dicts made at once (store/index/snapshot.py)
+            return runs_frame(node_summaries(self, run_id), filter=filter, order_by=order_by,
+                              state=state, by=by)
 
     def open(self, node: Any, *, chunks: Any = None) -> Any:
         """The stored value of ``node`` (a Node, a record path, a node name or key):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,23 +114,40 @@ def node_summaries(layout: Layout, run_id: str | None = None) -> Iterator[dict[s
     a run whose ``run.json`` exists but none of whose nodes has a record yet
     comes as one ``pending`` summary, as :func:`iter_node_records` has it.
     """
-    view = Index(layout).load(summaries=True)
-    summaries = view.summaries or {}
+    index = Index(layout)
     prefix = f"{layout.run_id_path(run_id).rsplit('/', 1)[0]}/" if run_id else ""
-    with_nodes: set[str] = set()
-    pending = []
+    for _ in range(5):
+        view = index.load()
+        summaries = index.summaries(view, _unlisted(layout, prefix, view.values))
+        if summaries is not None:
+            break
+    else:
+        raise StoreError(f"the index of {layout.root} kept changing while it was read")
+    runs = []
     for path in sorted(summaries):
-        if not path.startswith(prefix):
-            continue
-        summary = summaries[path]
         if layout.run_of_id(path) is not None:
-            pending.append(summary)
-        elif summary:
-            with_nodes.add(str(summary.get("run_id")))
-            yield summary
-    for summary in pending:
-        if summary.get("run_id") not in with_nodes:
-            yield summary
+            runs.append(summaries[path])
+        elif summaries[path]:
+            yield summaries[path]
+    yield from runs
+
+
+def _unlisted(layout: Layout, prefix: str, paths: Iterable[str]) -> Callable[[str], bool]:
+    """Which index paths a listing skips: those outside ``prefix``, and the entries of
+    runs that have nodes (only a run without any is listed, as ``pending``)."""
+    with_nodes = set()
+    for path in paths:
+        if path.startswith("runs/") and layout.run_of_id(path) is None:
+            parts = path.split("/", 3)
+            with_nodes.add(f"{parts[1]}/{parts[2]}")
+
+    def skip(path: str) -> bool:
+        if not path.startswith(prefix):
+            return True
+        run = layout.run_of_id(path)
+        return run is not None and run in with_nodes
+
+    return skip
 
 
 _GROUPS = ("config", "params", "metrics", "tags")

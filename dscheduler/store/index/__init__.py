@@ -26,7 +26,7 @@ for a finished node, and planning then reads that node's record and link.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..layout import Layout, NodePaths
@@ -59,6 +59,19 @@ class Index:
                 log.warning("index of %s unreadable (%s): rebuilding it from the records",
                             self.layout.root, err)
             return self.rebuild()
+
+    def summaries(self, view: View, skip: Callable[[str], bool] | None = None
+                  ) -> dict[str, dict[str, Any]] | None:
+        """The summaries of ``view``'s entries, but those of paths ``skip`` names; None
+        when compactions removed its summaries file meanwhile (load again)."""
+        found = view.summaries
+        if found is None:
+            found = snapshot.summaries_of(self.layout, view, skip)
+            if found is None and snapshot.identity(self.layout) == view.ident:
+                found = self.rebuild().summaries  # its own summaries file is gone
+        if found is None or skip is None:
+            return found
+        return {p: s for p, s in found.items() if not skip(p)}
 
     def size(self) -> int | None:
         """Entries in the snapshot (its header alone is read); None without one."""
