@@ -4,7 +4,10 @@ A record (``{task}.json``) is written after the node's outputs, by an atomic
 rename; the ``.done`` link after the record (docs/design.md §3, §5.4).  A
 record that cannot be read (truncated by a half-finished copy, a full quota)
 is a :class:`StoreError` naming the file and the way out, never a raw
-``JSONDecodeError``.
+``JSONDecodeError``.  Each record carries a ``seq`` that orders the store
+index's entries of its node, and :func:`write_record` tells the index of
+what it wrote (docs/design.md §14.1); :func:`node_summary` is what the index
+keeps of a record for listings.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class Index:
         when compactions removed its summaries file meanwhile (load again)."""
         found = view.summaries
         if found is None:
-            found = snapshot.summaries_of(self.layout, view, skip)
+            found = snapshot.read_summaries(self.layout, view, skip)
             if found is None and snapshot.identity(self.layout) == view.ident:
                 found = self.rebuild().summaries  # its own summaries file is gone
         if found is None or skip is None:

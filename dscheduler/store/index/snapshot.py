@@ -161,7 +161,7 @@ def load(layout: Layout, *, summaries: bool = False) -> View:
             continue  # a compaction published meanwhile: read the new one
         view.ident = ident
         if summaries:
-            view.summaries = _summaries(layout, view)
+            view.summaries = read_summaries(layout, view)
             if view.summaries is None:
                 if identity(layout) == ident:
                     raise Corrupt(f"summaries: {header.get('summaries')} is missing")
@@ -191,8 +191,8 @@ def _with_segments(layout: Layout, header: dict[str, Any], values: dict[str, str
     return view
 
 
-def _summaries(layout: Layout, view: View, skip: Callable[[str], bool] | None = None
-               ) -> dict[str, dict[str, Any]] | None:
+def read_summaries(layout: Layout, view: View, skip: Callable[[str], bool] | None = None
+                   ) -> dict[str, dict[str, Any]] | None:
     """Every summary (but those of paths ``skip`` names): the snapshot's summaries file
     with the segments' laid over it; None when that file is gone (a compaction removed
     it meanwhile)."""
@@ -219,9 +219,6 @@ def _summaries(layout: Layout, view: View, skip: Callable[[str], bool] | None = 
     return out
 
 
-summaries_of = _summaries
-
-
 @contextlib.contextmanager
 def paused_gc() -> Iterator[None]:
     """No cyclic garbage collection inside (it walks every object each time many new
@@ -245,7 +242,7 @@ def _summary_lines(layout: Layout, header: dict[str, Any]) -> Iterator[tuple[str
     name = header.get("summaries")
     if not name:
         return
-    with open(layout.index_dir / name, "rb") as f:
+    with open(layout.index_dir / name, "rb", buffering=1 << 20) as f:  # few reads, on NFS too
         for line in f:
             path, sep, text = line.rstrip(b"\n").partition(b"\t")
             if not sep:
