@@ -2,6 +2,7 @@
 
 Run:  .venv/bin/python bench/env_build.py [--packages "numpy xarray"] [--repeat 3]
       .venv/bin/python bench/env_build.py --heavy      # torch 2.13.0 CPU from /opt/wheels
+      .venv/bin/python bench/env_build.py --incremental [--base "..."] [--changed "..."]
 
 In one invocation, with a warm uv cache (one warm-up install first):
 
@@ -14,6 +15,13 @@ In one invocation, with a warm uv cache (one warm-up install first):
 * pip: ``python -m venv`` + ``pip install`` (pip compiles .pyc itself; no image),
   with pip's cache warmed by one install first;
 * reuse: ``build_env`` of the published env + ``ds.mount`` enter/exit.
+
+dscheduler builds here run without the bytecode cache (``pyc_cache=False``):
+they do the same steps as by hand.  ``--incremental`` measures the cache
+instead (:func:`incremental`): an env that differs from a built one in one
+package (``--changed``, default xarray 2026.7.0 instead of 2026.9.0), built
+cold and after ``--base`` filled the cache, uv's cache warm in both.
+Target: incremental / cold <= 0.35, and the same image bytes.
 
 Targets (docs/design.md §10): dscheduler / by hand <= 1.1; reuse < 0.1 s.  The pip
 ratio is reported.  Medians over ``--repeat`` rounds, the three builds
@@ -33,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import dscheduler as ds
 from dscheduler.envs.build import build_env
@@ -94,6 +103,78 @@ def with_pip(work: Path, python: Path, packages: list[str], index: list[str]) ->
     return time.perf_counter() - start
 
 
+BASE = "numpy==2.4.6 xarray==2026.9.0"
+CHANGED = "numpy==2.4.6 xarray==2026.7.0"
+
+
+def incremental(base_packages: list[str], changed_packages: list[str], repeat: int,
+                python: str, find_links: list[str]) -> dict[str, Any]:
+    """Cold against incremental builds of ``changed_packages`` (see the module docstring).
+
+    Each round builds the changed env cold (an empty bytecode cache), and
+    again into another store after the base env filled a fresh cache; the
+    two builds alternate which goes first.  Returns medians and per-round
+    figures; ``same_image`` says whether every warm image had the cold one's
+    bytes.
+    """
+    work = Path(tempfile.mkdtemp(prefix="dscheduler-bench-incr-"))
+    uv_cache, scratch = work / "uv-cache", work / "scratch"
+    base = ds.Env(python=python, requirements=base_packages, find_links=find_links)
+    changed = ds.Env(python=python, requirements=changed_packages, find_links=find_links)
+
+    def build(name: str, env: ds.Env, cache: Path | bool) -> tuple[float, ds.BuiltEnv]:
+        start = time.perf_counter()
+        built = build_env(ds.Store(work / name), env, uv_cache=uv_cache, scratch=scratch,
+                          pyc_cache=cache)
+        return time.perf_counter() - start, built
+
+    try:
+        build("warm-base", base, False)  # fills uv's cache (and the page cache)
+        build("warm-changed", changed, False)
+        cold, warm, rounds = [], [], []
+        for r in range(repeat):
+            def cold_build(r: int = r) -> tuple[float, ds.BuiltEnv]:
+                return build(f"cold{r}", changed, work / f"empty{r}")
+
+            def warm_build(r: int = r) -> tuple[float, ds.BuiltEnv]:
+                build(f"base{r}", base, work / f"cache{r}")
+                return build(f"warm{r}", changed, work / f"cache{r}")
+
+            if r % 2:
+                (tw, w), (tc, c) = warm_build(), cold_build()
+            else:
+                (tc, c), (tw, w) = cold_build(), warm_build()
+            cold.append(tc)
+            warm.append(tw)
+            assert c.image is not None and w.image is not None
+            rounds.append({"cold": c.record["timings"], "warm": w.record["timings"],
+                           "cache": w.record["bytecode_cache"],
+                           "same_image": c.image.read_bytes() == w.image.read_bytes()})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    med = statistics.median
+    return {"cold_s": med(cold), "warm_s": med(warm), "ratio": med(warm) / med(cold),
+            "cold": cold, "warm": warm, "rounds": rounds,
+            "same_image": all(r["same_image"] for r in rounds)}
+
+
+def show_incremental(found: dict[str, Any], base: str, changed: str) -> None:
+    phases = ["install", "compile", "smoke", "squash"]
+    last = found["rounds"][-1]
+    print(f"incremental build: base {base!r}, changed {changed!r}, uv cache warm")
+    print(f"  cold (empty bytecode cache) {found['cold_s']:.2f} s   ("
+          + ", ".join(f"{p} {last['cold'].get(p, 0):.2f}" for p in phases) + ")")
+    print(f"  incremental (cache filled)  {found['warm_s']:.2f} s   ("
+          + ", ".join(f"{p} {last['warm'].get(p, 0):.2f}" for p in phases) + ")")
+    cache = last["cache"]
+    print(f"  .pyc restored {cache['cached']} of {cache['sources']}, compiled "
+          f"{cache['sources'] - cache['cached']}; rounds cold "
+          + ", ".join(f"{t:.2f}" for t in found["cold"]) + "; incremental "
+          + ", ".join(f"{t:.2f}" for t in found["warm"]))
+    print(f"  incremental / cold = {found['ratio']:.2f} (target <= 0.35); same image bytes: "
+          f"{found['same_image']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--packages", default="numpy xarray")
@@ -106,7 +187,17 @@ def main() -> None:
     parser.add_argument("--no-pip", action="store_true", help="skip the pip comparison")
     parser.add_argument("--no-smoke", action="store_true",
                         help="dscheduler without its import smoke test (smoke_imports=[])")
+    parser.add_argument("--incremental", action="store_true",
+                        help="cold against incremental builds of an env one package apart")
+    parser.add_argument("--base", default=BASE)
+    parser.add_argument("--changed", default=CHANGED)
     args = parser.parse_args()
+    if args.incremental:
+        found = incremental(args.base.split(), args.changed.split(), args.repeat, args.python,
+                            [args.find_links] if args.heavy else [])
+        show_incremental(found, args.base, args.changed)
+        print("\nreproduce: .venv/bin/python bench/env_build.py " + shlex.join(sys.argv[1:]))
+        return
 
     packages = HEAVY if args.heavy else args.packages.split()
     links = [args.find_links] if args.heavy else []
@@ -143,7 +234,7 @@ def main() -> None:
             store = ds.Store(base / f"store{r}")
             before, start = cpu_seconds(), time.perf_counter()
             built = build_env(store, env, uv_cache=cache, scratch=base / "scratch",
-                              smoke_imports=[] if args.no_smoke else None)
+                              smoke_imports=[] if args.no_smoke else None, pyc_cache=False)
             dsched.append(time.perf_counter() - start)
             cpu["ds"].append(cpu_seconds() - before)
             phases.append(built.record["timings"])

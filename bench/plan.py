@@ -4,7 +4,8 @@ Run:  .venv/bin/python bench/plan.py [--runs 10000] [--big 100000] [--keep DIR]
 
 Shape (docs/design.md §10): N finished runs over 10 envs, one case each.  The
 store is filled the way the executor leaves a finished node (record JSON,
-value JSON, ``.done`` link; env.json per env), without running anything.
+value JSON, ``.done`` link, index entry; env.json per env), without running
+anything.  bench/scale.py reuses this store under injected latency.
 
 Timed, in process: making the nodes (one task call per run), ``ds.plan``,
 and ``ds.compute`` (which must return without starting a cluster).  The
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import dscheduler as ds
+from dscheduler.store.index import run_entry
 
 ENVS = 10
 CASE = "c0"
@@ -58,10 +60,15 @@ def configs(n: int) -> list[Run]:
 
 
 def fill(store: ds.Store, nodes: list[ds.Node]) -> list[tuple[str, str]]:
-    """Make every node look finished; returns (env_id, config_hash) per run."""
+    """Make every node look finished; returns (env_id, config_hash) per run.
+
+    The files are those the executor leaves; the index gets the entries its
+    workers would have written, then one compaction, as after a long session.
+    """
     store.ensure()
     runs = []
     envs = set()
+    entries = []
     for node in nodes:
         cfg = node.cfg
         assert cfg is not None
@@ -74,12 +81,25 @@ def fill(store: ds.Store, nodes: list[ds.Node]) -> list[tuple[str, str]]:
         paths.dir.mkdir(parents=True, exist_ok=True)
         (paths.dir.parent / "run.json").write_text(json.dumps({"run_id": cfg.run_id}))
         paths.value.write_text("null\n")
-        paths.record.write_text(json.dumps({"key": node.key, "state": "succeeded",
-                                            "output": {"kind": "json", "path": paths.value.name},
-                                            "attempts": []}))
+        record = {"key": node.key, "state": "succeeded", "run_id": cfg.run_id,
+                  "output": {"kind": "json", "path": paths.value.name}, "attempts": []}
+        paths.record.write_text(json.dumps(record))
         os.symlink(node.key, paths.done)
+        entries.append(store.index.entry(paths, record))
+        entries.append(run_entry(store, {"run_id": cfg.run_id, "env_id": cfg.env_id}))
         runs.append((cfg.env_id, cfg.config_hash))
+    store.index.append(entries)
+    store.index.compact()
     return runs
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM).  Not ``ru_maxrss``: after fork and
+    exec that keeps the parent's peak, and a parent that filled a big store has one."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def measure(n: int, root: Path) -> dict[str, Any]:
@@ -109,7 +129,7 @@ def measure(n: int, root: Path) -> dict[str, Any]:
         "plan_s": round(t4 - t3, 3),
         "compute_s": round(t5 - t4, 3),
         "decide_s": round((t2 - t1) + (t4 - t3), 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -128,7 +148,10 @@ rule run:
 """
 
 
-def snakemake_dry_run(root: Path, runs: list[tuple[str, str]]) -> dict[str, Any] | str:
+def snakemake_dry_run(root: Path, runs: list[tuple[str, str]], wrap: list[str] | None = None
+                      ) -> dict[str, Any] | str:
+    """Snakemake's dry run of ``runs`` over the store at ``root``; ``wrap`` goes in front
+    of the command (``strace ...``)."""
     exe = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
     if not Path(exe).exists():
         return "skipped: snakemake not installed (pip install -e '.[bench]')"
@@ -138,8 +161,8 @@ def snakemake_dry_run(root: Path, runs: list[tuple[str, str]]) -> dict[str, Any]
         os.utime(root / "envs" / env / "env.json", (now - 60, now - 60))
     (root / "runs.json").write_text(json.dumps(runs))
     (root / "Snakefile").write_text(SNAKEFILE)
-    cmd = [exe, "-n", "--cores", "1", "--rerun-triggers", "mtime", "--quiet", "all",
-           "--config", f"runs={root / 'runs.json'}", "-s", str(root / "Snakefile"),
+    cmd = [*(wrap or []), exe, "-n", "--cores", "1", "--rerun-triggers", "mtime", "--quiet",
+           "all", "--config", f"runs={root / 'runs.json'}", "-s", str(root / "Snakefile"),
            "-d", str(root)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t = time.perf_counter()

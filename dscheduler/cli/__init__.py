@@ -1,16 +1,16 @@
 """The ``dscheduler`` command line: thin commands that parse, call the library, print.
 
 ``run``, ``plan``, ``status`` (:mod:`.graph`), ``verify`` (:mod:`.verify`),
-``ids`` (:mod:`.ids`), ``envs list|show|build|gc`` (:mod:`.envs`) and
-``runs``, ``show``, ``compare``, ``explain``, ``rerun`` (:mod:`.results`) and
-``cluster up|down`` (:mod:`.cluster`).
+``ids`` (:mod:`.ids`), ``envs list|show|build|gc`` (:mod:`.envs`),
+``runs``, ``show``, ``compare``, ``explain``, ``rerun`` (:mod:`.results`),
+``cluster up|down`` (:mod:`.cluster`) and ``index rebuild|compact`` (:mod:`.index`).
 """
 
 from __future__ import annotations
 
 import typer
 
-from . import cluster, envs, graph, ids, results, verify
+from . import cluster, envs, graph, ids, index, results, verify
 
 app = typer.Typer(
     help="Content-hashed run graphs on Dask: envs built once, finished runs never rerun.",
@@ -31,3 +31,4 @@ app.command()(results.explain)
 app.command()(results.rerun)
 app.add_typer(cluster.app, name="cluster", help="Start or stop a long-lived SLURM scheduler "
               "for a store.")
+app.add_typer(index.app, name="index", help="Rebuild or compact the store index.")

@@ -37,6 +37,7 @@ at the same path on every node; its path is part of ``lock_digest``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import errno
 import importlib.metadata
@@ -46,6 +47,7 @@ import shlex
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,7 +63,13 @@ from . import commands, smoke
 from .buildlog import BuildLog, Running
 from .interpreters import Interpreter, find_interpreter
 from .published import RECORD_FORMAT, BuiltEnv, from_record, published_env
-from .reproducible import normalise_lock, normalise_tree, normalise_uv_cache_records
+from .reproducible import (
+    CompileStats,
+    PycCache,
+    normalise_lock,
+    normalise_tree,
+    normalise_uv_cache_records,
+)
 from .uv import default_uv_cache, explain_uv_failure, install_command, uv_bin
 
 if TYPE_CHECKING:
@@ -74,6 +82,8 @@ log = logging.getLogger("dscheduler.build")
 KINDS = ("squashfs", "dir")
 #: Prefix compiled into the .pyc files of images (docs/design.md §6).
 IMAGE_PREFIX = "/env"
+INVALIDATION = "unchecked-hash"
+_bytecode_tags: dict[str, tuple[str, str]] = {}  # interpreter path -> (cache tag, magic)
 
 
 # -- building ----------------------------------------------------------------------------
@@ -87,6 +97,7 @@ def build_env(
     smoke_imports: Sequence[str] | None = None,
     uv_cache: str | os.PathLike[str] | None = None,
     scratch: str | os.PathLike[str] | None = None,
+    pyc_cache: str | os.PathLike[str] | bool | None = None,
     ttl: float | None = None,
     timeout: float | None = None,
 ) -> BuiltEnv:
@@ -108,6 +119,9 @@ def build_env(
         skips the check.
     uv_cache, scratch
         Node-local directories (settings ``env.uv_cache``, ``env.scratch``).
+    pyc_cache
+        Node-local bytecode cache shared by image builds (setting
+        ``env.pyc_cache``); False: compile everything.
     ttl
         The build lease's time-to-live (setting ``env.build_ttl``).
     timeout
@@ -152,12 +166,21 @@ def build_env(
             smoke_imports=_choose_smoke(env, smoke_imports),
             uv_cache=Path(settings.get("env.uv_cache", uv_cache) or default_uv_cache()),
             scratch=settings.node_local("env.scratch", "dscheduler-build", scratch),
+            pyc_cache=_pyc_cache_dir(pyc_cache),
             lease=lease,
         )
         builder.timings["lease_wait"] = round(time.perf_counter() - waited, 3)
         return builder.run()
     finally:
         lease.release()
+
+
+def _pyc_cache_dir(override: str | os.PathLike[str] | bool | None) -> Path | None:
+    """The setting ``env.pyc_cache`` as a directory; None when it is false."""
+    value = settings.get("env.pyc_cache", None if override is True else override)
+    if value is False:
+        return None
+    return settings.node_local("env.pyc_cache", "dscheduler-pyc-cache", value)
 
 
 def _choose_smoke(env: Env, override: Sequence[str] | None) -> list[str] | None:
@@ -177,7 +200,7 @@ class _Builder:
 
     def __init__(
         self, store: Store, env: Env, kind: str, *, smoke_imports: list[str] | None,
-        uv_cache: Path, scratch: Path, lease: Lease,
+        uv_cache: Path, scratch: Path, pyc_cache: Path | None, lease: Lease,
     ) -> None:
         self.store = store
         self.env = env
@@ -185,6 +208,10 @@ class _Builder:
         self.smoke_imports = smoke_imports
         self.uv_cache = uv_cache
         self.scratch = scratch
+        self.pyc_cache = pyc_cache
+        self.compile_stats = CompileStats()
+        self._storing: threading.Thread | None = None
+        self.smoking: Running | None = None  # the smoke test, when started early
         self.lease = lease
         self.paths = store.env(env.env_id)
         self.timings: dict[str, float] = {}
@@ -245,8 +272,15 @@ class _Builder:
     def _build(self, blog: BuildLog) -> dict[str, Any]:
         self._make_venv(blog)
         self._install(blog)
-        stats = self._compile_and_lock(blog)
-        self._check_and_squash(blog)
+        try:
+            stats = self._compile_and_lock(blog)
+            self._check_and_squash(blog)
+        except BaseException:
+            if self.smoking is not None:  # started early, beside the compile
+                self.smoking.kill()
+            raise
+        if self._storing is not None:
+            self._storing.join()
         image, reused, image_bytes = self._publish_image()
         return self._record(stats, image, reused, image_bytes)
 
@@ -296,23 +330,94 @@ class _Builder:
     def _compile(self, blog: BuildLog) -> None:
         # docs/design.md §6: a fixed prefix, hash-based invalidation and
         # SOURCE_DATE_EPOCH make the .pyc files reproducible; -j0 spreads the work.
-        cmd: list[str | os.PathLike[str]] = [
-            self.python, "-I", "-m", "compileall", "-q", "-j0", "-s", self.venv,
-            "-p", self.prefix, "--invalidation-mode", "unchecked-hash", self.venv / "lib",
-        ]
+        # Images take what they can from the node's bytecode cache (§14); a dir
+        # env's .pyc files name its own path, so no other env could use them.
+        cache = self._pyc_cache(blog) if self.kind == "squashfs" else None
+        if cache is None:
+            self._compileall(blog, [self.venv / "lib"])
+            return
+        stats = self.compile_stats
+        missing = cache.restore(self.venv, stats)
+        blog.write(f"bytecode cache {cache.dir}: {stats.cached} of {stats.sources} .py files "
+                   f"compiled before, {len(missing)} to compile\n")
+        if len(missing) * 2 > stats.sources:
+            self._compileall(blog, [self.venv / "lib"])  # all of it, in parallel (-j0)
+        else:
+            # Most modules import from their .pyc already: the smoke test (-B, it
+            # writes none) runs beside the rest of the compile, not after it.
+            self.smoking = self._start_smoke(blog)
+            if missing:
+                self._compile_files(blog, [source for source, _ in missing])
+        self._storing = threading.Thread(target=self._store_pycs, args=(cache, missing),
+                                         name="dscheduler-pyc-cache", daemon=True)
+        self._storing.start()
+
+    def _pyc_cache(self, blog: BuildLog) -> PycCache | None:
+        """The bytecode cache for this env's interpreter (None: the setting ``env.pyc_cache``
+        is false, or the interpreter would not say its bytecode's tag)."""
+        if self.pyc_cache is None:
+            return None
+        found = _bytecode_tags.get(str(self.interp.path))
+        if found is None:
+            script = ("import importlib.util, sys; "
+                      "print(sys.implementation.cache_tag, importlib.util.MAGIC_NUMBER.hex())")
+            try:
+                tag, magic = blog.run("compile", [self.python, "-I", "-c", script],
+                                      env=self.subenv).split()
+            except (CommandError, ValueError):
+                return None
+            found = _bytecode_tags[str(self.interp.path)] = (tag, magic)
+        return PycCache(self.pyc_cache, tag=found[0], magic=found[1],
+                        version=self.interp.version, prefix=self.prefix, mode=INVALIDATION)
+
+    def _store_pycs(self, cache: PycCache, compiled: list[tuple[Path, Path]]) -> None:
         try:
-            blog.run("compile", cmd, env={**self.subenv, "SOURCE_DATE_EPOCH": "0"})
+            cache.store(compiled, self.compile_stats)
+        except OSError as err:  # a cache: a full disk there must not fail the build
+            log.warning("env %s: bytecode cache not updated: %s", self.env.env_id, err)
+
+    def _compileall_cmd(self, what: list[str | os.PathLike[str]]
+                        ) -> list[str | os.PathLike[str]]:
+        return [self.python, "-I", "-m", "compileall", "-q", "-j0", "-s", self.venv,
+                "-p", self.prefix, "--invalidation-mode", INVALIDATION, *what]
+
+    def _compileall(self, blog: BuildLog, what: list[str | os.PathLike[str]]) -> None:
+        try:
+            blog.run("compile", self._compileall_cmd(what),
+                     env={**self.subenv, "SOURCE_DATE_EPOCH": "0"})
         except CommandError as err:
-            # Packages do ship files that do not compile (Python 2 leftovers, test
-            # data); pip and uv ignore those too.  A full disk is not ignored.
-            if is_disk_full(err.output):
-                raise
-            blog.write("(some files did not compile; kept as sources)\n")
+            self._compile_failed(blog, err)
+
+    def _compile_files(self, blog: BuildLog, files: list[Path]) -> None:
+        """compileall of a list of files, split over the cores: it compiles listed files
+        one by one (``-j`` spreads only a directory's)."""
+        parts = max(1, min(os.cpu_count() or 1, len(files) // 50))
+        running = []
+        for i in range(parts):
+            listing = self.work / f"compile-{i}.list"
+            listing.write_text("".join(f"{f}\n" for f in files[i::parts]))
+            running.append(blog.start("compile", self._compileall_cmd(["-i", listing]),
+                                      output=self.work / f"compile-{i}.out", cwd=self.work,
+                                      env={**self.subenv, "SOURCE_DATE_EPOCH": "0"}))
+        for started in running:
+            try:
+                blog.finish(started)
+            except CommandError as err:
+                self._compile_failed(blog, err)
+
+    def _compile_failed(self, blog: BuildLog, err: CommandError) -> None:
+        # Packages do ship files that do not compile (Python 2 leftovers, test
+        # data); pip and uv ignore those too.  A full disk is not ignored.
+        if is_disk_full(err.output):
+            raise err
+        blog.write("(some files did not compile; kept as sources)\n")
 
     def _check_and_squash(self, blog: BuildLog) -> None:
         """The import smoke test, with mksquashfs alongside (both only read the tree)."""
-        with blog.phase("smoke"):
-            running = self._start_smoke(blog)
+        running = self.smoking
+        if running is None:
+            with blog.phase("smoke"):
+                running = self._start_smoke(blog)
         try:
             if self.kind == "squashfs":
                 self.squashed = self._squash(blog)
@@ -412,6 +517,8 @@ class _Builder:
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "sizes": {"files": stats.files, "venv_bytes": stats.bytes,
                       "image_bytes": image_bytes},
+            "bytecode_cache": {"dir": str(self.pyc_cache) if self.pyc_cache else None,
+                               **dataclasses.asdict(self.compile_stats)},
         }
 
     # -- failure and leftovers -----------------------------------------------------------

@@ -1,14 +1,16 @@
-"""Making a built venv byte-for-byte reproducible (docs/design.md §6).
+"""Making a built venv byte-for-byte reproducible (docs/design.md §6), and fast to rebuild.
 
 ``uv venv --relocatable``, ``compileall`` with a fixed prefix and hash-based
 invalidation, and mksquashfs's fixed times and owners do most of it; these
 functions do the rest: file modes that do not follow the builder's umask,
 the timestamps uv writes for local wheels, and a lock text in one order.
+:class:`PycCache` keeps compiled bytecode between builds (docs/design.md §14).
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -88,3 +90,106 @@ def normalise_lock(text: str) -> list[str]:
     """``uv pip freeze`` output as sorted, stripped lines (comments dropped)."""
     lines = {line.strip() for line in text.splitlines()}
     return sorted((line for line in lines if line and not line.startswith("#")), key=str.lower)
+
+
+# -- the bytecode cache ----------------------------------------------------------------
+
+
+@dataclass
+class CompileStats:
+    """What :class:`PycCache` did for one venv."""
+
+    sources: int = 0  # .py files under lib/
+    cached: int = 0  # their .pyc files restored from the cache
+    stored: int = 0  # .pyc files newly put into the cache
+
+
+class PycCache:
+    """A node-local cache of compiled bytecode, shared by builds of every env.
+
+    Environments that differ in one package share almost every installed
+    file, and compiling them is most of a build (docs/design.md §14).  A
+    ``.pyc`` is a function of the interpreter (its magic number and cache
+    tag), the compile prefix and invalidation mode, the file's path inside
+    the venv (the prefix joined with it is the code's file name) and the
+    source's bytes, so one compiled for one env is byte for byte the one
+    ``compileall`` would write for another: the image does not depend on
+    whether the cache was warm.  Entries are
+    ``{root}/{namespace}/{h[:2]}/{h}.pyc``, ``h`` the sha256 of the path and
+    the source; each appears in one ``link``, so builders on one node can
+    share the cache, and never changes.
+    """
+
+    def __init__(self, root: Path, *, tag: str, magic: str, version: str, prefix: str,
+                 mode: str) -> None:
+        digest = hashlib.sha256(f"{version}\0{prefix}\0{mode}".encode()).hexdigest()[:16]
+        self.dir = root / f"{tag}-{magic}-{digest}"
+        self.tag = tag
+
+    @staticmethod
+    def sources(venv: Path) -> list[Path]:
+        """The files ``compileall venv/lib`` compiles: ``*.py``, symlinked dirs not followed."""
+        found = []
+        for dirpath, dirnames, filenames in os.walk(venv / "lib"):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            found += [Path(dirpath, f) for f in sorted(filenames) if f.endswith(".py")]
+        return found
+
+    def _pyc(self, source: Path) -> Path:
+        return source.parent / "__pycache__" / f"{source.stem}.{self.tag}.pyc"
+
+    def _entry(self, venv: Path, source: Path) -> Path:
+        h = hashlib.sha256(source.relative_to(venv).as_posix().encode() + b"\0")
+        h.update(source.read_bytes())
+        name = h.hexdigest()
+        return self.dir / name[:2] / f"{name}.pyc"
+
+    def restore(self, venv: Path, stats: CompileStats) -> list[tuple[Path, Path]]:
+        """Put every cached ``.pyc`` in place; (source, cache entry) of those missing.
+
+        Entries are hard-linked, not copied, when the cache and the venv share a
+        filesystem: a build restores thousands of them.
+        """
+        missing = []
+        sources = self.sources(venv)
+        stats.sources = len(sources)
+        for folder in {source.parent for source in sources}:
+            (folder / "__pycache__").mkdir(exist_ok=True)
+        for source in sources:
+            entry = self._entry(venv, source)
+            try:
+                _link_or_copy(entry, self._pyc(source))
+            except FileNotFoundError:
+                missing.append((source, entry))
+                continue
+            stats.cached += 1
+        return missing
+
+    def store(self, compiled: list[tuple[Path, Path]], stats: CompileStats) -> None:
+        """Put the ``.pyc`` files just compiled for ``compiled`` sources into the cache."""
+        made: set[Path] = set()
+        for source, entry in compiled:
+            pyc = self._pyc(source)
+            if not pyc.exists():
+                continue  # did not compile (a Python 2 leftover, test data)
+            if entry.parent not in made:
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                made.add(entry.parent)
+            try:
+                _link_or_copy(pyc, entry)
+            except FileExistsError:
+                continue  # another build on this node stored it meanwhile
+            stats.stored += 1
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to the new name ``target`` (a copy, written aside and renamed,
+    across filesystems).  FileExistsError when ``target`` exists."""
+    try:
+        os.link(source, target)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        if target.exists():
+            raise FileExistsError(target) from None
+        atomic.write_bytes(target, source.read_bytes(), durable=False)

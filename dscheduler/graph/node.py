@@ -216,7 +216,7 @@ class Node:
             return store.task(self.task.name, self.key16)
         run = store.run(self.cfg.run_id)
         if self.case is None:
-            return NodePaths(run.dir, self.task.name)
+            return NodePaths(run.dir, self.task.name, run.root)
         return run.node(self.case, self.task.name)
 
     def walk(self) -> Iterator[Node]:

@@ -1,15 +1,21 @@
 """``ds.plan``: what will run, what is cached, which envs need building, and why.
 
 Planning reads the store and nothing else: it builds no env and contacts no
-cluster.  It must be fast (docs/design.md §10: 10,000 finished runs decided
-in 0.3 s, 100,000 runs planned in 3 s), so a node is decided finished without
-parsing its record: after writing a succeeded record, the executor makes the
-symlink ``.{task}.done`` beside it, whose *target* is the node's full key
-(``NodePaths.done``).  One cheap ``readlink`` per node (docs/benchmarks.md) answers
-"finished with this key?"; a missing link or another key means "run".
-The record stays the truth: the link is written after it, and a node found
-finished by its record but missing its link is simply run, finds the record
-under its lease and restores the link (see :mod:`dscheduler.run.execute`).
+cluster.  It must be fast on a parallel filesystem too, where every
+metadata operation is a network round trip (docs/design.md §10, §14), so a
+node is decided finished by the store's index (:mod:`dscheduler.store.index`):
+a few files say, for every node, whether it finished and with which key.
+The truth stays in the store: after writing a succeeded record the executor
+makes the symlink ``.{task}.done`` beside it, whose *target* is the node's
+full key (``NodePaths.done``), and then adds the index entry.
+
+A node the index does not call finished with its key has its record read
+(and, if that says succeeded, its link): one that finished without making
+it into the index (a crash between link and entry) is cached all the same,
+one whose link is missing runs and its worker restores the link under the
+node's lease (see :mod:`dscheduler.run.execute`).  A small graph in a large
+store (fewer nodes than ``index.sparse_ratio`` times less than the index's
+entries) is decided with one ``readlink`` per node instead.
 
 Records are parsed only for nodes that will run, to say why (no record,
 failed before, changed since the stored result, interrupted, in progress
@@ -24,17 +30,19 @@ output path.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import identity
+from .. import identity, settings
 from ..envs import Env
-from ..errors import DSchedulerError, GraphError, StoreError
+from ..errors import DSchedulerError, GraphError, LeaseError, StoreError
 from ..store import Store, store_of
+from ..store.index import View, finished
 from ..store.lease import holder_gone, is_stale, read_lease
-from ..store.records import read_record
+from ..store.records import done_key, read_record
 from . import drift
 from .node import Node
 
@@ -48,6 +56,8 @@ IN_PROGRESS = "in progress elsewhere (its lease is held): waited for, not run tw
 CANCELLED = "cancelled before"
 DAMAGED = "its stored record or value is damaged"
 UPSTREAM = "upstream will run"
+
+log = logging.getLogger("dscheduler.plan")
 
 
 def flatten(items: Iterable[Any]) -> list[Node]:
@@ -164,7 +174,9 @@ def is_done(marker: str, key: str) -> bool:
         return False
 
 
-def _why(node: Node, store: Store) -> str:
+def _why(node: Node, store: Store) -> str | None:
+    """Why ``node`` runs, from its record; None when it finished after all (its record
+    says succeeded with its key and its link agrees: the index missed it)."""
     paths = node.paths(store)
     try:
         record = read_record(paths.record)
@@ -179,8 +191,10 @@ def _why(node: Node, store: Store) -> str:
         if isinstance(stored, str) and identity.short_id(stored) == node.key16:
             identity.check_collision(node.key, stored, str(paths.record))
         return CHANGED if record.get("state") == "succeeded" else NO_RECORD
+    if record.get("state") == "succeeded" and done_key(paths) == node.key:
+        return None
     if record.get("state") == "running" and _lease_held(store, node.key16):
-        return IN_PROGRESS  # e.g. a detached graph still running it (docs/design.md §11.7)
+        return IN_PROGRESS  # e.g. a detached graph still running it (docs/design.md §13.7)
     return {
         "failed": FAILED,
         "running": INTERRUPTED,
@@ -226,11 +240,14 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
     reasons = result.reasons
     locations: dict[str, Node] = {}
     writers: dict[str, Node] = {}
+    view = None if force else _index(store, len(order))
+    values = view.values if view is not None else None
+    root = f"{store.root}/"
     for node in order:
-        marker = store.done_marker(node.cfg.env_id if node.cfg else None,
-                                   node.cfg.config_hash if node.cfg else None,
-                                   node.case, node.task.name, node.key16)
-        _check_unique(node, marker, locations, writers)
+        done = store.done_id(node.cfg.env_id if node.cfg else None,
+                             node.cfg.config_hash if node.cfg else None,
+                             node.case, node.task.name, node.key16)
+        _check_unique(node, done, locations, writers, root)
         rerun_upstream = next((up for up in node.upstream if up.key in reasons), None)
         if force:
             reasons[node.key] = FORCED
@@ -238,16 +255,42 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
             reasons[node.key] = NO_CACHE
         elif rerun_upstream is not None:
             reasons[node.key] = f"{UPSTREAM} ({rerun_upstream.name})"
-        elif not is_done(marker, node.key):
-            reasons[node.key] = _why(node, store)
+        elif not (finished(values.get(done), node.key) if values is not None
+                  else is_done(root + done, node.key)):
+            why = _why(node, store)
+            if why is not None:
+                reasons[node.key] = why
     if not force:
         drift.check(result, UPSTREAM)  # code changed, version not (results.code_drift)
     _resolve_envs(result)
+    if view is not None and view.wants_compaction():
+        _compact(store)
     return result
 
 
-def _check_unique(node: Node, marker: str, locations: dict[str, Node],
-                  writers: dict[str, Node]) -> None:
+def _index(store: Store, n_nodes: int) -> View | None:
+    """The store's index, or None to decide with one readlink per node (a small graph in
+    a large store, or an index that cannot be read or made here)."""
+    try:
+        size = store.index.size()
+        if size is not None and n_nodes * int(settings.get("index.sparse_ratio")) < size:
+            return None
+        return store.index.load()
+    except (OSError, LeaseError) as err:
+        log.warning("planning without the index of %s: %s", store.root, err)
+        return None
+
+
+def _compact(store: Store) -> None:
+    """Fold the index's segments into its snapshot; a cache, so failing is only logged."""
+    try:
+        store.index.compact()
+    except (OSError, LeaseError) as err:
+        log.warning("could not compact the index of %s: %s", store.root, err)
+
+
+def _check_unique(node: Node, done: str, locations: dict[str, Node],
+                  writers: dict[str, Node], root: str) -> None:
     """One function per task name, one node per output path, in one graph."""
     first = locations.setdefault(node.task.name, node)
     if first.task.location != node.task.location:
@@ -256,11 +299,11 @@ def _check_unique(node: Node, marker: str, locations: dict[str, Node],
             f"{first.task.location} ({first.name}) and {node.task.location} ({node.name}); "
             "give one of them another name with @ds.task(name=...)"
         )
-    other = writers.setdefault(marker, node)
+    other = writers.setdefault(done, node)
     if other.key != node.key:
         raise GraphError(
             f"{other.name} and {node.name} would write the same outputs "
-            f"({marker.rsplit('/', 1)[0]}/{node.task.name}.*): same task, run and case but "
+            f"({root}{done.rsplit('/', 1)[0]}/{node.task.name}.*): same task, run and case but "
             f"another version or arguments ({other.task.version!r} vs {node.task.version!r}); "
             "keep one of them in this graph"
         )

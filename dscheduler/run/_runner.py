@@ -101,6 +101,7 @@ class Tracker:
         self.output_dir, self.files_dir, self.artifacts_dir = output, files, artifacts
         self.entries: list[dict[str, Any]] = []
         self.params: dict[str, Any] = {}
+        self.made: set[str] = set()  # which of the three directories a call asked for
         self._lock = threading.Lock()
 
     def emit(self, entry: dict[str, Any]) -> None:
@@ -208,6 +209,7 @@ def log_artifact(path: str | os.PathLike[str], name: str | None = None) -> str:
         raise ValueError(f"artifact name {target_name!r} must be one path component")
     folder = Path(tracker.artifacts_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    tracker.made.add(tracker.artifacts_dir)
     target = folder / target_name
     if source.is_dir():
         shutil.copytree(source, target, dirs_exist_ok=True)
@@ -231,6 +233,7 @@ def output(kind: str = "zarr") -> Path:
         raise ValueError(f"ds.output({kind!r}): kind must be 'zarr' or 'dir'")
     folder = Path(tracker.output_dir if kind == "zarr" else tracker.files_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    tracker.made.add(str(folder))
     return folder
 
 

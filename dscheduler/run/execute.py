@@ -3,14 +3,22 @@
 :func:`run_node` is what a ``{task}-{key16}`` Dask task calls::
 
     take the lease locks/node-{key16}.lease      (_take_lease)
-    a succeeded record with this key?  -> "cached"; a record left "running":
-      its attempt was killed, mark it failed      (_earlier_attempts)
-    write the record "running" with this attempt, drop the .done link
-                                                  (_start_attempt)
+    a succeeded record with this key?  -> "cached" (link and index entry
+      restored); a record left "running": its attempt was killed, mark it
+      failed                                      (_earlier_attempts)
+    drop a stored result: an index entry saying so (fsynced), then the .done
+      link; write the record "running" with this attempt   (_start_attempt)
     run the function, in this worker or in its env's Python; store the value
                                                   (_call, values.save_value)
-    write the record "succeeded", then the .done link   (_succeed)
-      or "failed"/"cancelled", every attempt kept       (_fail)
+    write the record "succeeded", then the .done link, then the index entry
+                                                  (_succeed)
+      or "failed"/"cancelled", every attempt kept, and its entry   (_fail)
+
+Each record written carries a ``seq`` above its predecessor's
+(:func:`~dscheduler.store.records.next_seq`), which orders the node's index
+entries.  The index entry also travels back to the driver in the outcome,
+which appends it to its own segment: the driver's next plan sees it even
+where the worker's writes are not yet visible to it (NFS).
 
 A failed attempt raises :class:`~dscheduler.errors.TaskError` so that Dask's
 ``retries=`` runs the next one; the record gains one attempt per try.  Tasks
@@ -22,10 +30,15 @@ the task an env when it needs either.
 from __future__ import annotations
 
 import datetime as dt
+import heapq
+import logging
 import os
 import socket
+import threading
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
@@ -34,12 +47,22 @@ from .. import settings
 from ..envs import BuiltEnv, Env, build_env
 from ..errors import LeaseError, TaskError, tail
 from ..store import Lease, Store
-from ..store.records import clear_done, read_record, set_done, write_record
+from ..store.index import SUCCEEDED, Entry
+from ..store.records import (
+    clear_done,
+    next_seq,
+    read_record,
+    record_text,
+    write_record,
+    write_record_text,
+)
 from ..store.values import load_value, remove_partials
 from . import tracking
 from .envcall import call_in_env
 from .payload import Ref, load_function, map_nested
 from .spec import NodeSpec
+
+log = logging.getLogger("dscheduler.execute")
 
 
 def _now() -> str:
@@ -87,9 +110,10 @@ def _take_lease(spec: NodeSpec) -> Lease:
         raise TaskError(f"{spec.name}: {err}") from None
 
 
-def _earlier_attempts(spec: NodeSpec) -> list[dict[str, Any]] | None:
+def _earlier_attempts(spec: NodeSpec, previous: dict[str, Any] | None
+                     ) -> list[dict[str, Any]] | None:
     """Attempts of the stored record with this key; None when it already succeeded."""
-    record = read_record(spec.paths.record)
+    record = previous
     if record is None or record.get("key") != spec.key:
         return []
     if record.get("state") == "succeeded" and not spec.rerun:
@@ -97,19 +121,38 @@ def _earlier_attempts(spec: NodeSpec) -> list[dict[str, Any]] | None:
     attempts = list(record.get("attempts", []))
     if record.get("state") == "running" and attempts:
         last = attempts[-1]
-        last.update(
-            state="failed",
-            error=(f"attempt interrupted: the process running it (host {last.get('host')}, "
-                   f"pid {last.get('pid')}, worker {last.get('worker')}) died before "
-                   "finishing"),
-        )
+        last.update(state="failed", error=_interrupted(last))
         last.setdefault("end", None)
     return attempts
 
 
-def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]]
+def _interrupted(attempt: dict[str, Any]) -> str:
+    return (f"attempt interrupted: the process running it (host {attempt.get('host')}, "
+            f"pid {attempt.get('pid')}, worker {attempt.get('worker')}) died before finishing")
+
+
+def _broken_attempt(attempts: list[dict[str, Any]], holder: dict[str, Any]
+                    ) -> list[dict[str, Any]]:
+    """``attempts`` and the attempt whose lease this one broke, unless listed already.
+
+    A first attempt killed before its "running" record was written
+    (:func:`_mark_running`) leaves only its lease, which names its host, pid
+    and worker.
+    """
+    if any(a.get("host") == holder.get("host") and a.get("pid") == holder.get("pid")
+           for a in attempts):
+        return attempts
+    owner = str(holder.get("owner") or "").split(" ", 1)
+    attempt = {"attempt": len(attempts) + 1, "state": "failed", "host": holder.get("host"),
+               "pid": holder.get("pid"), "worker": owner[1] if len(owner) > 1 else None,
+               "end": None}
+    return [*attempts, {**attempt, "error": _interrupted(attempt)}]
+
+
+def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]],
+                   previous: dict[str, Any] | None = None
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Write the record "running" with a new attempt: the marker a killed attempt leaves."""
+    """The record "running" with a new attempt (:func:`_mark_running` writes it)."""
     attempt: dict[str, Any] = {
         "attempt": len(attempts) + 1,
         "state": "running",
@@ -132,12 +175,108 @@ def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]]
     }
     record.update(spec.info)  # label, config, env, call: what the node is (graph/calls.py)
     tracking.begin(spec.paths)  # ds.log_* and ds.output of this attempt (run/tracking.py)
-    # A new key at this path (version bump, changed input): the old result is
-    # no longer this node's.  Drop its .done link before any output moves.
-    clear_done(spec.paths)
-    write_record(spec.paths, record, final=False)  # lives only while the attempt runs
-    remove_partials(spec.paths)
+    _drop_result(spec, record, previous)
     return record, attempt
+
+
+def _mark_running(spec: NodeSpec, record: dict[str, Any], first: bool) -> _Later:
+    """Write the record "running": the marker a killed attempt leaves.
+
+    The first attempt of a node without an env writes it only once it has run
+    ``task.running_record_after`` seconds: a tiny task then writes its record
+    once, not twice (docs/design.md §14).  One killed in that first moment is
+    still listed by the next attempt, from the lease it leaves
+    (:func:`_broken_attempt`); until then the node has no record.  Every
+    other attempt writes it at once, before any output moves: a stored
+    record must never say "succeeded" over another attempt's value.
+    """
+    text = record_text(record)  # as it is now: the attempt goes on changing it
+
+    def write() -> None:
+        write_record_text(spec.paths, text, final=False)  # lives while the attempt runs
+
+    delay = float(settings.get("task.running_record_after")) if first and spec.env is None \
+        else 0.0
+    if delay <= 0:
+        write()
+        return _Later(0.0, lambda: None, cancelled=True)
+    return _later(delay, write)
+
+
+@dataclass(order=True)
+class _Later:
+    """A call :func:`_later` makes after a delay, unless :meth:`cancel` came first."""
+
+    when: float
+    call: Callable[[], None] = field(compare=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        """Prevent the call; if it is running, return when it has finished."""
+        with self.lock:
+            self.cancelled = True
+
+
+_queue: list[_Later] = []
+_queue_cond = threading.Condition()
+_queue_thread: dict[int, threading.Thread] = {}  # by pid: a forked child starts its own
+
+
+def _later(delay: float, call: Callable[[], None]) -> _Later:
+    """Call ``call`` in ``delay`` seconds, on one thread per process (one thread per
+    task would cost a tiny task more than the write it saves)."""
+    item = _Later(time.monotonic() + delay, call)
+    with _queue_cond:
+        if os.getpid() not in _queue_thread:
+            _queue_thread[os.getpid()] = threading.Thread(
+                target=_run_later, name="dscheduler-later", daemon=True)
+            _queue_thread[os.getpid()].start()
+        heapq.heappush(_queue, item)
+        if _queue[0] is item:
+            _queue_cond.notify()
+    return item
+
+
+def _run_later() -> None:
+    while True:
+        with _queue_cond:
+            while not _queue:
+                _queue_cond.wait()
+            item = _queue[0]
+            wait = item.when - time.monotonic()
+            if wait > 0:
+                _queue_cond.wait(wait)
+                continue
+            heapq.heappop(_queue)
+        with item.lock:
+            if not item.cancelled:
+                try:
+                    item.call()
+                except Exception:  # a marker that could not be written: the attempt goes on
+                    log.warning("deferred write failed", exc_info=True)
+            item.cancelled = True
+
+
+def _drop_result(spec: NodeSpec, record: dict[str, Any],
+                 previous: dict[str, Any] | None) -> None:
+    """Before an attempt: its index entry ("running", for listings); and the stored
+    result, if any, is no longer this node's (a rerun, or another key at this path
+    since a version bump or a changed input).
+
+    The index hears of a dropped result first, durably, then the .done link
+    goes, before any output moves (docs/design.md §14).  A node never run
+    before has no link, result or partial files: nothing more is touched.
+    """
+    record["seq"] = next_seq(previous)
+    if previous is not None and previous.get("state") == SUCCEEDED:
+        spec.store.index.undone(spec.paths, record)
+    else:
+        spec.store.index.note(spec.paths, record)
+        if previous is not None:
+            clear_done(spec.paths)  # a link a damaged or edited record may have left
+    if previous is not None:
+        remove_partials(spec.paths)
 
 
 def _load_arguments(spec: NodeSpec) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
@@ -153,7 +292,8 @@ def _load_arguments(spec: NodeSpec) -> tuple[Any, tuple[Any, ...], dict[str, Any
             if record.get("key") != value.key or record.get("state") != "succeeded":
                 raise TaskError(
                     f"{spec.name}: upstream {value.name} has no succeeded record at "
-                    f"{value.paths.record}; was it removed while the graph ran?"
+                    f"{value.paths.record}; was it removed while the graph ran? (after "
+                    "removing results by hand, run `dscheduler index rebuild`)"
                 )
             cache[value.key] = load_value(value.paths, record.get("output"), load=True)
         return cache[value.key]
@@ -173,12 +313,13 @@ def _call(spec: NodeSpec, built: BuiltEnv | None, attempt: dict[str, Any]) -> An
 
 
 def _succeed(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
-             output: dict[str, Any], started: float) -> None:
+             output: dict[str, Any], started: float) -> Entry:
     attempt.update(state="succeeded", end=_now(), seconds=round(time.monotonic() - started, 3))
     record.update(state="succeeded", output=output)
     tracking.end(record, succeeded=True)
-    write_record(spec.paths, record)  # after the value
-    set_done(spec.paths, spec.key)  # after the record
+    record["seq"] = next_seq(record)
+    write_record(spec.paths, record, announce=False)  # after the value
+    return spec.store.index.done(spec.paths, record)  # the link, then the index entry
 
 
 def _fail(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
@@ -194,7 +335,8 @@ def _fail(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
         attempt["log_tail"] = _log_tail(spec)
     record["state"] = attempt["state"]
     tracking.end(record, succeeded=False)
-    write_record(spec.paths, record)
+    record["seq"] = next_seq(record)
+    write_record(spec.paths, record)  # and its index entry
 
 
 # -- running -----------------------------------------------------------------------
@@ -204,34 +346,48 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> dict[str, Any]:
     """Run ``spec`` once under its lease; the outcome (small) for the driver."""
     lease = _take_lease(spec)
     try:
-        attempts = _earlier_attempts(spec)
-        if attempts is None:
-            set_done(spec.paths, spec.key)  # heal a missing link
-            return {"name": spec.name, "state": _stored_state(spec), "attempts": 0}
-        record, attempt = _start_attempt(spec, attempts)
+        previous = read_record(spec.paths.record)
+        attempts = _earlier_attempts(spec, previous)
+        if attempts is not None and lease.broken is not None:
+            attempts = _broken_attempt(attempts, lease.broken)
+        if attempts is None and previous is not None:
+            # Finished before (by another driver, or by one that crashed before its
+            # index entry was written): restore the link and the entry.
+            entry = spec.store.index.done(spec.paths, previous, seq=next_seq(previous))
+            return {"name": spec.name, "state": _stored_state(spec, previous), "attempts": 0,
+                    "index": entry.to_list()}
+        record, attempt = _start_attempt(spec, attempts or [], previous)
+        # No record and no lease broken: no earlier attempt left anything here.
+        fresh = previous is None and lease.broken is None
+        if previous is None and not fresh:
+            remove_partials(spec.paths)  # of a first attempt killed before its record
+        running = _mark_running(spec, record, first=fresh)
         started = time.monotonic()
         try:
-            output = tracking.save(spec.paths, _call(spec, built, attempt))
+            output = tracking.save(spec.paths, _call(spec, built, attempt), fresh=fresh,
+                                   here=spec.env is None)
             lease.check()  # never commit under a lease that was broken meanwhile
+            running.cancel()
         except BaseException as err:
+            running.cancel()
             _fail(spec, record, attempt, err, started)
             if isinstance(err, Exception):  # Dask retries on it; the record has the details
                 raise TaskError(_failure_message(spec, attempt), record) from None
             raise
-        _succeed(spec, record, attempt, output, started)
-        return {"name": spec.name, "state": "succeeded", "attempts": len(record["attempts"])}
+        entry = _succeed(spec, record, attempt, output, started)
+        return {"name": spec.name, "state": "succeeded", "attempts": len(record["attempts"]),
+                "index": entry.to_list()}
     finally:
         lease.release()
 
 
-def _stored_state(spec: NodeSpec) -> str:
+def _stored_state(spec: NodeSpec, record: dict[str, Any]) -> str:
     """"succeeded" when this submission's own attempt made the stored result, else "cached".
 
     Dask runs a task again when the worker holding its outcome left (a
     worker retiring at its lifetime with nowhere to move its data); the
     rerun finds the result its first run stored.
     """
-    record = read_record(spec.paths.record) or {}
     last = (record.get("attempts") or [{}])[-1]
     return "succeeded" if spec.submission and last.get("submission") == spec.submission \
         else "cached"

@@ -10,17 +10,22 @@ distinction survives Dask's error propagation.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from ..errors import TaskError
 from ..graph import Node, Plan
 from ..store import atomic
+from ..store.index import Entry
 from ..store.records import read_record
 from ..store.values import load_value
 from . import progress as progress_bar
 
 STATES = ("succeeded", "cached", "failed", "blocked", "cancelled")
+
+log = logging.getLogger("dscheduler.results")
 
 
 class Results:
@@ -188,6 +193,7 @@ class Handle:
         finished = {k: f for k, f in self.futures.items() if f.status == "finished"}
         outcomes = dict(zip(finished, self.client.gather(list(finished.values())),
                             strict=True)) if finished else {}
+        _index_outcomes(p, outcomes.values())
         states: dict[str, str] = {}
         errors: dict[str, str] = {}
         for node in p.nodes:
@@ -212,6 +218,20 @@ class Handle:
                 states[node.key] = "failed"
                 errors[node.key] = _error_text(future)
         return Results(p, states, errors, envs, env_errors)
+
+
+def _index_outcomes(p: Plan, outcomes: Iterable[dict[str, Any]]) -> None:
+    """Append the index entries the workers made to this driver's own segment.
+
+    The workers appended them already; this copy makes the driver's next plan
+    see them even where the workers' writes reach this host late (NFS).
+    """
+    entries = [Entry.from_list(o["index"]) for o in outcomes if o.get("index")]
+    try:
+        p.store.index.append(entries)
+    except OSError as err:
+        log.warning("could not add %d entries to the index of %s: %s", len(entries),
+                    p.store.root, err)
 
 
 async def _noop() -> None:

@@ -42,11 +42,25 @@ def begin(paths: NodePaths) -> _runner.Tracker:
     return tracker
 
 
-def save(paths: NodePaths, value: Any) -> dict[str, Any]:
+def save(paths: NodePaths, value: Any, *, fresh: bool = False,
+         here: bool = False) -> dict[str, Any]:
     """Store the task's value, or the Zarr group it wrote through ``ds.output()``; then
-    publish its ``ds.output("dir")`` files and artifacts.  The record's ``output``."""
+    publish its ``ds.output("dir")`` files and artifacts.  The record's ``output``.
+
+    ``fresh``: the node has no earlier result whose files would need replacing.
+    ``here``: the task ran in this thread (not in an env's subprocess), so it
+    asked for its directories through this Tracker, and those it never asked
+    for are not looked for: each look is a round trip on a shared
+    filesystem, and a tiny task uses none.
+    """
     tracker = _runner.CURRENT.get()
-    if tracker is not None and Path(tracker.output_dir).is_dir():
+
+    def made(folder: str) -> bool:
+        if here and tracker is not None and folder not in tracker.made:
+            return False
+        return Path(folder).is_dir()
+
+    if tracker is not None and made(tracker.output_dir):
         if value is not None:
             raise TaskError(
                 f"the task wrote its result through ds.output() and also returned a "
@@ -57,10 +71,14 @@ def save(paths: NodePaths, value: Any) -> dict[str, Any]:
     else:
         out = save_value(paths, value)
     if tracker is not None:
-        files = commit_dir(Path(tracker.files_dir), paths.files)
-        if files:
-            out["files"] = files
-        commit_dir(Path(tracker.artifacts_dir), paths.artifacts)
+        for folder, final in ((tracker.files_dir, paths.files),
+                              (tracker.artifacts_dir, paths.artifacts)):
+            if made(folder):
+                name = commit_dir(Path(folder), final)
+                if name and final == paths.files:
+                    out["files"] = name
+            elif not fresh:
+                atomic.remove(final)  # an earlier result's
     return out
 
 

@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import identity
-from ..errors import StoreError
+from ..errors import LeaseError, StoreError
 from . import atomic
+from .index import Index, run_entry
+from .index.snapshot import paused_gc
 from .layout import EnvPaths, Layout, NodePaths, RunPaths, check_name
 from .lease import Lease
 from .records import read_record
@@ -81,7 +84,16 @@ class Store(Layout):
                 f"cannot create the store at {self.root}: {err}; choose a writable "
                 "directory with ds.Store(path) or DASK_DSCHEDULER__STORE"
             ) from err
+        if not self.index_snapshot.exists():
+            # A cache: planning without it reads one link per node.
+            with contextlib.suppress(OSError, LeaseError):
+                self.index.rebuild(if_missing=True)
         return self
+
+    @property
+    def index(self) -> Index:
+        """The store's index of finished nodes and runs (:mod:`dscheduler.store.index`)."""
+        return Index(self)
 
     def lease(self, name: str, ttl: float | None = None, **options: Any) -> Lease:
         """The lease ``locks/{name}.lease`` (options as for :class:`Lease`)."""
@@ -117,6 +129,8 @@ class Store(Layout):
             where = str(paths.record)
             identity.check_collision(cfg.config_digest, stored.get("config_digest"), where)
             identity.check_collision(cfg.env_digest, stored.get("env_digest"), where)
+            record = stored
+        self.index.append([run_entry(self, record)])
         return paths.record
 
     def runs(self, filter: str | None = None, order_by: list[str] | str | None = None,
@@ -147,8 +161,9 @@ class Store(Layout):
             Ids, label, state, timings, then ``config.*``, ``params.*``,
             ``metrics.*`` and ``tags.*`` columns.
         """
-        return runs_frame(node_summaries(self, run_id), filter=filter, order_by=order_by,
-                          state=state, by=by)
+        with paused_gc():  # tens of thousands of dicts made at once (store/index/snapshot.py)
+            return runs_frame(node_summaries(self, run_id), filter=filter, order_by=order_by,
+                              state=state, by=by)
 
     def open(self, node: Any, *, chunks: Any = None) -> Any:
         """The stored value of ``node`` (a Node, a record path, a node name or key):

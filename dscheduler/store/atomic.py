@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,51 @@ def temp_sibling(path: Path, suffix: str = ".partial") -> Path:
     return path.with_name(f".{path.name}.{os.urandom(6).hex()}{suffix}")
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it for every
+    thread while it reads); 0o022 when /proc is not there."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+_umasks: dict[int, int] = {}  # by pid
+
+
+def _create(path: Path, mode: int) -> int:
+    """Create ``path`` exclusively and open it for writing, with exactly ``mode``.
+
+    Its directory is made only when missing, and the mode is set only when
+    the umask would take bits away: each is a round trip on a shared
+    filesystem, and a tiny task writes several files (docs/benchmarks.md).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, mode)
+    pid = os.getpid()
+    if pid not in _umasks:
+        _umasks[pid] = _umask()
+    if mode & _umasks[pid]:
+        os.fchmod(fd, mode)
+    return fd
+
+
+def _write_all(fd: int, data: bytes, durable: bool) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    if durable:
+        os.fsync(fd)
+
+
 def write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically.
 
@@ -29,15 +75,13 @@ def write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = T
     new one, never a part, but a machine crash may lose the write
     (docs/design.md §7 says when that is the right trade).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        fd = _create(tmp, mode)
+        try:
+            _write_all(fd, data, durable)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -61,10 +105,16 @@ def read_json(path: Path) -> Any:
     records turn it into a :class:`~dscheduler.errors.StoreError`.
     """
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return json.loads(b"".join(chunks))
 
 
 def create_once(path: Path, data: bytes, *, durable: bool = True) -> bool:
@@ -73,13 +123,12 @@ def create_once(path: Path, data: bytes, *, durable: bool = True) -> bool:
     ``os.link`` of a finished temporary file: the name appears complete or not
     at all, and link fails if the name exists, also on NFS.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
+    fd = _create(tmp, 0o644)
+    try:
+        _write_all(fd, data, durable)
+    finally:
+        os.close(fd)
     try:
         os.link(tmp, path)
         return True
@@ -100,7 +149,7 @@ def remove(path: Path, suffix: str = ".deleting") -> bool:
         os.rename(path, aside)
     except FileNotFoundError:
         return False
-    if aside.is_dir() and not aside.is_symlink():
+    if stat.S_ISDIR(os.lstat(aside).st_mode):
         shutil.rmtree(aside, ignore_errors=True)
     else:
         aside.unlink(missing_ok=True)

@@ -18,6 +18,8 @@
       slurm/scheduler.log         and its scheduler's log
       slurm/jobs/{cluster}.json a live SLURM cluster's owner and its job ids (orphan cleanup)
       slurm/logs/{job}-{id}.log worker logs, one file per SLURM job
+      index/                    snapshot.json, summaries-{generation}.json,
+                                segments/{time}-{host}-{pid}-{random}.log (see store.index)
 
 The reasons for this shape are in docs/design.md §3.  Names that become path
 components are checked (:func:`check_name`): a label such as ``../../x``
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import settings
@@ -104,10 +106,16 @@ class EnvPaths:
 
 @dataclass(frozen=True)
 class NodePaths:
-    """Files of one node in a directory (a run's case, or ``tasks/{task}/{key16}``)."""
+    """Files of one node in a directory (a run's case, or ``tasks/{task}/{key16}``).
+
+    ``root`` is the store's root when known (paths made by a :class:`Layout`):
+    writes through :func:`~dscheduler.store.records.write_record` then reach
+    the store's index too.
+    """
 
     dir: Path
     task: str
+    root: Path | None = field(default=None, compare=False)
 
     @property
     def record(self) -> Path:
@@ -151,6 +159,7 @@ class RunPaths:
     """Files of one run: ``runs/{env_id}/{config_hash}/``."""
 
     dir: Path
+    root: Path | None = field(default=None, compare=False)
 
     @property
     def record(self) -> Path:
@@ -162,7 +171,7 @@ class RunPaths:
     def node(self, case: str | None, task: str) -> NodePaths:
         """A node bound to this run, in its case directory (or the run's own without one)."""
         where = self.dir if case is None else self.case(case)
-        return NodePaths(where, check_name(task, "task name"))
+        return NodePaths(where, check_name(task, "task name"), self.root)
 
 
 class Layout:
@@ -191,6 +200,45 @@ class Layout:
     def locks_dir(self) -> Path:
         return self.root / "locks"
 
+    # -- the index (dscheduler.store.index) ------------------------------------------
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def index_snapshot(self) -> Path:
+        """The compacted index, replaced by one rename per compaction."""
+        return self.index_dir / "snapshot.json"
+
+    def index_summaries(self, generation: int) -> Path:
+        """Per-node summaries of snapshot ``generation``, kept apart: planning never reads them."""
+        return self.index_dir / f"summaries-{int(generation)}.json"
+
+    @property
+    def index_segments_dir(self) -> Path:
+        """One append-only segment file per writer process."""
+        return self.index_dir / "segments"
+
+    def index_segment(self, name: str) -> Path:
+        return self.index_segments_dir / check_name(name, "index segment")
+
+    def node_id(self, paths: NodePaths) -> str:
+        """A node's name in the index: its ``.done`` link relative to the root."""
+        return paths.done.relative_to(self.root).as_posix()
+
+    def run_id_path(self, run_id: str) -> str:
+        """A run's name in the index: its ``run.json`` relative to the root."""
+        return self.run(run_id).record.relative_to(self.root).as_posix()
+
+    @staticmethod
+    def run_of_id(path: str) -> str | None:
+        """The run_id whose index name (:meth:`run_id_path`) is ``path``; None for a node."""
+        parts = path.split("/")
+        if len(parts) == 4 and parts[0] == "runs" and parts[3] == RUN_RECORD:
+            return f"{parts[1]}/{parts[2]}"
+        return None
+
     def env(self, env_id: str) -> EnvPaths:
         return EnvPaths(self.envs_dir / check_name(env_id, "env_id"))
 
@@ -212,7 +260,8 @@ class Layout:
     def run(self, run_id: str) -> RunPaths:
         env_id, _, config_hash = run_id.partition("/")
         return RunPaths(
-            self.runs_dir / check_name(env_id, "env_id") / check_name(config_hash, "config_hash")
+            self.runs_dir / check_name(env_id, "env_id") / check_name(config_hash, "config_hash"),
+            self.root,
         )
 
     def run_records(self) -> list[Path]:
@@ -232,7 +281,7 @@ class Layout:
 
     def task(self, task: str, key16: str) -> NodePaths:
         name = check_name(task, "task name")
-        return NodePaths(self.tasks_dir / name / check_name(key16, "key"), name)
+        return NodePaths(self.tasks_dir / name / check_name(key16, "key"), name, self.root)
 
     def lease_path(self, name: str) -> Path:
         return self.locks_dir / f"{check_name(name, 'lease name')}.lease"
@@ -259,11 +308,17 @@ class Layout:
         planning 100,000 nodes (docs/benchmarks.md); the names here were checked when the
         node was made.  ``tests/test_graph_keys.py`` checks both give one path.
         """
+        return f"{self.root}/{self.done_id(env_id, config_hash, case, task, key16)}"
+
+    @staticmethod
+    def done_id(env_id: str | None, config_hash: str | None, case: str | None,
+                task: str, key16: str) -> str:
+        """:meth:`node_id` from a node's names, the way :meth:`done_marker` builds it."""
         if env_id is None:
-            return f"{self.root}/tasks/{task}/{key16}/.{task}.done"
+            return f"tasks/{task}/{key16}/.{task}.done"
         if case is None:
-            return f"{self.root}/runs/{env_id}/{config_hash}/.{task}.done"
-        return f"{self.root}/runs/{env_id}/{config_hash}/{case}/.{task}.done"
+            return f"runs/{env_id}/{config_hash}/.{task}.done"
+        return f"runs/{env_id}/{config_hash}/{case}/.{task}.done"
 
     # -- SLURM clusters (docs/design.md §13) ----------------------------------------
 

@@ -185,6 +185,7 @@ class Lease:
         self.token = ""
         self.lost = False
         self.beaten = 0.0
+        self.broken: dict[str, Any] | None = None  # the stale lease this one broke, if any
 
     # -- taking and giving back -------------------------------------------------
 
@@ -300,4 +301,5 @@ class Lease:
             aside.unlink(missing_ok=True)
             return False
         aside.unlink(missing_ok=True)
+        self.broken = judged  # its holder's attempt was cut short: callers may say so
         return True

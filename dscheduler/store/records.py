@@ -4,20 +4,25 @@ A record (``{task}.json``) is written after the node's outputs, by an atomic
 rename; the ``.done`` link after the record (docs/design.md §3, §5.4).  A
 record that cannot be read (truncated by a half-finished copy, a full quota)
 is a :class:`StoreError` naming the file and the way out, never a raw
-``JSONDecodeError``.
+``JSONDecodeError``.  Each record carries a ``seq`` that orders the store
+index's entries of its node, and :func:`write_record` tells the index of
+what it wrote (docs/design.md §14.1); :func:`node_summary` is what the index
+keeps of a record for listings.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import settings
 from ..errors import StoreError
 from . import atomic
-from .layout import NodePaths
+from .layout import NodePaths, done_name, record_task
 
 REPAIR_HINT = (
     "run `dscheduler verify --repair` to demote damaged nodes so that the next run "
@@ -42,16 +47,95 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def write_record(paths: NodePaths, record: dict[str, Any], *, final: bool = True) -> None:
-    """Write a node's record atomically; fsync only when the setting ``task.fsync`` says so.
+def next_seq(previous: dict[str, Any] | None) -> int:
+    """The ``seq`` of a node's next record: above its previous record's, at least the time in us.
 
-    Compact JSON: indented JSON goes through json's pure-Python encoder, far
-    slower on a tiny task's path (docs/benchmarks.md).  The reasons for
-    not fsyncing by default are in docs/design.md §7.
+    ``seq`` orders a node's index entries (:mod:`dscheduler.store.index`).  A
+    record's writers hold the node's lease one after another, so counting up
+    from the previous record orders them whatever the hosts' clocks say; the
+    clock is a floor for records written before there was an index, or lost.
     """
-    text = json.dumps(record, separators=(",", ":"), default=str)
-    atomic.write_bytes(paths.record, text.encode(),
-                       durable=bool(final and settings.get("task.fsync")))
+    return max(record_seq(previous) + 1, time.time_ns() // 1000)
+
+
+def record_seq(record: dict[str, Any] | None) -> int:
+    """A record's ``seq``; 0 for none, or for a record written before there was one."""
+    seq = (record or {}).get("seq")
+    return seq if isinstance(seq, int) else 0
+
+
+def node_summary(record: dict[str, Any], path: Path | None = None,
+                 root: Path | None = None) -> dict[str, Any]:
+    """The small, JSON-able dict a listing needs of one node record.
+
+    What a store index keeps per node for ``store.runs()``: ids, label, state,
+    version, timings of the last attempt, params, metrics (last values), tags,
+    the code digest, upstream keys, the config's scalar fields and the record's
+    path relative to the store root.
+    """
+    attempts = record.get("attempts") or [{}]
+    last = attempts[-1] if isinstance(attempts[-1], dict) else {}
+    first = attempts[0] if isinstance(attempts[0], dict) else {}
+    call = record.get("call")
+    call = call if isinstance(call, dict) else {}
+    config = record.get("config")
+    config = config if isinstance(config, dict) else {}
+    where = None
+    if path is not None:
+        where = path.relative_to(root).as_posix() if root is not None else str(path)
+    return {
+        "key": record.get("key"), "name": record.get("name"), "task": record.get("task"),
+        "case": record.get("case"), "run_id": record.get("run_id"),
+        "env_id": record.get("env_id"), "label": record.get("label") or "",
+        "state": record.get("state"), "version": record.get("version"),
+        "attempts": len(record.get("attempts") or []), "host": last.get("host"),
+        "start": first.get("start"), "end": last.get("end"), "seconds": last.get("seconds"),
+        "params": record.get("params") or {}, "metrics": record.get("metrics") or {},
+        "tags": record.get("tags") or {},
+        "code": (call.get("code") or {}).get("digest") if call else None,
+        "upstream": record.get("upstream") or [],
+        "config": {k: v for k, v in config.items()
+                   if v is None or isinstance(v, str | int | float | bool)},
+        "record": where,
+    }
+
+
+
+def record_text(record: dict[str, Any]) -> bytes:
+    """A node record's text: compact JSON.
+
+    Indented JSON goes through json's pure-Python encoder, five times slower,
+    a third of a tiny task's cost on a worker (docs/benchmarks.md).
+    """
+    return json.dumps(record, separators=(",", ":"), default=str).encode()
+
+
+def write_record_text(paths: NodePaths, text: bytes, *, final: bool = True) -> None:
+    """Write a node's record (:func:`record_text`) atomically; fsync only when the
+    setting ``task.fsync`` says so (docs/design.md §7 gives the reasons)."""
+    atomic.write_bytes(paths.record, text, durable=bool(final and settings.get("task.fsync")))
+
+
+_listeners: list[Callable[[NodePaths, dict[str, Any]], None]] = []
+
+
+def on_write(listener: Callable[[NodePaths, dict[str, Any]], None]) -> None:
+    """Call ``listener(paths, record)`` after each :func:`write_record` that announces
+    itself: the store index listens (:mod:`dscheduler.store.index`), which this
+    module cannot import (the index reads records)."""
+    _listeners.append(listener)
+
+
+def write_record(paths: NodePaths, record: dict[str, Any], *, final: bool = True,
+                 announce: bool = True) -> None:
+    """Write a node's record atomically (see :func:`write_record_text`), with a ``seq``
+    (the time, unless it has one), and tell the store index unless ``announce`` is
+    False (the executor writes the index entries itself, in its own order)."""
+    record.setdefault("seq", next_seq(None))
+    write_record_text(paths, record_text(record), final=final)
+    if announce:
+        for listener in _listeners:
+            listener(paths, record)
 
 
 def done_key(paths: NodePaths) -> str | None:
@@ -79,3 +163,34 @@ def set_done(paths: NodePaths, key: str) -> None:
 def clear_done(paths: NodePaths) -> None:
     """Remove the ``.done`` link: the node no longer counts as finished."""
     paths.done.unlink(missing_ok=True)
+
+
+def node_folders(roots: list[Path]) -> list[tuple[Path, list[str]]]:
+    """Every folder under ``roots`` that may hold node records, with its file names.
+
+    Zarr values, logs and temporary names (a leading dot) are not descended into.
+    """
+    folders: list[tuple[Path, list[str]]] = []
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")
+                           and not d.endswith(".zarr") and d != "logs"]
+            folders.append((Path(dirpath), filenames))
+    return folders
+
+
+def nodes_in(folder: Path, names: list[str]) -> list[tuple[NodePaths, str | None]]:
+    """The nodes in ``folder`` (a record or a ``.done`` link), each with its link's target."""
+    present = set(names)
+    tasks = {t for t in map(record_task, names) if t}
+    tasks |= {n[1:-5] for n in names if n.startswith(".") and n.endswith(".done")}
+    out = []
+    for task in sorted(tasks):
+        link = None
+        if done_name(task) in present:
+            try:
+                link = os.readlink(folder / done_name(task))
+            except OSError:
+                link = None
+        out.append((NodePaths(folder, task), link))
+    return out

@@ -1,11 +1,11 @@
 """Listing and finding what a store holds: node records, their summaries, runs.
 
 Records are the truth.  :func:`iter_node_records` walks the store and reads
-every node record; :func:`node_summary` makes the small dict a listing needs
-of one (ids, label, state, version, timings, params, metrics, tags, code
-digest, upstream keys); :func:`node_summaries` is the ONE source listings
-read, so that a store index that keeps these summaries can replace the walk
-there (docs/design.md §11).  :func:`runs_frame` turns summaries into the
+every node record; :func:`~dscheduler.store.records.node_summary` makes the
+small dict a listing needs of one (ids, label, state, version, timings,
+params, metrics, tags, code digest, upstream keys); :func:`node_summaries` is
+the ONE source listings read: the store index, which keeps these summaries
+(docs/design.md §11, §14).  :func:`runs_frame` turns summaries into the
 DataFrame of ``store.runs()``, one row per run or per node, filtered and
 ordered by :mod:`dscheduler.store.query`.
 """
@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, StoreError
+from .index import Index
 from .layout import RUN_RECORD, Layout, record_task
 from .query import apply_filter, apply_order
+from .records import node_summary as node_summary  # kept here too: listings use it
 from .records import read_record
 
 if TYPE_CHECKING:
@@ -104,50 +106,48 @@ def iter_node_records(layout: Layout, run_id: str | None = None
                              "state": "pending", "task": None, "attempts": []}
 
 
-def node_summary(record: dict[str, Any], path: Path | None = None,
-                 root: Path | None = None) -> dict[str, Any]:
-    """The small, JSON-able dict a listing needs of one node record.
-
-    What a store index keeps per node for ``store.runs()``: ids, label, state,
-    version, timings of the last attempt, params, metrics (last values), tags,
-    the code digest, upstream keys, the config's scalar fields and the record's
-    path relative to the store root.
-    """
-    attempts = record.get("attempts") or [{}]
-    last = attempts[-1] if isinstance(attempts[-1], dict) else {}
-    first = attempts[0] if isinstance(attempts[0], dict) else {}
-    call = record.get("call")
-    call = call if isinstance(call, dict) else {}
-    config = record.get("config")
-    config = config if isinstance(config, dict) else {}
-    where = None
-    if path is not None:
-        where = path.relative_to(root).as_posix() if root is not None else str(path)
-    return {
-        "key": record.get("key"), "name": record.get("name"), "task": record.get("task"),
-        "case": record.get("case"), "run_id": record.get("run_id"),
-        "env_id": record.get("env_id"), "label": record.get("label") or "",
-        "state": record.get("state"), "version": record.get("version"),
-        "attempts": len(record.get("attempts") or []), "host": last.get("host"),
-        "start": first.get("start"), "end": last.get("end"), "seconds": last.get("seconds"),
-        "params": record.get("params") or {}, "metrics": record.get("metrics") or {},
-        "tags": record.get("tags") or {},
-        "code": (call.get("code") or {}).get("digest") if call else None,
-        "upstream": record.get("upstream") or [],
-        "config": {k: v for k, v in config.items()
-                   if v is None or isinstance(v, str | int | float | bool)},
-        "record": where,
-    }
-
-
 def node_summaries(layout: Layout, run_id: str | None = None) -> Iterator[dict[str, Any]]:
     """Summaries of every node of the store (or of one run): what listings read.
 
-    Walks the records today; a store index that keeps :func:`node_summary` of
-    each record replaces this one function.
+    From the store index (docs/design.md §14), which keeps :func:`node_summary`
+    of each node's last record and is rebuilt from the records when missing;
+    a run whose ``run.json`` exists but none of whose nodes has a record yet
+    comes as one ``pending`` summary, as :func:`iter_node_records` has it.
     """
-    for path, record in iter_node_records(layout, run_id):
-        yield node_summary(record, path, layout.root)
+    index = Index(layout)
+    prefix = f"{layout.run_id_path(run_id).rsplit('/', 1)[0]}/" if run_id else ""
+    for _ in range(5):
+        view = index.load()
+        summaries = index.summaries(view, _unlisted(layout, prefix, view.values))
+        if summaries is not None:
+            break
+    else:
+        raise StoreError(f"the index of {layout.root} kept changing while it was read")
+    runs = []
+    for path in sorted(summaries):
+        if layout.run_of_id(path) is not None:
+            runs.append(summaries[path])
+        elif summaries[path]:
+            yield summaries[path]
+    yield from runs
+
+
+def _unlisted(layout: Layout, prefix: str, paths: Iterable[str]) -> Callable[[str], bool]:
+    """Which index paths a listing skips: those outside ``prefix``, and the entries of
+    runs that have nodes (only a run without any is listed, as ``pending``)."""
+    with_nodes = set()
+    for path in paths:
+        if path.startswith("runs/") and layout.run_of_id(path) is None:
+            parts = path.split("/", 3)
+            with_nodes.add(f"{parts[1]}/{parts[2]}")
+
+    def skip(path: str) -> bool:
+        if not path.startswith(prefix):
+            return True
+        run = layout.run_of_id(path)
+        return run is not None and run in with_nodes
+
+    return skip
 
 
 _GROUPS = ("config", "params", "metrics", "tags")

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from .layout import Layout, NodePaths, done_name, record_task
-from .records import read_record, set_done, write_record
+from .index import Index
+from .layout import Layout, NodePaths
+from .records import next_seq, node_folders, nodes_in, read_record, write_record
 
 THREADS = 8
 
@@ -106,16 +107,18 @@ def _value_problem(paths: NodePaths, output: Any) -> str | None:
     return _zarr_readable(path)
 
 
-def _check(paths: NodePaths, link: str | None, repair: bool) -> tuple[bool, Problem | None]:
+def _check(paths: NodePaths, link: str | None, repair: bool,
+           index: Index) -> tuple[bool, Problem | None]:
     """(whether the node is finished, its problem or None), repaired if asked."""
     try:
         record = read_record(paths.record)
     except StoreError as err:  # a damaged record counts as finished: it may say "succeeded"
         problem = Problem(paths.record, f"its record is unreadable ({err.why})")
         if repair:
+            # The index hears of it before anything changes (docs/design.md §14).
+            index.damaged(paths, problem.why, link or "")
             aside = paths.record.with_name(f"{paths.record.name}.damaged-{int(time.time())}")
             os.replace(paths.record, aside)
-            paths.done.unlink(missing_ok=True)
             problem.action = f"demoted; the record was moved to {aside.name}"
         return True, problem
     succeeded = record is not None and record.get("state") == "succeeded"
@@ -123,51 +126,36 @@ def _check(paths: NodePaths, link: str | None, repair: bool) -> tuple[bool, Prob
         return False, None  # not finished: failed, running or never run
     if record is None:
         problem = Problem(paths.record, f"its .done link points at {link} but there is no record")
-        return True, _demote(paths, None, problem, repair)
+        return True, _demote(paths, None, problem, repair, index)
     if not succeeded:
         problem = Problem(paths.record, f"its .done link exists but the record says "
                                         f"{record.get('state')!r}")
-        return True, _demote(paths, None, problem, repair)
+        return True, _demote(paths, None, problem, repair, index)
     why = _value_problem(paths, record.get("output"))
     if why is not None:
-        return True, _demote(paths, record, Problem(paths.record, why), repair)
+        return True, _demote(paths, record, Problem(paths.record, why), repair, index)
     key = str(record.get("key"))
     if link == key:
         return True, None
     problem = Problem(paths.record, "its .done link is missing" if link is None
                       else f"its .done link points at {link}, the record at {key}")
     if repair:
-        set_done(paths, key)
+        index.done(paths, record)
         problem.action = "link set"
     return True, problem
 
 
 def _demote(paths: NodePaths, record: dict[str, Any] | None, problem: Problem,
-            repair: bool) -> Problem:
+            repair: bool, index: Index) -> Problem:
     if repair:
-        paths.done.unlink(missing_ok=True)
-        if record is not None:
-            record["state"] = "damaged"
-            record["damaged"] = problem.why
-            write_record(paths, record)
+        if record is None:
+            index.damaged(paths, problem.why)
+        else:
+            record.update(state="damaged", damaged=problem.why, seq=next_seq(record))
+            index.undone(paths, record)  # the index first, then the link goes
+            write_record(paths, record, announce=False)
         problem.action = "demoted: the next run redoes it"
     return problem
-
-
-def _nodes_in(folder: Path, names: list[str]) -> list[tuple[NodePaths, str | None]]:
-    present = set(names)
-    tasks = {t for t in map(record_task, names) if t}
-    tasks |= {n[1:-5] for n in names if n.startswith(".") and n.endswith(".done")}
-    out = []
-    for task in sorted(tasks):
-        link = None
-        if done_name(task) in present:
-            try:
-                link = os.readlink(folder / done_name(task))
-            except OSError:
-                link = None
-        out.append((NodePaths(folder, task), link))
-    return out
 
 
 def verify(layout: Layout, run_id: str | None = None, repair: bool = False) -> Report:
@@ -176,15 +164,11 @@ def verify(layout: Layout, run_id: str | None = None, repair: bool = False) -> R
     roots = [layout.run(run_id).dir] if run_id else [layout.runs_dir, layout.tasks_dir]
     if run_id and not roots[0].is_dir():
         raise StoreError(f"no run {run_id} in {layout.root}")
-    folders: list[tuple[Path, list[str]]] = []
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                           and not d.endswith(".zarr") and d != "logs"]
-            folders.append((Path(dirpath), filenames))
+    folders = node_folders(roots)
+    index = Index(layout)
 
     def check_folder(item: tuple[Path, list[str]]) -> list[tuple[bool, Problem | None]]:
-        return [_check(paths, link, repair) for paths, link in _nodes_in(*item)]
+        return [_check(paths, link, repair, index) for paths, link in nodes_in(*item)]
 
     report = Report()
     with ThreadPoolExecutor(THREADS) as pool:

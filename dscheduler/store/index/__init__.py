@@ -1,0 +1,159 @@
+"""The store index: which nodes are finished, and a summary of each, in a few files.
+
+Planning and run listing read the index instead of one file per node; on a
+parallel filesystem every stat, open or readlink is a network round trip
+(docs/design.md §14).  Records and ``.done`` links stay the truth; the
+index is a cache of them::
+
+    index/snapshot.json            compacted entries, replaced by one rename
+    index/summaries-{gen}.json     the entries' summaries (listing only)
+    index/segments/{t}-{host}-{pid}-{rand}.log   one append-only file per writer
+
+Writers (workers, drivers) append entries to a segment of their own
+(:mod:`.segments`); readers merge the snapshot with every segment, the entry
+with the highest ``seq`` winning per node (:mod:`.entries`); compaction
+folds segments into a new snapshot under a lease (:mod:`.snapshot`); a
+missing or unreadable snapshot is rebuilt from the records
+(:mod:`.rebuild`).
+
+The write order keeps the index from ever calling a node finished that is
+not: an entry that unfinishes a node (a rerun, a demotion) is fsynced before
+its ``.done`` link is removed, and a ``succeeded`` entry is appended after
+the link is made.  A crash can only leave the index saying "not finished"
+for a finished node, and planning then reads that node's record and link.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..layout import Layout, NodePaths
+from ..records import clear_done, next_seq, node_summary, on_write, record_seq, set_done
+from . import snapshot
+from .entries import RUN, RUNNING, SUCCEEDED, UNLINKED, Entry, finished
+from .rebuild import damaged_entry, rebuild, run_entry
+from .segments import writer
+from .snapshot import Corrupt, Missing, View
+
+__all__ = ["RUN", "RUNNING", "SUCCEEDED", "Entry", "Index", "View", "finished", "run_entry"]
+
+log = logging.getLogger("dscheduler.index")
+
+
+class Index:
+    """The index of the store at ``layout`` (see the module's docstring)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    # -- reading ----------------------------------------------------------------------
+
+    def load(self, *, summaries: bool = False) -> View:
+        """Every entry, merged; rebuilt from the records when the snapshot is missing or bad."""
+        try:
+            return snapshot.load(self.layout, summaries=summaries)
+        except (Missing, Corrupt) as err:
+            if isinstance(err, Corrupt):
+                log.warning("index of %s unreadable (%s): rebuilding it from the records",
+                            self.layout.root, err)
+            return self.rebuild()
+
+    def summaries(self, view: View, skip: Callable[[str], bool] | None = None
+                  ) -> dict[str, dict[str, Any]] | None:
+        """The summaries of ``view``'s entries, but those of paths ``skip`` names; None
+        when compactions removed its summaries file meanwhile (load again)."""
+        found = view.summaries
+        if found is None:
+            found = snapshot.read_summaries(self.layout, view, skip)
+            if found is None and snapshot.identity(self.layout) == view.ident:
+                found = self.rebuild().summaries  # its own summaries file is gone
+        if found is None or skip is None:
+            return found
+        return {p: s for p, s in found.items() if not skip(p)}
+
+    def size(self) -> int | None:
+        """Entries in the snapshot (its header alone is read); None without one."""
+        try:
+            return int(snapshot.read_header(self.layout).get("entries", 0))
+        except (Missing, Corrupt):
+            return None
+
+    # -- maintaining ------------------------------------------------------------------
+
+    def rebuild(self, timeout: float | None = None, *, if_missing: bool = False) -> View:
+        """Rebuild the index from the store's files and publish it (``if_missing``: only
+        when there is no readable snapshot)."""
+        return rebuild(self.layout, timeout=timeout, if_missing=if_missing)
+
+    def compact(self) -> bool:
+        """Fold segments into a new snapshot; False if another process is compacting."""
+        try:
+            return snapshot.compact(self.layout)
+        except (Missing, Corrupt):
+            self.rebuild()
+            return True
+
+    # -- writing ----------------------------------------------------------------------
+
+    def append(self, entries: Iterable[Entry], *, durable: bool = False) -> None:
+        """Append entries to this process's segment (see :mod:`.segments`)."""
+        writer(self.layout).append(entries, durable=durable)
+
+    def entry(self, paths: NodePaths, record: dict[str, Any], *, seq: int | None = None,
+              state: str | None = None) -> Entry:
+        """The entry that says what ``record`` (the node's, at ``paths``) says."""
+        return Entry(self.layout.node_id(paths), record_seq(record) if seq is None else seq,
+                     state or str(record.get("state")), str(record.get("key")),
+                     node_summary(record, paths.record, self.layout.root))
+
+    def done(self, paths: NodePaths, record: dict[str, Any], *,
+             seq: int | None = None) -> Entry:
+        """Make the ``.done`` link of a succeeded record, then append its entry."""
+        set_done(paths, str(record["key"]))
+        entry = self.entry(paths, record, seq=seq, state=SUCCEEDED)
+        self.append([entry])
+        return entry
+
+    def undone(self, paths: NodePaths, record: dict[str, Any]) -> Entry:
+        """Append a durable entry saying the node is not finished, then remove its link.
+
+        ``record`` is what the node's record becomes (running, damaged): its
+        ``seq`` must be above that of the record whose result is dropped
+        (:func:`dscheduler.store.records.next_seq`).
+        """
+        entry = self.entry(paths, record)
+        self.append([entry], durable=True)
+        clear_done(paths)
+        return entry
+
+    def damaged(self, paths: NodePaths, why: str, key: str = "") -> None:
+        """Like :meth:`undone`, for a node whose record cannot be read or is missing."""
+        self.append([damaged_entry(self.layout, paths, why, next_seq(None), key)], durable=True)
+        clear_done(paths)
+
+    def note(self, paths: NodePaths, record: dict[str, Any]) -> Entry:
+        """Append the entry of a record that is not finished (running, failed, cancelled)."""
+        entry = self.entry(paths, record)
+        self.append([entry])
+        return entry
+
+
+def _announced(paths: NodePaths, record: dict[str, Any]) -> None:
+    """The entry of a record written with :func:`~dscheduler.store.records.write_record`
+    by code that keeps no index itself.  A succeeded record is ``unlinked`` (not
+    finished) one ``seq`` below its own until its link is made, as a rebuild has it."""
+    if paths.root is None:
+        return
+    index = Index(Layout(paths.root))
+    entry = index.entry(paths, record)
+    if entry.state == SUCCEEDED:
+        entry = Entry(entry.path, entry.seq - 1, UNLINKED, entry.key, entry.summary)
+    try:
+        index.append([entry])
+    except OSError as err:
+        log.warning("could not add %s to the index of %s: %s", entry.path, paths.root, err)
+
+
+on_write(_announced)

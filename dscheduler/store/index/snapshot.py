@@ -1,0 +1,350 @@
+"""The snapshot: the index compacted into one file, and how readers combine it with segments.
+
+``index/snapshot.json`` is two lines: a header (format, generation, entry
+count, the summaries file, and for each segment the offset up to which its
+entries are in the snapshot), then one JSON object mapping path to
+``"state seq key"``.  Summaries live in ``index/summaries-{generation}.json``,
+one line ``path<TAB>json`` each, written before the snapshot that names it,
+so planning never reads them.
+
+Reading (:func:`load`): the snapshot, one listing of ``segments/``, each
+segment from its offset (whole lines only), merged by
+:class:`~.entries.Merged`; then the snapshot is opened again and must be
+the same file, else everything is read again.  Compaction publishes a new
+snapshot before it deletes what it folded in, so a reader whose snapshot did
+not change missed nothing.
+
+Compaction (:func:`compact`, under the lease ``locks/index.lease``, never
+waited for): read as above; seal segments started more than
+``index.seal_after`` seconds ago (rename to ``.sealed``: their writers moved
+on long since, :mod:`.segments`) and read what they gained since; write
+the summaries file, then the snapshot (fsynced, renamed into place); then
+delete sealed segments and summaries files two generations old.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gc
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ... import settings
+from ...errors import StoreError
+from .. import atomic
+from ..layout import Layout
+from ..lease import Lease
+from .entries import Merged
+from .entries import finished as is_finished
+from .segments import LOG, SEALED, created, names, read_tail
+
+FORMAT = 1
+RETRIES = 8
+
+
+class Missing(Exception):
+    """There is no snapshot: the index must be rebuilt from the records."""
+
+
+class Corrupt(Exception):
+    """The snapshot cannot be read: the index must be rebuilt from the records."""
+
+
+def stem(name: str) -> str:
+    """A segment's name without ``.log`` or ``.sealed``: sealing keeps its offset."""
+    return name.rsplit(".", 1)[0]
+
+
+@dataclass
+class View:
+    """The index as one reader saw it: the merged entries, and what compaction needs."""
+
+    values: dict[str, str]
+    header: dict[str, Any]
+    offsets: dict[str, int] = field(default_factory=dict)  # stem -> bytes in `values`
+    merged: Merged | None = None
+    pending: int = 0  # bytes of segment entries read beyond the snapshot
+    skipped: int = 0  # segment lines that were not entries
+    sealed: list[str] = field(default_factory=list)  # .sealed files read
+    summaries: dict[str, dict[str, Any]] | None = None
+    ident: tuple[int, ...] | None = None  # the snapshot file read
+
+    def finished(self, path: str, key: str) -> bool:
+        return is_finished(self.values.get(path), key)
+
+    @property
+    def generation(self) -> int:
+        return int(self.header.get("generation", 0))
+
+    def wants_compaction(self) -> bool:
+        """Whether segments hold enough that compaction pays, or some can be sealed."""
+        if self.pending > int(settings.get("index.compact_bytes")) or self.sealed:
+            return True
+        oldest = time.time() - float(settings.get("index.seal_after"))
+        return any(created(s) < oldest for s in self.offsets)
+
+
+def _identity(fd: int) -> tuple[int, ...]:
+    st = os.fstat(fd)
+    return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
+
+
+def identity(layout: Layout) -> tuple[int, ...] | None:
+    """The snapshot file's identity (a rename gives another); None when missing."""
+    try:
+        fd = os.open(layout.index_snapshot, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        return _identity(fd)
+    finally:
+        os.close(fd)
+
+
+def parse_header(line: bytes) -> dict[str, Any]:
+    try:
+        header = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise Corrupt(f"header: {err}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT \
+            or not isinstance(header.get("segments"), dict):
+        raise Corrupt(f"header: not an index of format {FORMAT}")
+    return header
+
+
+def read_header(layout: Layout) -> dict[str, Any]:
+    """The snapshot's first line only (raises Missing or Corrupt)."""
+    try:
+        with open(layout.index_snapshot, "rb") as f:
+            line = f.readline()
+    except FileNotFoundError:
+        raise Missing from None
+    return parse_header(line)
+
+
+def _read_snapshot(layout: Layout) -> tuple[dict[str, Any], dict[str, str], tuple[int, ...]]:
+    try:
+        fd = os.open(layout.index_snapshot, os.O_RDONLY)
+    except FileNotFoundError:
+        raise Missing from None
+    try:
+        ident = _identity(fd)
+        chunks = []
+        while chunk := os.read(fd, 1 << 24):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    cut = data.find(b"\n")
+    header = parse_header(data[:cut])
+    try:
+        values = json.loads(data[cut + 1:])
+    except (ValueError, UnicodeDecodeError) as err:
+        raise Corrupt(f"entries: {err}") from None
+    if not isinstance(values, dict) or len(values) != header.get("entries"):
+        raise Corrupt("entries: not the number the header states")
+    return header, values, ident
+
+
+def load(layout: Layout, *, summaries: bool = False) -> View:
+    """The index: the snapshot with every segment's newer entries (raises Missing, Corrupt)."""
+    for _ in range(RETRIES):
+        header, values, ident = _read_snapshot(layout)
+        view = _with_segments(layout, header, values)
+        if view is None or identity(layout) != ident:
+            continue  # a compaction published meanwhile: read the new one
+        view.ident = ident
+        if summaries:
+            view.summaries = read_summaries(layout, view)
+            if view.summaries is None:
+                if identity(layout) == ident:
+                    raise Corrupt(f"summaries: {header.get('summaries')} is missing")
+                continue
+        return view
+    raise StoreError(f"the index {layout.index_dir} kept changing while it was read; "
+                     "try again, or run `dscheduler index rebuild`")
+
+
+def _with_segments(layout: Layout, header: dict[str, Any], values: dict[str, str],
+                   start_all_at: int | None = None) -> View | None:
+    """``values`` with the newer entries of every segment; None if a segment vanished."""
+    known = header["segments"]
+    merged = Merged(values)
+    view = View(values, header, merged=merged)
+    for name in names(layout):
+        offset = known.get(stem(name), 0) if start_all_at is None else start_all_at
+        data = read_tail(layout.index_segment(name), offset)
+        if data is None:
+            return None  # sealed or deleted by a compaction: its snapshot is newer
+        view.skipped += merged.add_lines(data)
+        view.pending += len(data)
+        if name.endswith(SEALED):
+            view.sealed.append(name)
+        else:
+            view.offsets[stem(name)] = offset + len(data)
+    return view
+
+
+def read_summaries(layout: Layout, view: View, skip: Callable[[str], bool] | None = None
+                   ) -> dict[str, dict[str, Any]] | None:
+    """Every summary (but those of paths ``skip`` names): the snapshot's summaries file
+    with the segments' laid over it; None when that file is gone (a compaction removed
+    it meanwhile)."""
+    paths: list[str] = []
+    texts: list[bytes] = []
+    try:
+        for path, text in _summary_lines(layout, view.header):
+            if skip is None or not skip(path):
+                paths.append(path)
+                texts.append(text)
+        with paused_gc():  # a collection per thousand dicts made would cost more than the parse
+            out = dict(zip(paths, json.loads(b"[" + b",".join(texts) + b"]"), strict=True))
+    except ValueError as err:
+        raise Corrupt(f"summaries: {err}") from None
+    except FileNotFoundError:
+        return None
+    for path, summary in (view.merged.summaries if view.merged is not None else {}).items():
+        if skip is not None and skip(path):
+            continue
+        if summary:
+            out[path] = summary
+        else:
+            out.pop(path, None)
+    return out
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside (it walks every object each time many new
+    containers were made: parsing 100,000 summaries took three times as long)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _summary_lines(layout: Layout, header: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
+    """(path, summary's JSON) of each line ``path<TAB>json`` of the snapshot's summaries file.
+
+    Lines, not one JSON object: a compaction copies the lines whose summary
+    did not change without parsing them, so it never holds every summary of
+    a large store in memory at once.  Paths hold no tab (``check_name``).
+    """
+    name = header.get("summaries")
+    if not name:
+        return
+    with open(layout.index_dir / name, "rb", buffering=1 << 20) as f:  # few reads, on NFS too
+        for line in f:
+            path, sep, text = line.rstrip(b"\n").partition(b"\t")
+            if not sep:
+                raise ValueError(f"not a summary line: {line[:100]!r}")
+            yield path.decode(), text
+
+
+def _write_summaries(layout: Layout, view: View, target: Path) -> None:
+    """The summaries file of a new snapshot: the old one's lines, those of paths the
+    segments changed replaced (or dropped), then the segments' new paths."""
+    changed = dict(view.merged.summaries) if view.merged is not None else {}
+
+    def line(path: str, summary: dict[str, Any]) -> bytes:
+        return f"{path}\t{json.dumps(summary, separators=(',', ':'), default=str)}\n".encode()
+
+    tmp = atomic.temp_sibling(target)
+    try:
+        with open(tmp, "wb") as out:
+            for path, text in _summary_lines(layout, view.header):
+                if path not in changed:
+                    out.write(f"{path}\t".encode() + text + b"\n")
+                elif changed[path]:
+                    out.write(line(path, changed.pop(path)))
+                else:
+                    del changed[path]
+            for path, summary in changed.items():
+                if summary:
+                    out.write(line(path, summary))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def publish(layout: Layout, view: View, lease: Lease) -> dict[str, Any]:
+    """Write the summaries file, then the snapshot; the new header."""
+    generation = view.generation + 1
+    summary_file = layout.index_summaries(generation)
+    header = {
+        "format": FORMAT,
+        "generation": generation,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "entries": len(view.values),
+        "summaries": summary_file.name,
+        "segments": view.offsets,
+    }
+    layout.index_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_summaries(layout, view, summary_file)
+    except FileNotFoundError as err:
+        raise Corrupt(f"summaries: {err}") from None
+    body = json.dumps(header, separators=(",", ":")) + "\n" + json.dumps(
+        view.values, separators=(",", ":")) + "\n"
+    lease.check()  # never publish after another compactor took over
+    atomic.write_bytes(layout.index_snapshot, body.encode())
+    return header
+
+
+def cleanup(layout: Layout, view: View, generation: int) -> None:
+    """After publishing: delete folded sealed segments and summaries two generations old."""
+    for name in view.sealed:
+        layout.index_segment(name).unlink(missing_ok=True)
+    keep = {layout.index_summaries(generation).name,
+            layout.index_summaries(generation - 1).name}
+    for old in layout.index_dir.glob("summaries-*.json"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+
+
+def seal_old(layout: Layout, view: View) -> None:
+    """Seal segments started before ``index.seal_after`` and fold in what they gained."""
+    oldest = time.time() - float(settings.get("index.seal_after"))
+    if view.merged is None:
+        return
+    for name in names(layout):
+        if not name.endswith(LOG) or created(name) >= oldest:
+            continue
+        sealed = stem(name) + SEALED
+        try:
+            os.rename(layout.index_segment(name), layout.index_segment(sealed))
+        except FileNotFoundError:
+            continue
+        data = read_tail(layout.index_segment(sealed), view.offsets.pop(stem(name), 0)) or b""
+        view.skipped += view.merged.add_lines(data)
+        view.sealed.append(sealed)
+
+
+def compact(layout: Layout) -> bool:
+    """Fold segments into a new snapshot; False when another compaction holds the lease.
+
+    Raises Missing or Corrupt when there is no readable snapshot to start from.
+    """
+    lease = Lease(layout.lease_path("index"), owner="index compaction")
+    if not lease.try_acquire():
+        return False
+    try:
+        view = load(layout)
+        seal_old(layout, view)
+        header = publish(layout, view, lease)
+        cleanup(layout, view, header["generation"])
+        return True
+    finally:
+        lease.release()

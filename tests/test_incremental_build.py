@@ -1,0 +1,89 @@
+"""Incremental env builds: the node's bytecode cache, and images that do not depend on it.
+
+Real uv, real compileall and mksquashfs, envs from the local wheelhouse
+(tests/wheelhouse.py), offline.  Two envs differing in one package share
+every other installed file; the second build restores their ``.pyc`` files
+from the cache and compiles only what is new.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_build import MakeEnv, sha256, squashfs_tools
+
+import dscheduler as ds
+from dscheduler.envs.build import build_env
+from dscheduler.envs.reproducible import PycCache
+
+pytestmark = pytest.mark.squashfs
+__all__ = ["squashfs_tools"]  # a fixture of test_build.py, used here too
+
+
+def test_warm_build_uses_the_cache_and_gives_the_same_image(
+    tmp_path: Path, make_env: MakeEnv, squashfs_tools: None,
+) -> None:
+    env = make_env("dstest-app")
+    other = make_env("dstest-app", "dstest-slow")  # one package more
+    cold = build_env(ds.Store(tmp_path / "cold"), env, pyc_cache=tmp_path / "empty-cache")
+    cache = tmp_path / "cache"
+    filled = build_env(ds.Store(tmp_path / "other"), other, pyc_cache=cache)
+    warm = build_env(ds.Store(tmp_path / "warm"), env, pyc_cache=cache)
+
+    assert cold.record["bytecode_cache"]["cached"] == 0
+    assert filled.record["bytecode_cache"]["stored"] == filled.record["bytecode_cache"]["sources"]
+    used = warm.record["bytecode_cache"]
+    assert used["sources"] >= 2 and used["cached"] == used["sources"] and used["stored"] == 0
+    assert "0 to compile" in warm.paths.log.read_text()
+    assert cold.image is not None and warm.image is not None
+    assert sha256(cold.image) == sha256(warm.image)  # the cache leaves no trace in the image
+    with ds.mount(warm) as prefix:  # and what it restored is the env's own bytecode
+        cached = list((prefix / "lib").rglob("dstest_app/__pycache__/*.pyc"))
+        assert len(cached) == 1
+
+
+def test_a_changed_file_is_compiled_not_taken_from_the_cache(
+    tmp_path: Path, make_env: MakeEnv, squashfs_tools: None,
+) -> None:
+    cache = tmp_path / "cache"
+    old = build_env(ds.Store(tmp_path / "a"), make_env("dstest-base==1.0"), pyc_cache=cache)
+    new = build_env(ds.Store(tmp_path / "b"), make_env("dstest-base==1.1"), pyc_cache=cache)
+    # Same path inside the venv, other source: its own entry, compiled afresh.
+    assert new.record["bytecode_cache"]["stored"] >= 1
+    assert new.record["bytecode_cache"]["cached"] == new.record["bytecode_cache"]["sources"] - \
+        new.record["bytecode_cache"]["stored"]
+    cold = build_env(ds.Store(tmp_path / "c"), make_env("dstest-base==1.1"), pyc_cache=False)
+    assert cold.record["bytecode_cache"] == {"dir": None, "sources": 0, "cached": 0, "stored": 0}
+    assert old.image is not None and new.image is not None and cold.image is not None
+    assert sha256(new.image) == sha256(cold.image) != sha256(old.image)
+
+
+def test_dir_envs_compile_in_full_with_their_own_path(
+    tmp_path: Path, make_env: MakeEnv,
+) -> None:
+    cache = tmp_path / "cache"
+    store = ds.Store(tmp_path / "s")
+    built = build_env(store, make_env("dstest-app", image="dir"), pyc_cache=cache)
+    assert built.record["bytecode_cache"]["cached"] == 0 and not cache.exists()
+    venv = store.env(built.env_id).venv
+    [pyc] = (venv / "lib").rglob("dstest_app/__pycache__/*.pyc")
+    assert str(venv).encode() in pyc.read_bytes()  # its real path, which no other env has
+
+
+def test_cache_entries_name_interpreter_prefix_path_and_source(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    source = venv / "lib" / "python3.11" / "site-packages" / "m.py"
+    source.parent.mkdir(parents=True)
+    source.write_text("x = 1\n")
+    one = PycCache(tmp_path / "c", tag="cpython-311", magic="a70d0d0a", version="3.11.7",
+                   prefix="/env", mode="unchecked-hash")
+    other_prefix = PycCache(tmp_path / "c", tag="cpython-311", magic="a70d0d0a",
+                            version="3.11.7", prefix="/elsewhere", mode="unchecked-hash")
+    assert one.dir != other_prefix.dir
+    entry = one._entry(venv, source)
+    source.write_text("x = 2\n")
+    assert one._entry(venv, source) != entry
+    moved = venv / "lib" / "python3.11" / "site-packages" / "n.py"
+    moved.write_text("x = 2\n")
+    assert one._entry(venv, moved) != one._entry(venv, source)
