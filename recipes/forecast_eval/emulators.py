@@ -80,7 +80,7 @@ def fit_linear(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
 
 def _stencil_features(x: np.ndarray) -> np.ndarray:
     shifts = [np.roll(x, -s, -1) for s in range(-RADIUS, RADIUS + 1)]  # x_{k+s}
-    return np.concatenate([np.stack(shifts, -1), _quadratic(x), np.ones(x.shape + (1,))], -1)
+    return np.concatenate([np.stack(shifts, -1), _quadratic(x), np.ones((*x.shape, 1))], -1)
 
 
 def fit_stencil(x: np.ndarray, tendencies: np.ndarray, *, dt: float,

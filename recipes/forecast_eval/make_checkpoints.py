@@ -77,7 +77,8 @@ def make(out: Path) -> list[Path]:
         write_npz(path, weights)
         meta = {"python": "3.11", "requirements": ENVS[name]}
         (out / f"{name}.npz.dscheduler-env.json").write_text(json.dumps(meta) + "\n")
-        rmse = float(np.sqrt(np.mean((emulators.step(weights, x[-2000:], numpy_only=True) - y[-2000:]) ** 2)))
+        predicted = emulators.step(weights, x[-2000:], numpy_only=True)
+        rmse = float(np.sqrt(np.mean((predicted - y[-2000:]) ** 2)))
         print(f"{path}: one-step RMSE on training data {rmse:.4f}")
         written.append(path)
     return written
