@@ -30,7 +30,8 @@ from .errors import (
 )
 from .graph import Experiment, Node, Plan, RunConfig, Task, load_experiment, plan, task
 from .run import Handle, Results, compute, submit
-from .store import Lease, Store
+from .run.tracking import log_artifact, log_metric, log_param, output, set_tag
+from .store import Lease, Store, open_results
 
 __version__ = "0.1.0"
 
@@ -60,8 +61,14 @@ __all__ = [
     "TaskError",
     "compute",
     "load_experiment",
+    "log_artifact",
+    "log_metric",
+    "log_param",
     "mount",
+    "open_results",
+    "output",
     "plan",
+    "set_tag",
     "submit",
     "task",
 ]

@@ -141,12 +141,14 @@ EXPORTED = [
     "LeaseError", "LeaseTimeout", "MountError", "Node", "Plan", "Results", "RunConfig",
     "Store", "StoreError", "Task", "TaskError", "compute", "load_experiment", "mount", "plan",
     "submit", "task",
+    # results, tracking and queries (docs/design.md §11)
+    "log_artifact", "log_metric", "log_param", "open_results", "output", "set_tag",
 ]
 
 
 def test_exported_names() -> None:
     # The public surface is part of the contract: a change here is deliberate.
-    assert ds.__all__ == EXPORTED
+    assert ds.__all__ == sorted(EXPORTED, key=lambda n: (n[0].islower(), n))
     public = {n for n in dir(ds) if not n.startswith("_")}
     modules = {n for n in public if type(getattr(ds, n)).__name__ == "module"}
     assert public - modules - {"annotations"} == set(EXPORTED)

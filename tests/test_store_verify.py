@@ -141,3 +141,20 @@ def test_link_to_a_missing_record_is_reported(finished: tuple[ds.Store, list[ds.
     verify(store, repair=True)
     assert not os.path.lexists(paths.done)
     assert json.loads(paths.record.with_suffix(".bak").read_text())["state"] == "succeeded"
+
+
+def test_zarr_2_values_written_in_old_envs_verify(tmp_path: Path) -> None:
+    """A Zarr 2 store (``.zgroup``/``.zarray``) is a readable value, not an incomplete one."""
+    import zarr
+
+    store = ds.Store(tmp_path / "data")
+    node = array(3)
+    run_inline([node], store)
+    paths = node.paths(store)
+    shutil.rmtree(paths.zarr)
+    group = zarr.open_group(str(paths.zarr), mode="w", zarr_format=2)
+    group.create_array("v", shape=(3,), dtype="f8")
+    assert verify(store).problems == []
+    (paths.zarr / "v" / ".zarray").unlink()
+    [problem] = verify(store).problems
+    assert "incomplete" in problem.why

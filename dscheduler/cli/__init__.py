@@ -1,14 +1,15 @@
 """The ``dscheduler`` command line: thin commands that parse, call the library, print.
 
 ``run``, ``plan``, ``status`` (:mod:`.graph`), ``verify`` (:mod:`.verify`),
-``ids`` (:mod:`.ids`) and ``envs list|show|build|gc`` (:mod:`.envs`).
+``ids`` (:mod:`.ids`), ``envs list|show|build|gc`` (:mod:`.envs`) and
+``runs``, ``show``, ``compare``, ``explain``, ``rerun`` (:mod:`.results`).
 """
 
 from __future__ import annotations
 
 import typer
 
-from . import envs, graph, ids, verify
+from . import envs, graph, ids, results, verify
 
 app = typer.Typer(
     help="Content-hashed run graphs on Dask: envs built once, finished runs never rerun.",
@@ -21,3 +22,9 @@ app.command()(graph.status)
 app.command()(verify.verify)
 app.command()(ids.ids)
 app.add_typer(envs.app, name="envs", help="List, show, build and gc environments.")
+# results, tracking and queries (docs/design.md §11)
+app.command()(results.runs)
+app.command()(results.show)
+app.command()(results.compare)
+app.command()(results.explain)
+app.command()(results.rerun)

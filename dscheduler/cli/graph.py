@@ -6,20 +6,29 @@ PATH is an experiment YAML (with a ``recipe:``) or a recipe ``.py`` file;
 
 from __future__ import annotations
 
+import textwrap
+import time
+from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Group
+from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from ..errors import DSchedulerError, StoreError
+from .. import settings
+from ..errors import DSchedulerError, StoreError, tail
 from ..graph import plan as make_plan
 from ..graph.recipe import load_nodes
 from ..run import compute
 from ..run.clusters import close_local, local_running
 from ..store import Store
-from ..store.status import summarize
+from ..store.status import STATES, Summary, summarize
 from .common import ModelOption, RecipeOption, StoreOption, console, errors, fail, say
+from .envs import _size as size_text
 
 PathArgument = Annotated[Path, typer.Argument(help="experiment YAML or recipe .py")]
 
@@ -76,24 +85,80 @@ def plan(
 
 def status(
     store: StoreOption = None,
-    failures: Annotated[int, typer.Option(help="show this many recent failures")] = 5,
+    failures: Annotated[int | None, typer.Option(
+        help="show this many recent failures (default: setting dashboard.failures; "
+        "3 with --watch)")] = None,
+    watch: Annotated[bool, typer.Option(
+        "--watch", "-w", help="keep the summary on screen, read again every --interval "
+        "seconds, until Ctrl-C; needs no running scheduler")] = False,
+    interval: Annotated[float | None, typer.Option(
+        help="seconds between refreshes (default: setting dashboard.refresh)")] = None,
 ) -> None:
-    """Summarise the store: runs, nodes by state, envs, the last failures."""
+    """Summarise the store: runs, nodes by state per task and label, envs, the last failures."""
     st = Store(store)
     if not st.root.is_dir():
         fail(StoreError(f"no store at {st.root}; run something first or pass --store"))
-    summary = summarize(st)
-    say(f"store {summary.root}")
-    say(f"runs: {summary.runs}; envs built: {summary.envs}")
-    table = Table("state", "nodes", box=None)
-    for state, n in sorted(summary.states.items()):
-        table.add_row(state, str(n))
-    console.print(table)
+    if not watch:
+        console.print(status_view(summarize(st, failures)))
+        return
+    every = float(settings.get("dashboard.refresh", interval))
+    # A screen holds less than a scroll-back: 3 failures and 5 lines of each log by default.
+    shown = 3 if failures is None else failures
+    with Live(console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                view = status_view(summarize(st, shown),
+                                   f" · {time.strftime('%H:%M:%S')}, every {every:g} s; "
+                                   "Ctrl-C stops", tail_lines=5)
+                live.update(view, refresh=True)
+                time.sleep(every)
+        except KeyboardInterrupt:
+            pass
+
+
+def _counts(first: str, rows: dict[str, Counter[str]], columns: list[str]) -> Table:
+    table = Table(first, *columns, "total", box=None)
+    for name, counts in rows.items():
+        table.add_row(escape(name or "(no run)"), *(str(counts[c]) for c in columns),
+                      str(sum(counts.values())))
+    return table
+
+
+def status_view(summary: Summary, note: str = "", tail_lines: int | None = None) -> Group:
+    """What ``dscheduler status`` prints: the page's store section, as rich renderables.
+
+    ``tail_lines`` shortens each failure's log tail to its last lines.
+    """
+    parts: list[Any] = [
+        Text(f"store {summary.root}{note}"),
+        Text(f"runs: {summary.runs}; envs built: {summary.envs_built}"),
+    ]
+    totals = Table("state", "nodes", box=None)
+    states = summary.states
+    for state in STATES:
+        if states[state]:
+            totals.add_row(state, str(states[state]))
+    columns = summary.columns()
+    parts += [totals, Text("\nnodes by task:"), _counts("task", summary.by_task(), columns),
+              Text("\nnodes by run label:"), _counts("label", summary.by_label(), columns)]
+    if summary.envs:
+        parts.append(Text("\nenvironments:"))
+        envs = Table("env_id", "state", "kind", "build time", "size", box=None)
+        for e in summary.envs:
+            envs.add_row(e.env_id, e.state, e.kind or "-",
+                         "-" if e.build_seconds is None else f"{e.build_seconds:.1f} s",
+                         "-" if e.size_bytes is None else size_text(e.size_bytes))
+        parts.append(envs)
     if summary.damaged:
-        say(f"{len(summary.damaged)} damaged record(s), e.g. {summary.damaged[0]}; "
-            "`dscheduler verify --repair` demotes them")
-    shown = summary.failures[:failures]
-    if shown:
-        say(f"last {len(shown)} failure(s):")
-        for failure in shown:
-            say(f"  {failure.name} ({failure.path.parent}): {failure.last_attempt.get('error')}")
+        parts.append(Text(f"{len(summary.damaged)} damaged record(s), e.g. "
+                          f"{summary.damaged[0]}; `dscheduler verify --repair` demotes them"))
+    if summary.failures:
+        parts.append(Text(f"\nlast {len(summary.failures)} failure(s):"))
+        for f in summary.failures:
+            parts.append(Text(f"  {f.name}{f' ({f.label})' if f.label else ''} at "
+                              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.time))}: "
+                              f"{f.error}\n    {f.where}"))
+            if f.log_tail:
+                log = tail(f.log_tail, tail_lines) if tail_lines else f.log_tail
+                parts.append(Text(textwrap.indent(log, "    | "), style="dim"))
+    return Group(*parts)

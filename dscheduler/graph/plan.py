@@ -33,6 +33,7 @@ from ..envs import Env
 from ..errors import DSchedulerError, GraphError, StoreError
 from ..store import Store, store_of
 from ..store.records import read_record
+from . import drift
 from .node import Node
 
 NO_RECORD = "no record"
@@ -108,6 +109,7 @@ class Plan:
     reasons: dict[str, str] = field(default_factory=dict)  # key -> why it runs
     envs: dict[str, Env] = field(default_factory=dict)  # env_id -> Env of nodes to run
     build: list[str] = field(default_factory=list)  # env_ids not yet published
+    drift: dict[str, str] = field(default_factory=dict)  # key -> code drift (drift.py)
 
     @property
     def to_run(self) -> list[Node]:
@@ -144,6 +146,11 @@ class Plan:
                   for n in shown]
         if len(shown) < len(self.reasons):
             lines.append(f"  ... and {len(self.reasons) - len(shown)} more")
+        drifted = [n for n in self.nodes if n.key in self.drift and n.key not in self.reasons]
+        if drifted:
+            lines.append(f"{len(drifted)} cached node(s) whose code changed, version unchanged:")
+            lines += [f"  {n.name}{f' [{n.case}]' if n.case else ''}: {self.drift[n.key]}"
+                      for n in (drifted if limit is None else drifted[:limit])]
         return "\n".join(lines)
 
 
@@ -223,6 +230,8 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
             reasons[node.key] = f"{UPSTREAM} ({rerun_upstream.name})"
         elif not is_done(marker, node.key):
             reasons[node.key] = _why(node, store)
+    if not force:
+        drift.check(result, UPSTREAM)  # code changed, version not (results.code_drift)
     _resolve_envs(result)
     return result
 

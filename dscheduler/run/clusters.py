@@ -13,7 +13,9 @@ The cluster is sized to the machine: one worker process per core (setting
 ``local.n_workers``), one thread each (``local.threads_per_worker``: tasks in
 envs are processes of their own, and one thread per worker keeps a worker's
 memory for one task), everything bound to 127.0.0.1, the dashboard too
-(``local.dashboard_address``); its link is printed once.  An address
+(``local.dashboard_address``); its link, as ``distributed.dashboard.link``
+makes it (a JupyterHub proxy path, say), is printed once with the link of
+the dscheduler page that :mod:`dscheduler.run.dashboard` adds to it.  An address
 (``tcp://host:8786``) connects a Client, also reused; a ``Client`` is used
 as it is.
 """
@@ -30,6 +32,7 @@ from typing import Any
 
 from .. import settings
 from ..errors import ConfigError
+from . import dashboard
 
 log = logging.getLogger("dscheduler.cluster")
 
@@ -118,8 +121,7 @@ def local_cluster() -> Any:
             cluster.close()
             raise
         _local = (cluster, client)
-        print(f"dscheduler: local cluster dashboard at {cluster.dashboard_link}",
-              file=sys.stderr)
+        dashboard.install(client)  # the dscheduler page; prints the dashboard's link
         return client
 
 

@@ -28,6 +28,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from .. import settings
 from ..graph import Plan, plan
 from ..store import Store, store_of
+from . import dashboard
 from .clusters import get_client, is_local
 from .execute import build_task, node_task
 from .results import Handle, Results, flush_releases
@@ -79,6 +80,8 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
 
     client = get_client(cluster)
     flush_releases(client)
+    # The page follows this graph from its first transition (idempotent install).
+    dashboard.install(client, dashboard.graph_meta(p, specs, submission))
     graph, annotations, dropped = _graph(p, specs, is_local(client))
     if dropped:
         warnings.warn(f"the local cluster ignores resource requests (tasks {sorted(dropped)})",

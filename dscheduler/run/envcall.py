@@ -6,17 +6,24 @@ _dscheduler_runner PAYLOAD RESULT`` runs it in its own process group, with
 stdout and stderr appended to the node's log, killed on timeout or when its
 submission is cancelled.  Inside the env, a RunConfig argument arrives as a
 read-only ``ConfigView`` (same fields and ids): the env has neither
-dscheduler nor pydantic.
+dscheduler nor pydantic.  References to ``dscheduler`` in the task's code
+(``ds.log_metric``, ``ds.output``) are pickled as references to the runner
+module, which implements them there (:class:`EnvPickler`); the tracking file
+the runner writes is merged into the worker's Tracker, and arrays come back
+as ``.npy`` files, never pickled (:func:`from_exchange`, docs/design.md §11).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import types
@@ -31,6 +38,7 @@ from ..envs.commands import clean_env
 from ..errors import TaskError
 from ..graph import RunConfig
 from ..store import atomic
+from ..store.values import DATAARRAY_VARIABLE
 from . import _runner
 from .payload import dumps, map_nested
 
@@ -71,6 +79,61 @@ def _views(value: Any) -> Any:
     return map_nested(value, _view)
 
 
+_TRACKING_NAMES = ("log_param", "log_metric", "set_tag", "log_artifact", "output")
+
+
+class EnvPickler(cloudpickle.Pickler):
+    """cloudpickle, with ``dscheduler`` (the module and its tracking functions) pickled
+    as the runner module ``_dscheduler_runner``, which is what an env has of it."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if obj is sys.modules.get("dscheduler") or obj is _runner:
+            return importlib.import_module, ("_dscheduler_runner",)
+        if isinstance(obj, types.FunctionType) and obj.__module__ == _runner.__name__:
+            name = obj.__name__
+            if name in _TRACKING_NAMES and getattr(_runner, name) is obj:
+                return getattr, (_runner, name)
+        return super().reducer_override(obj)
+
+
+def from_exchange(value: Any, folder: Path) -> Any:
+    """A value the runner returned, with arrays read back from its ``.npy`` files."""
+    if not (isinstance(value, dict) and set(value) == {_runner.EXCHANGE}):
+        return value
+    import numpy as np
+
+    manifest = value[_runner.EXCHANGE]
+
+    def read(name: str) -> Any:
+        return np.load(folder / name, allow_pickle=False)
+
+    kind = manifest["type"]
+    if kind == "numpy.ndarray":
+        return read(manifest["file"])
+    if kind == "dict":
+        return {key: read(name) for key, name in manifest["files"].items()}
+    import xarray as xr
+
+    data_vars: dict[str, Any] = {}
+    coords: dict[str, Any] = {}
+    for var in manifest["variables"]:
+        target = coords if var["coord"] else data_vars
+        target[var["name"]] = xr.Variable(var["dims"], read(var["file"]), attrs=var["attrs"])
+    dataset = xr.Dataset(data_vars, coords=coords, attrs=manifest["attrs"])
+    if kind == "xarray.DataArray":
+        return dataset[DATAARRAY_VARIABLE].rename(manifest["name"])
+    return dataset
+
+
+def _merge_tracking(path: Path, tracker: _runner.Tracker | None) -> None:
+    """Add the env's tracking lines to the worker's Tracker (a torn last line is skipped)."""
+    if tracker is None or not path.exists():
+        return
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            tracker.entries.append(json.loads(line))
+
+
 def runner_dir() -> Path:
     """A node-local directory holding only cloudpickle and ``_dscheduler_runner``.
 
@@ -103,7 +166,12 @@ def runner_dir() -> Path:
     return final
 
 
-def _subprocess_env(runner: Path, spec: NodeSpec) -> dict[str, str]:
+def _subprocess_env(runner: Path, spec: NodeSpec, tracking: Path,
+                    tracker: _runner.Tracker | None) -> dict[str, str]:
+    places = {} if tracker is None else {
+        _runner.ENV_TRACKING: str(tracking), _runner.ENV_OUTPUT: tracker.output_dir,
+        _runner.ENV_FILES: tracker.files_dir, _runner.ENV_ARTIFACTS: tracker.artifacts_dir,
+    }
     return clean_env(
         PYTHONPATH=str(runner),  # only cloudpickle and the runner: see runner_dir()
         PYTHONNOUSERSITE="1",
@@ -111,6 +179,7 @@ def _subprocess_env(runner: Path, spec: NodeSpec) -> dict[str, str]:
         DSCHEDULER_NODE=spec.name,
         DSCHEDULER_NODE_DIR=str(spec.paths.dir),
         DSCHEDULER_STORE=str(spec.store.root),
+        **places,
     )
 
 
@@ -127,7 +196,8 @@ def call_in_env(spec: NodeSpec, built: BuiltEnv, attempt: dict[str, Any], fn: An
     with tempfile.TemporaryDirectory(prefix="dscheduler-task-") as tmp:
         payload, result = Path(tmp) / "payload.pkl", Path(tmp) / "result.pkl"
         payload.write_bytes(dumps((_unannotated(fn), _views(args), _views(kwargs)),
-                                  extra=(_runner,)))
+                                  extra=(_runner,), pickler=EnvPickler))
+        tracker, tracking = _runner.CURRENT.get(), Path(tmp) / "tracking.jsonl"
         with mount(built, spec.store) as prefix, \
                 open(spec.paths.log, "ab") as log:
             log.write(f"=== {spec.name} attempt {attempt['attempt']} {attempt['start']} on "
@@ -137,7 +207,7 @@ def call_in_env(spec: NodeSpec, built: BuiltEnv, attempt: dict[str, Any], fn: An
                    str(payload), str(result), str(os.getpid())]
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=_subprocess_env(runner, spec), start_new_session=True,
+                env=_subprocess_env(runner, spec, tracking, tracker), start_new_session=True,
             )
             attempt["subprocess_pid"] = proc.pid
             stop = threading.Event()
@@ -155,12 +225,15 @@ def call_in_env(spec: NodeSpec, built: BuiltEnv, attempt: dict[str, Any], fn: An
                     from None
             finally:
                 stop.set()
+                _merge_tracking(tracking, tracker)
         attempt["exit_code"] = code
         if not result.exists():
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             raise TaskError(f"the task's process ended without a result ({how}); "
                             f"see its log {spec.paths.log}")
         status, value, info = cloudpickle.loads(result.read_bytes())
+        if status == "success":
+            value = from_exchange(value, Path(tmp) / "exchange")
     attempt["function_seconds"] = round(float(info.get("seconds", 0.0)), 4)
     if status == "error":
         attempt["error"] = f"{value['type']}: {value['message']}"

@@ -35,7 +35,8 @@ from ..envs import BuiltEnv, Env, build_env
 from ..errors import LeaseError, TaskError, tail
 from ..store import Lease, Store
 from ..store.records import clear_done, read_record, set_done, write_record
-from ..store.values import load_value, remove_partials, save_value
+from ..store.values import load_value, remove_partials
+from . import tracking
 from .envcall import call_in_env
 from .payload import Ref, load_function, map_nested
 from .spec import NodeSpec
@@ -125,6 +126,8 @@ def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]]
         "env_id": spec.env_id, "run_id": spec.run_id, "case": spec.case,
         "upstream": spec.upstream, "state": "running", "attempts": [*attempts, attempt],
     }
+    record.update(spec.info)  # label, config, env, call: what the node is (graph/calls.py)
+    tracking.begin(spec.paths)  # ds.log_* and ds.output of this attempt (run/tracking.py)
     # A new key at this path (version bump, changed input): the old result is
     # no longer this node's.  Drop its .done link before any output moves.
     clear_done(spec.paths)
@@ -169,6 +172,7 @@ def _succeed(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
              output: dict[str, Any], started: float) -> None:
     attempt.update(state="succeeded", end=_now(), seconds=round(time.monotonic() - started, 3))
     record.update(state="succeeded", output=output)
+    tracking.end(record, succeeded=True)
     write_record(spec.paths, record)  # after the value
     set_done(spec.paths, spec.key)  # after the record
 
@@ -185,6 +189,7 @@ def _fail(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
     if "log" in attempt:
         attempt["log_tail"] = _log_tail(spec)
     record["state"] = attempt["state"]
+    tracking.end(record, succeeded=False)
     write_record(spec.paths, record)
 
 
@@ -202,7 +207,7 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> dict[str, Any]:
         record, attempt = _start_attempt(spec, attempts)
         started = time.monotonic()
         try:
-            output = save_value(spec.paths, _call(spec, built, attempt))
+            output = tracking.save(spec.paths, _call(spec, built, attempt))
             lease.check()  # never commit under a lease that was broken meanwhile
         except BaseException as err:
             _fail(spec, record, attempt, err, started)

@@ -14,6 +14,7 @@ as :class:`Ref`, replaced by the stored value on the worker.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import sys
 import sysconfig
@@ -114,8 +115,13 @@ def function_for(task: Any) -> Any:
     return fn
 
 
-def dumps(obj: Any, *, extra: tuple[ModuleType, ...] = ()) -> bytes:
-    """cloudpickle ``obj``, user code (:func:`user_modules`) and ``extra`` by value."""
+def dumps(obj: Any, *, extra: tuple[ModuleType, ...] = (),
+          pickler: type[cloudpickle.Pickler] | None = None) -> bytes:
+    """cloudpickle ``obj``, user code (:func:`user_modules`) and ``extra`` by value.
+
+    ``pickler``: a subclass of ``cloudpickle.Pickler`` to use instead (one that
+    overrides how some objects are reduced).
+    """
     with _pickle_lock:
         registered = []
         for module in [*user_modules(), *extra]:
@@ -125,7 +131,11 @@ def dumps(obj: Any, *, extra: tuple[ModuleType, ...] = ()) -> bytes:
             except ValueError:
                 pass  # registered already (by the caller, or it is a package's submodule)
         try:
-            return cloudpickle.dumps(obj, protocol=4)
+            if pickler is None:
+                return cloudpickle.dumps(obj, protocol=4)
+            buffer = io.BytesIO()
+            pickler(buffer, protocol=4).dump(obj)
+            return buffer.getvalue()
         finally:
             for module in registered:
                 cloudpickle.unregister_pickle_by_value(module)

@@ -16,6 +16,8 @@ from typing import Any
 from ..envs import Env
 from ..errors import GraphError
 from ..graph import Node, Plan
+from ..graph.calls import describe
+from ..graph.drift import DRIFT
 from ..graph.plan import FORCED, NO_CACHE
 from ..store import NodePaths, Store
 from .payload import Ref, dumps, function_for, map_nested
@@ -41,6 +43,7 @@ class NodeSpec:
     timeout: float | None = None
     submission: str = ""  # id of the ds.compute/ds.submit call, for cancellation
     rerun: bool = False  # forced or cache=False: run even if a success is stored
+    info: dict[str, Any] = field(default_factory=dict)  # what the node is (graph/calls.py)
 
     @property
     def key16(self) -> str:
@@ -69,6 +72,7 @@ def make_specs(p: Plan, submission: str) -> dict[str, NodeSpec]:
     """Specs of the nodes ``p`` runs, by key; a GraphError if one cannot travel."""
     store = p.store
     functions: dict[int, bytes] = {}  # id(task.fn) -> its pickle
+    configs: dict[int, dict[str, Any]] = {}  # id(cfg) -> its fields, for the records
     specs = {}
     for node in p.to_run:
         fn = node.task.fn
@@ -98,6 +102,8 @@ def make_specs(p: Plan, submission: str) -> dict[str, NodeSpec]:
             upstream=[up.key for up in node.upstream],
             timeout=node.task.options_.timeout,
             submission=submission,
-            rerun=p.reasons.get(node.key) in (FORCED, NO_CACHE),
+            rerun=p.reasons.get(node.key) in (FORCED, NO_CACHE, DRIFT),
+            info=describe(node, store, p.envs.get(node.env_id) if node.env_id else None,
+                          configs),
         )
     return specs

@@ -16,11 +16,14 @@ from . import atomic
 from .layout import EnvPaths, Layout, NodePaths, RunPaths, check_name
 from .lease import Lease
 from .records import read_record
+from .runs import node_summaries, runs_frame
+from .views import collect, open_node
+from .views import open_results as _open_results
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["EnvPaths", "Lease", "NodePaths", "RunPaths", "Store", "check_name"]
+__all__ = ["EnvPaths", "Lease", "NodePaths", "RunPaths", "Store", "check_name", "open_results"]
 
 
 class Buildable(Protocol):
@@ -116,16 +119,55 @@ class Store(Layout):
             identity.check_collision(cfg.env_digest, stored.get("env_digest"), where)
         return paths.record
 
-    def runs(self) -> pd.DataFrame:
-        """One row per run record: run_id, env_id, config_hash, label, model."""
-        import pandas as pd
+    def runs(self, filter: str | None = None, order_by: list[str] | str | None = None,
+             state: str | list[str] | None = None, by: str = "run",
+             run_id: str | None = None) -> pd.DataFrame:
+        """What the store holds, one row per run (or per node), from the node records.
 
-        columns = ["run_id", "env_id", "config_hash", "label", "model"]
-        rows = []
-        for path in self.run_records():
-            data = read_record(path) or {}
-            rows.append({k: data.get(k) for k in columns})
-        return pd.DataFrame(rows, columns=columns)
+        Parameters
+        ----------
+        filter
+            MLflow's search syntax plus ``or``, ``not`` and parentheses, e.g.
+            ``"metrics.rmse < 1.5 and (params.model = 'linear' or tags.stage
+            like 'eval%')"`` (:mod:`dscheduler.store.query`).  A filter that
+            does not parse is a ConfigError showing the position.
+        order_by
+            Columns, each optionally followed by ``asc`` or ``desc``.
+        state
+            Keep only rows in this state (or these states).
+        by
+            ``"run"``: one row per run (metrics averaged over its nodes; params,
+            tags and config from its nodes); ``"node"``: one row per node record.
+        run_id
+            Only this run's nodes.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Ids, label, state, timings, then ``config.*``, ``params.*``,
+            ``metrics.*`` and ``tags.*`` columns.
+        """
+        return runs_frame(node_summaries(self, run_id), filter=filter, order_by=order_by,
+                          state=state, by=by)
+
+    def open(self, node: Any, *, chunks: Any = None) -> Any:
+        """The stored value of ``node`` (a Node, a record path, a node name or key):
+        xarray for Zarr (lazy; ``chunks={}`` for dask), plain values for JSON."""
+        return open_node(self, node, chunks=chunks)
+
+    def open_results(self, what: Any, *, task: str | None = None, dim: str = "case") -> Any:
+        """See :func:`dscheduler.open_results`."""
+        return _open_results(self, what, task=task, dim=dim)
+
+    def collect(self, what: Any, path: str | os.PathLike[str], *, task: str | None = None,
+                dim: str = "case") -> Path:
+        """Write the values of a run's cases (or of ``what``: see :meth:`open_results`)
+        into one Zarr store at ``path``, cases along ``dim``; the path.
+
+        Chunks are written in parallel by dask (on the active cluster, if any),
+        each case into chunks of its own, after the metadata was written once.
+        """
+        return collect(self, what, path, task=task, dim=dim)
 
     def build_env(self, env: Buildable, **options: Any) -> Any:
         """Build ``env`` once, or return the published one; see :meth:`ds.Env.build`."""
@@ -135,3 +177,28 @@ class Store(Layout):
 def store_of(store: Store | str | os.PathLike[str] | None) -> Store:
     """``store`` as a Store (a path or None: the setting ``store``)."""
     return store if isinstance(store, Store) else Store(store)
+
+
+def open_results(what: Any, *, task: str | None = None, dim: str = "case",
+                 store: Store | str | os.PathLike[str] | None = None) -> Any:
+    """Results of several nodes side by side, lazily: ``ds.open_results``.
+
+    Parameters
+    ----------
+    what
+        Nodes, a RunConfig, a run_id, a label or a node name.
+    task
+        The task whose results to open, when the run has several.
+    dim
+        The new dimension, whose coordinate is the case names (node names
+        when the nodes are not cases of one run).
+    store
+        The store (a Store, a path, or None: the setting ``store``).
+
+    Returns
+    -------
+    xarray.Dataset or xarray.DataArray
+        Concatenated along ``dim``, backed by dask; JSON results come back as
+        a dict by case instead.
+    """
+    return store_of(store).open_results(what, task=task, dim=dim)

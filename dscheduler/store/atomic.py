@@ -120,13 +120,19 @@ def publish_dir(final: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if final.exists():
-            old = temp_sibling(final, ".old")
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Rename the finished directory ``tmp`` to ``final``, moving an existing one aside
+    first (rename cannot replace a non-empty directory) and removing it after."""
+    if final.exists():
+        old = temp_sibling(final, ".old")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)

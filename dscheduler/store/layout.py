@@ -10,6 +10,7 @@
       runs/{env_id}/{config_hash}/run.json
       runs/{env_id}/{config_hash}/{case}/{task}.json    the node's record
                                 {task}.zarr or {task}.value.json, logs/{task}.log,
+                                {task}.files/, {task}.artifacts/ (ds.output, ds.log_artifact),
                                 .{task}.done (a symlink whose target is the key)
       tasks/{task}/{key16}/     the same files, for tasks not bound to a run
       locks/                    env-{env_id}.lease, node-{key16}.lease, cancel-{id}
@@ -114,6 +115,21 @@ class NodePaths:
     @property
     def log(self) -> Path:
         return self.dir / "logs" / f"{self.task}.log"
+
+    @property
+    def files(self) -> Path:
+        """Files a task wrote through ``ds.output("dir")``, committed when it succeeded."""
+        return self.dir / f"{self.task}.files"
+
+    @property
+    def artifacts(self) -> Path:
+        """Files a task logged with ``ds.log_artifact``, committed when it succeeded."""
+        return self.dir / f"{self.task}.artifacts"
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        """Every output a node may have besides its record and log."""
+        return (self.zarr, self.value, self.files, self.artifacts)
 
     @property
     def done(self) -> Path:

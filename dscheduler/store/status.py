@@ -1,85 +1,320 @@
-"""What a store holds right now, read from its files alone (no scheduler needed).
+"""What a store or a running graph holds: the summary ``dscheduler status`` and the page share.
 
-:func:`summarize` counts nodes by state and finds the latest failures.  It
-does not parse finished records: a node whose ``.done`` link exists has
-succeeded; only the other records are read.
+A :class:`Summary` counts nodes by state per task name and per run label,
+lists environments (state, build time, image size) and the latest failures
+with their log tail; :meth:`Summary.to_json` is what ``/dscheduler.json``
+serves and what ``dscheduler status`` prints.  Two kinds exist:
+
+* ``store``: :func:`summarize`, read from the store's files alone, so it
+  needs no scheduler.  It is the ONE function that reads a whole store for
+  status: a store index can replace its body without touching its callers.
+  Finished records are not parsed (their ``.done`` link says so); a record
+  left ``running`` whose node lease is not held is ``interrupted``.
+* ``graph``: made by the dashboard plugin from a submitted graph's plan and
+  the scheduler's task transitions; it adds ``queued``, ``cached`` and
+  ``blocked``, which only a graph knows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError
-from .layout import Layout, done_name, record_task
+from .. import settings
+from ..errors import StoreError, tail
+from .layout import RUN_RECORD, Layout, done_name, record_task
+from .lease import holder_gone, is_stale, read_lease
 from .records import read_record
+
+#: Node states, in the order tables show them.
+STATES = ("queued", "running", "cached", "succeeded", "failed", "blocked", "cancelled",
+          "interrupted", "damaged")
+#: States a graph's tables always show, zero or not.
+GRAPH_STATES = STATES[:6]
+#: Environment states: ``queued``, ``building``, ``built`` and ``failed`` (a build task);
+#: a store also has ``incomplete`` (a builder was killed and nobody retried yet).
+ENV_STATES = ("queued", "building", "built", "failed", "incomplete", "cancelled")
+#: The label of nodes that are not bound to a run.
+NO_LABEL = ""
+
+
+@dataclass
+class EnvRow:
+    """One environment: its state and, once built, how long it took and its size."""
+
+    env_id: str
+    state: str
+    kind: str | None = None
+    build_seconds: float | None = None
+    size_bytes: int | None = None  # the squashfs image, or the venv directory
+    created: str | None = None
+    log_tail: str = ""  # of a failed build
+
+    def to_json(self) -> dict[str, Any]:
+        return {"env_id": self.env_id, "state": self.state, "kind": self.kind,
+                "build_seconds": self.build_seconds, "size_bytes": self.size_bytes,
+                "created": self.created, "log_tail": self.log_tail}
 
 
 @dataclass
 class Failure:
-    """A failed node's record, where it is and when it was written."""
+    """A failed node (or env build): what went wrong, the end of its log, where to look."""
 
-    path: Path
-    mtime: float
-    record: dict[str, Any]
+    name: str
+    task: str
+    label: str
+    time: float
+    error: str
+    log_tail: str
+    where: str  # the record (or build log) to read for more
 
-    @property
-    def name(self) -> str:
-        return str(self.record.get("name"))
-
-    @property
-    def last_attempt(self) -> dict[str, Any]:
-        return (self.record.get("attempts") or [{}])[-1]
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task, "label": self.label, "time": self.time,
+                "error": self.error, "log_tail": self.log_tail, "where": self.where}
 
 
 @dataclass
 class Summary:
-    """Counts of runs, built envs and nodes by state; failures, newest first."""
+    """Nodes by (task, label) and state, envs, failures (newest first) of a store or graph."""
 
+    kind: str  # "store" or "graph"
     root: Path
-    runs: int = 0
-    envs: int = 0
-    states: Counter[str] = field(default_factory=Counter)
+    counts: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
+    envs: list[EnvRow] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    runs: int | None = None  # run records (a store)
     damaged: list[Path] = field(default_factory=list)
+    updated: float = field(default_factory=time.time)
+    # a graph only:
+    submission: str | None = None
+    started: float | None = None
+    done: bool | None = None
+
+    def count(self, task: str, label: str, state: str, n: int = 1) -> None:
+        self.counts.setdefault((task, label), Counter())[state] += n
+
+    @property
+    def states(self) -> Counter[str]:
+        """Nodes by state, over every task and label."""
+        total: Counter[str] = Counter()
+        for c in self.counts.values():
+            total.update(c)
+        return +total
+
+    def _by(self, index: int) -> dict[str, Counter[str]]:
+        out: dict[str, Counter[str]] = {}
+        for key, c in self.counts.items():
+            out.setdefault(key[index], Counter()).update(c)
+        return {k: +out[k] for k in sorted(out)}
+
+    def by_task(self) -> dict[str, Counter[str]]:
+        return self._by(0)
+
+    def by_label(self) -> dict[str, Counter[str]]:
+        return self._by(1)
+
+    @property
+    def cache_hits(self) -> int | None:
+        """Nodes of a graph whose stored results were used (None for a store)."""
+        return self.states["cached"] if self.kind == "graph" else None
+
+    def columns(self) -> list[str]:
+        """The states a table shows: a graph's six always, then any other in use."""
+        used = self.states
+        always = GRAPH_STATES if self.kind == "graph" else ("succeeded", "failed")
+        return [s for s in STATES if s in always or used[s]]
+
+    @property
+    def envs_built(self) -> int:
+        return sum(1 for e in self.envs if e.state == "built")
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data: what ``/dscheduler.json`` serves for this store or graph."""
+
+        def table(rows: dict[str, Counter[str]]) -> dict[str, dict[str, int]]:
+            return {name: {s: c[s] for s in STATES if c[s]} for name, c in rows.items()}
+
+        return {
+            "kind": self.kind, "root": str(self.root), "updated": self.updated,
+            "submission": self.submission, "started": self.started, "done": self.done,
+            "runs": self.runs, "nodes": sum(self.states.values()),
+            "cache_hits": self.cache_hits, "columns": self.columns(),
+            "states": {s: n for s, n in self.states.items() if n},
+            "by_task": table(self.by_task()), "by_label": table(self.by_label()),
+            "envs": [e.to_json() for e in self.envs],
+            "failures": [f.to_json() for f in self.failures],
+            "damaged": [str(p) for p in self.damaged],
+        }
 
 
-def _node_dirs(layout: Layout) -> list[tuple[Path, list[str]]]:
-    dirs = []
-    for root in (layout.runs_dir, layout.tasks_dir):
-        if root.is_dir():
-            for dirpath, _dirnames, filenames in os.walk(root):
-                if any(record_task(f) for f in filenames):
-                    dirs.append((Path(dirpath), filenames))
-    return dirs
+# -- reading pieces of a store (shared with the dashboard plugin) --------------------
 
 
-def summarize(layout: Layout) -> Summary:
-    """Walk the store once: runs, envs, node states, failures."""
-    out = Summary(layout.root, runs=len(layout.run_records()), envs=len(layout.env_records()))
-    for folder, filenames in _node_dirs(layout):
-        names = set(filenames)
-        for name in filenames:
-            task = record_task(name)
-            if task is None:
-                continue
-            if done_name(task) in names:
-                out.states["succeeded"] += 1  # the link says so: no need to parse the record
-                continue
-            path = folder / name
-            try:
-                record = read_record(path)
-            except StoreError:
-                out.damaged.append(path)
-                continue
-            if not record or "attempts" not in record:
-                continue
-            state = str(record.get("state"))
-            out.states[state] += 1
-            if state == "failed":
-                out.failures.append(Failure(path, path.stat().st_mtime, record))
-    out.failures.sort(key=lambda f: f.mtime, reverse=True)
+def file_tail(path: Path, lines: int | None = None) -> str:
+    """The last ``lines`` lines of a text file (reads at most its last 16 kB); "" if absent."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return tail(text, int(settings.get("dashboard.log_lines", lines)))
+
+
+def env_row(layout: Layout, env_id: str, state: str | None = None) -> EnvRow:
+    """An env's row from ``envs/{env_id}/``: env.json when published, the failed log's tail.
+
+    ``state`` (from a graph) wins over what the files say, except that a
+    published env.json always makes the row ``built``.
+    """
+    paths = layout.env(env_id)
+    try:
+        record = read_record(paths.record)
+    except StoreError:
+        record = None
+    if record is not None:
+        sizes = record.get("sizes") or {}
+        size = sizes.get("image_bytes") if record.get("kind") == "squashfs" else \
+            sizes.get("venv_bytes")
+        return EnvRow(env_id, "built", record.get("kind"),
+                      (record.get("timings") or {}).get("total"),
+                      int(size) if size is not None else None, record.get("created"))
+    if state is None:
+        if _lease_held(layout.env_lease_path(env_id)):
+            state = "building"
+        elif paths.failed_log.exists():
+            state = "failed"
+        else:
+            state = "incomplete"
+    log = file_tail(paths.failed_log) if state == "failed" else ""
+    return EnvRow(env_id, state, log_tail=log)
+
+
+def failure_of(path: Path, record: dict[str, Any], label: str, when: float | None = None
+               ) -> Failure:
+    """A failed node's :class:`Failure` from its record: the last attempt's error and log tail.
+
+    Tasks in an env keep the tail of their log in the attempt; tasks in the
+    worker have no log, so their traceback's tail stands in for it.
+    """
+    attempts = record.get("attempts") or [{}]
+    last = attempts[-1] if isinstance(attempts[-1], dict) else {}
+    log = str(last.get("log_tail") or "")
+    if not log and last.get("traceback"):
+        log = tail(str(last["traceback"]), int(settings.get("dashboard.log_lines")))
+    if when is None:
+        try:
+            when = path.stat().st_mtime
+        except OSError:
+            when = time.time()
+    return Failure(str(record.get("name") or path.stem), str(record.get("task") or path.stem),
+                   label, when, str(last.get("error") or record.get("error") or ""), log,
+                   str(last.get("log") or path))
+
+
+def _lease_held(path: Path) -> bool:
+    info = read_lease(path)
+    return info is not None and not is_stale(info) and not holder_gone(info)
+
+
+# -- the whole store -----------------------------------------------------------------
+
+
+def summarize(layout: Layout, failures: int | None = None) -> Summary:
+    """Read the store once: runs, envs, nodes by state per task and label, latest failures.
+
+    Parameters
+    ----------
+    layout
+        The store (a :class:`~dscheduler.store.Store` or its layout).
+    failures
+        How many of the newest failures to keep (default: setting ``dashboard.failures``).
+
+    The walk skips ``*.zarr`` and ``logs`` directories: only a node's
+    directory holds its record and ``.done`` link.  Succeeded nodes cost no
+    read beyond the directory listing; failed, running and cancelled records
+    are parsed.
+    """
+    keep = int(settings.get("dashboard.failures", failures))
+    out = Summary("store", layout.root, runs=0)
+    failed: list[tuple[float, Path, dict[str, Any], str]] = []
+    labels: dict[str, str] = {}  # run directory -> label
+    for top, bound in ((layout.runs_dir, True), (layout.tasks_dir, False)):
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames
+                           if not d.endswith(".zarr") and d != "logs" and d[:1] != "."]
+            label = NO_LABEL
+            if bound:
+                run_dir = _run_dir(top, dirpath)
+                if run_dir is None:
+                    continue
+                if run_dir == dirpath and RUN_RECORD in filenames:
+                    out.runs = (out.runs or 0) + 1
+                    labels[run_dir] = _label(Path(dirpath) / RUN_RECORD)
+                label = labels.get(run_dir, NO_LABEL)
+            _count_dir(layout, out, Path(dirpath), filenames, label, failed)
+    failed.sort(key=lambda f: f[0], reverse=True)
+    out.failures = [failure_of(p, r, lbl, t) for t, p, r, lbl in failed[:keep]]
+    out.envs = [env_row(layout, env_id) for env_id in _env_ids(layout)]
     return out
+
+
+def _run_dir(runs_dir: Path, dirpath: str) -> str | None:
+    """``runs/{env_id}/{config_hash}`` of a directory at or below it; None above it."""
+    rel = os.path.relpath(dirpath, runs_dir).split(os.sep)
+    if len(rel) < 2 or rel[0] == ".":
+        return None
+    return os.path.join(runs_dir, rel[0], rel[1])
+
+
+def _label(run_record: Path) -> str:
+    try:
+        return str((read_record(run_record) or {}).get("label") or NO_LABEL)
+    except StoreError:
+        return NO_LABEL
+
+
+def _count_dir(layout: Layout, out: Summary, folder: Path, filenames: Iterable[str],
+               label: str, failed: list[tuple[float, Path, dict[str, Any], str]]) -> None:
+    names = set(filenames)
+    for name in names:
+        task = record_task(name)
+        if task is None:
+            continue
+        if done_name(task) in names:
+            out.count(task, label, "succeeded")  # the link says so: no need to parse
+            continue
+        path = folder / name
+        try:
+            record = read_record(path)
+        except StoreError:
+            out.damaged.append(path)
+            out.count(task, label, "damaged")
+            continue
+        if not record or "attempts" not in record:
+            continue
+        state = str(record.get("state"))
+        if state == "running" and not _lease_held(
+                layout.node_lease_path(str(record.get("key", ""))[:16] or "x")):
+            state = "interrupted"  # its process died: nobody holds the node's lease
+        out.count(task, label, state)
+        if state == "failed":
+            with contextlib.suppress(OSError):  # removed meanwhile
+                failed.append((path.stat().st_mtime, path, record, label))
+
+
+def _env_ids(layout: Layout) -> list[str]:
+    """Env directories (temporary names left out) and envs whose build holds a lease."""
+    found = set()
+    if layout.envs_dir.is_dir():
+        found = {d.name for d in layout.envs_dir.iterdir() if d.name[:1] != "."}
+    if layout.locks_dir.is_dir():  # a build that has not made its directory yet
+        found.update(e for e in layout.env_lease_ids()
+                     if _lease_held(layout.env_lease_path(e)))
+    return sorted(found)

@@ -3,25 +3,34 @@
 =====================================  ===========================================
 returned value                         stored as
 =====================================  ===========================================
-``numpy.ndarray``                      ``{task}.zarr`` (a zarr v3 array)
-``xarray.Dataset`` / ``DataArray``     ``{task}.zarr`` (a zarr v3 group, unconsolidated)
+``numpy.ndarray``                      ``{task}.zarr``: a group with one array, dims
+                                       ``dim_0, dim_1, ...`` (xarray opens it as a
+                                       DataArray)
+dict of numpy arrays (str keys)        ``{task}.zarr``: one array per key
+``xarray.Dataset`` / ``DataArray``     ``{task}.zarr``
+``None`` after ``ds.output()``         ``{task}.zarr`` as the task wrote it
 JSON values (None, bool, numbers,      ``{task}.value.json`` (numpy scalars become
 str, lists, dicts with str keys)       numbers; tuples come back as lists)
 anything else                          an error that names the type and the fix
 =====================================  ===========================================
 
-Anything else is refused rather than pickled: a pickle ties the result to the
-library versions that wrote it, and results must stay readable by
-``xarray.open_zarr`` years later.  Zarr outputs are written to a temporary
-sibling directory and renamed into place (:func:`atomic.publish_dir`); JSON
-through :func:`atomic.write_bytes`.  The returned description goes into the
-node's record, which is written after the output.
+Zarr values are zarr v3 groups with consolidated metadata, zstd-compressed,
+chunked by :func:`chunks_for` (setting ``results.chunk_mb``), so that xarray
+opens every one of them the same way.  Anything else is refused rather than
+pickled: a pickle ties the result to the library versions that wrote it
+(docs/design.md §3, §11).  Outputs are written to a temporary sibling and
+renamed into place (:func:`atomic.publish_dir`); the returned description
+goes into the node's record, which is written after the output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from .. import settings
@@ -31,6 +40,11 @@ from .layout import NodePaths
 from .records import damaged
 
 DATAARRAY_VARIABLE = "__xarray_dataarray_variable__"
+
+#: Encoding keys of a variable that say how its values are encoded (CF), kept on
+#: write; the rest (chunks, codecs of the store it was read from) is decided here.
+_CF_ENCODING = ("units", "calendar", "dtype", "_FillValue", "missing_value",
+                "scale_factor", "add_offset")
 
 
 def _json_default(obj: Any) -> Any:
@@ -45,48 +59,16 @@ def remove_partials(paths: NodePaths) -> None:
     """Delete temporary siblings left by an attempt that was killed mid-write."""
     if not paths.dir.is_dir():
         return
-    for prefix in (f".{paths.zarr.name}.", f".{paths.value.name}."):
-        for stale in paths.dir.glob(prefix + "*"):
+    for out in paths.outputs:
+        for stale in paths.dir.glob(f".{out.name}.*"):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
 
 
-def save_value(paths: NodePaths, value: Any) -> dict[str, Any]:
-    """Store ``value`` in ``paths`` and describe how, for the record."""
-    kind = _zarr_kind(value)
-    if kind is not None:
-        with atomic.publish_dir(paths.zarr) as tmp:
-            if kind == "numpy.ndarray":
-                import zarr
-
-                zarr.save_array(str(tmp), value, zarr_format=3)
-            else:
-                ds = value.to_dataset(name=DATAARRAY_VARIABLE) if kind == "xarray.DataArray" \
-                    else value
-                ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False)
-        atomic.remove(paths.value)  # an output of another kind, left by an earlier result
-        out: dict[str, Any] = {"kind": "zarr", "type": kind, "path": paths.zarr.name}
-        if kind == "xarray.DataArray":
-            out["name"] = value.name
-        return out
-    try:
-        text = json.dumps(value, default=_json_default)
-    except (TypeError, ValueError) as err:
-        raise TaskError(
-            f"the task returned a {type(value).__module__}.{type(value).__qualname__}, which "
-            f"dscheduler cannot store ({err}); return a numpy array, an xarray Dataset or "
-            "DataArray (Zarr), or JSON values: None, bool, numbers, str, lists and dicts with "
-            "str keys (e.g. convert a pandas DataFrame with df.to_xarray())"
-        ) from None
-    atomic.write_bytes(paths.value, (text + "\n").encode(),
-                       durable=bool(settings.get("task.fsync")))
-    atomic.remove(paths.zarr)
-    return {"kind": "json", "path": paths.value.name}
-
-
-def _zarr_kind(value: Any) -> str | None:
+def zarr_kind(value: Any) -> str | None:
+    """How ``value`` is stored as Zarr (its ``type`` in the record), or None: not as Zarr."""
     module = type(value).__module__
     if module.startswith("numpy"):
         import numpy as np
@@ -100,30 +82,187 @@ def _zarr_kind(value: Any) -> str | None:
             return "xarray.Dataset"
         if isinstance(value, xr.DataArray):
             return "xarray.DataArray"
+    if isinstance(value, dict) and value and all(
+            isinstance(k, str) and type(v).__module__.startswith("numpy")
+            and hasattr(v, "shape") for k, v in value.items()):
+        return "dict"
     return None
 
 
-def load_value(paths: NodePaths, output: dict[str, Any] | None, *, load: bool = False) -> Any:
+def chunks_for(shape: tuple[int, ...], itemsize: int, target: int | None = None
+               ) -> tuple[int, ...]:
+    """Chunk shape of about ``target`` bytes (setting ``results.chunk_mb``).
+
+    Trailing axes stay whole while they fit, so that a chunk is one contiguous
+    block of the array; the first axis that does not fit is split.
+    """
+    if target is None:
+        target = int(float(settings.get("results.chunk_mb")) * 2**20)
+    chunks = list(shape)
+    size = max(1, itemsize)
+    for axis in range(len(shape) - 1, -1, -1):
+        n = max(1, shape[axis])
+        if size * n > target:
+            chunks[axis] = max(1, target // size)
+            for earlier in range(axis):
+                chunks[earlier] = 1
+            break
+        size *= n
+    return tuple(max(1, c) for c in chunks)
+
+
+def as_dataset(value: Any, kind: str) -> Any:
+    """The xarray Dataset that stores ``value`` (of :func:`zarr_kind` ``kind``)."""
+    import xarray as xr
+
+    if kind == "xarray.Dataset":
+        return value
+    if kind == "xarray.DataArray":
+        return value.to_dataset(name=DATAARRAY_VARIABLE)
+    if kind == "numpy.ndarray":
+        dims = [f"dim_{i}" for i in range(value.ndim)]
+        return xr.Dataset({DATAARRAY_VARIABLE: (dims, value)})
+    # A dict of arrays: axis i of each array is dim_i when every array with an
+    # axis i agrees on its size, else {name}_dim_i (xarray needs one size per dim).
+    sizes: dict[int, set[int]] = {}
+    for array in value.values():
+        for i, n in enumerate(array.shape):
+            sizes.setdefault(i, set()).add(n)
+    variables = {
+        name: ([f"dim_{i}" if len(sizes[i]) == 1 else f"{name}_dim_{i}"
+                for i in range(array.ndim)], array)
+        for name, array in value.items()
+    }
+    return xr.Dataset(variables)
+
+
+@contextlib.contextmanager
+def _quiet_zarr() -> Iterator[None]:
+    """Hide zarr's notes that consolidated metadata and fixed-length strings are not yet
+    in the v3 specification: both are zarr-python's documented, readable forms."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata is currently")
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+        yield
+
+
+def write_zarr(dataset: Any, path: Path, *, compute: bool = True) -> Any:
+    """Write ``dataset`` to the (empty or missing) directory ``path`` as zarr v3.
+
+    Chunks per :func:`chunks_for` (dask-backed variables keep their dask
+    chunks), zstd at setting ``results.zstd_level``, consolidated metadata.
+    ``compute=False`` writes the metadata (and variables not backed by dask)
+    now and returns the dask delayed that writes the rest.
+    """
+    from zarr.codecs import ZstdCodec
+
+    level = int(settings.get("results.zstd_level"))
+    dataset = dataset.copy(deep=False)
+    encoding: dict[str, dict[str, Any]] = {}
+    for name, variable in dataset.variables.items():
+        variable.encoding = {k: v for k, v in variable.encoding.items() if k in _CF_ENCODING}
+        enc: dict[str, Any] = {"compressors": (ZstdCodec(level=level),)}
+        if variable.chunks is None and variable.ndim:
+            enc["chunks"] = chunks_for(variable.shape, variable.dtype.itemsize)
+        encoding[str(name)] = enc
+    with _quiet_zarr():
+        return dataset.to_zarr(str(path), mode="w", zarr_format=3, consolidated=True,
+                               encoding=encoding, compute=compute)
+
+
+def consolidate(path: Path) -> None:
+    """Consolidate the metadata of the Zarr group a task wrote at ``path`` (v2 or v3)."""
+    import zarr
+
+    with _quiet_zarr():
+        zarr.consolidate_metadata(str(path))
+
+
+def save_value(paths: NodePaths, value: Any) -> dict[str, Any]:
+    """Store ``value`` in ``paths`` and describe how, for the record."""
+    kind = zarr_kind(value)
+    if kind is not None:
+        with atomic.publish_dir(paths.zarr) as tmp:
+            write_zarr(as_dataset(value, kind), tmp)
+        atomic.remove(paths.value)  # an output of another kind, left by an earlier result
+        out: dict[str, Any] = {"kind": "zarr", "type": kind, "path": paths.zarr.name}
+        if kind == "xarray.DataArray":
+            out["name"] = value.name
+        return out
+    try:
+        text = json.dumps(value, default=_json_default)
+    except (TypeError, ValueError) as err:
+        raise TaskError(
+            f"the task returned a {type(value).__module__}.{type(value).__qualname__}, which "
+            f"dscheduler cannot store ({err}); return a numpy array, a dict of arrays, an "
+            "xarray Dataset or DataArray (Zarr), or JSON values: None, bool, numbers, str, "
+            "lists and dicts with str keys (e.g. convert a pandas DataFrame with "
+            "df.to_xarray())"
+        ) from None
+    atomic.write_bytes(paths.value, (text + "\n").encode(),
+                       durable=bool(settings.get("task.fsync")))
+    atomic.remove(paths.zarr)
+    return {"kind": "json", "path": paths.value.name}
+
+
+def commit_written(paths: NodePaths, tmp: Path) -> dict[str, Any]:
+    """Publish the Zarr group a task wrote into ``tmp`` (``ds.output()``) as ``{task}.zarr``."""
+    if not any(tmp.glob("zarr.json")) and not any(tmp.glob(".zgroup")):
+        raise TaskError(
+            f"the task wrote to ds.output() ({tmp}) but left no Zarr group there (no "
+            "zarr.json or .zgroup): write one with ds.to_zarr(ds.output()), or use "
+            "ds.output('dir') for other files"
+        )
+    consolidate(tmp)
+    atomic.replace_dir(tmp, paths.zarr)
+    atomic.remove(paths.value)
+    return {"kind": "zarr", "type": "zarr.group", "path": paths.zarr.name}
+
+
+def commit_dir(tmp: Path, final: Path) -> str | None:
+    """Publish a directory of files (``ds.output("dir")``, artifacts); its name, or None
+    when ``tmp`` was never made."""
+    if not tmp.is_dir():
+        atomic.remove(final)
+        return None
+    atomic.replace_dir(tmp, final)
+    return final.name
+
+
+def open_zarr(path: Path, *, chunks: Any = None) -> Any:
+    """The Zarr group at ``path`` as an xarray Dataset, lazily (``chunks={}``: dask)."""
+    import xarray as xr
+
+    return xr.open_dataset(str(path), engine="zarr", chunks=chunks)
+
+
+def load_value(paths: NodePaths, output: dict[str, Any] | None, *, load: bool = False,
+               view: bool = False, chunks: Any = None) -> Any:
     """The value described by a record's ``output``.
 
-    Zarr results open lazily (without dask, so nothing is sent to a cluster by
-    accident); ``load=True`` reads them into memory (for passing downstream).
+    Zarr results open lazily, without dask unless ``chunks`` says so (nothing is
+    sent to a cluster by accident); ``load=True`` reads them into memory (for
+    passing downstream).  A value comes back as the task returned it (a numpy
+    array, a dict of arrays); ``view=True`` gives the xarray form instead.
     """
     if not isinstance(output, dict) or "path" not in output:
         raise damaged(paths.record, "it describes no stored output")
     path = paths.dir / output["path"]
+    kind = output.get("type")
     try:
         if output.get("kind") == "json":
             with open(path, "rb") as f:
                 return json.loads(f.read())
-        kind = output.get("type")
-        if kind == "numpy.ndarray":
-            import zarr
+        if kind == "numpy.ndarray" and not (path / DATAARRAY_VARIABLE).is_dir():
+            import zarr  # a bare array, as results were stored before groups
 
-            return zarr.open_array(str(path), mode="r")[...]
-        import xarray as xr
+            array = zarr.open_array(str(path), mode="r")[...]
+            if view:
+                import xarray as xr
 
-        ds = xr.open_dataset(str(path), engine="zarr", consolidated=False, chunks=None)
+                return xr.DataArray(array)
+            return array
+        ds = open_zarr(path, chunks=chunks)
         if load:
             ds = ds.load()
     except FileNotFoundError:
@@ -132,7 +271,11 @@ def load_value(paths: NodePaths, output: dict[str, Any] | None, *, load: bool = 
         if isinstance(err, StoreError):
             raise
         raise damaged(path, err) from None
-    if kind == "xarray.DataArray":
+    if kind in ("xarray.DataArray", "numpy.ndarray"):
         da = ds[DATAARRAY_VARIABLE]
+        if kind == "numpy.ndarray" and not view:
+            return da.values
         return da.rename(output.get("name"))
+    if kind == "dict" and not view:
+        return {str(name): var.values for name, var in ds.data_vars.items()}
     return ds

@@ -62,14 +62,26 @@ class Report:
         return text
 
 
+def _zarr_meta(folder: Path) -> dict[str, Any]:
+    """A Zarr node's metadata: v3 ``zarr.json``, else v2 ``.zgroup``/``.zarray`` (old envs
+    write Zarr 2 through ``ds.output()``)."""
+    for name, kind in (("zarr.json", None), (".zgroup", "group"), (".zarray", "array")):
+        try:
+            meta = json.loads((folder / name).read_bytes())
+        except FileNotFoundError:
+            continue
+        return meta if kind is None else {**meta, "node_type": kind}
+    raise FileNotFoundError(2, "no Zarr metadata", str(folder / "zarr.json"))
+
+
 def _zarr_readable(path: Path) -> str | None:
     """Why the Zarr store at ``path`` cannot be opened, or None (metadata only)."""
     try:
-        meta = json.loads((path / "zarr.json").read_bytes())
+        meta = _zarr_meta(path)
         if meta.get("node_type") == "group":
             for child in os.scandir(path):
                 if child.is_dir():
-                    json.loads((Path(child.path) / "zarr.json").read_bytes())
+                    _zarr_meta(Path(child.path))
     except FileNotFoundError as err:
         return f"its Zarr store is incomplete ({Path(err.filename).name} missing)"
     except (OSError, ValueError) as err:

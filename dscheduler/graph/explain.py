@@ -1,0 +1,205 @@
+"""``dscheduler explain``: why a node would run again, field by field.
+
+A node's key covers its task, version, function location, env and
+arguments (docs/design.md §2).  When a node would run, :func:`explain` finds
+the stored record it is the successor of and names every identity input
+that differs, like Snakemake's ``--list-changes`` or Nextflow's
+``-dump-hashes`` but by field (``config.members: 4 -> 8``).  The record
+compared is, in order: the one at the node's own path (same run and case);
+else, among the task's records in the same case, those of runs with the
+same label; else those of any run; the one with the fewest differences wins
+(the newest on a tie).  A node that would not run is still checked for code
+drift (:mod:`dscheduler.graph.drift`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreError
+from ..store import Store, store_of
+from ..store.records import read_record
+from ..store.runs import node_summaries
+from . import drift
+from .calls import CONFIG, ENV, JSON, NODE, PATH, TIMES, TUPLE, describe
+from .node import Node
+from .plan import plan
+
+#: Env fields that do not decide an env's content (not hashed, docs/design.md §2).
+_ENV_UNHASHED = ("image", "smoke_imports")
+
+
+@dataclass
+class Change:
+    """One identity input that differs from the stored record."""
+
+    field: str
+    stored: Any
+    current: Any
+
+    def __str__(self) -> str:
+        return f"{self.field}: {_show(self.stored)} -> {_show(self.current)}"
+
+
+@dataclass
+class Explanation:
+    """Why ``node`` would run (``reason``, None: it would not) and what changed."""
+
+    node: Node
+    reason: str | None
+    compared: Path | None = None  # the record compared with
+    how: str = ""  # which record that is: same path, same label, same task
+    changes: list[Change] = field(default_factory=list)
+    drift: bool = False
+
+    def text(self) -> str:
+        node = self.node
+        head = f"{node.name}{f' [{node.case}]' if node.case else ''}"
+        lines = [f"{head}: {self.reason or 'would not run (its stored result is current)'}"]
+        if self.drift:
+            lines.append(f"  code: {drift.DRIFT}")
+        if self.compared is not None:
+            lines.append(f"  compared with {self.how}: {self.compared}")
+            lines += [f"  {change}" for change in self.changes]
+            if not self.changes and self.reason:
+                lines.append("  no identity input differs; it runs for the reason above")
+        elif self.reason:
+            lines.append(f"  no stored record of task {node.task.name!r} to compare with")
+        return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    return "(none)" if value is None else repr(value)
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    """Leaves of typed JSON (graph/calls.py) by dotted path; tagged values as one leaf."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _flatten(item, f"{prefix}[{i}]", out)
+        return
+    if not isinstance(value, dict):
+        out[prefix] = value
+        return
+    tag = next((k for k in value if k.startswith("\u0000")), None)
+    if tag == NODE:
+        out[prefix] = f"upstream {value[NODE]['name']}"
+    elif tag == CONFIG:
+        if "fields" in value[CONFIG]:
+            _flatten(value[CONFIG]["fields"], prefix, out)
+    elif tag == PATH:
+        digest = value.get("sha256")
+        out[prefix] = f"{value[PATH]}" + (f" (sha256 {digest[:12]})" if digest else "")
+    elif tag == TUPLE:
+        _flatten(value[TUPLE], prefix, out)
+    elif tag in (ENV, JSON, *TIMES):
+        out[prefix] = value[tag]
+    else:
+        for key, item in value.items():
+            _flatten(item, f"{prefix}.{key}" if prefix else key, out)
+
+
+def identity_view(info: dict[str, Any], node: Node) -> dict[str, Any]:
+    """The identity inputs of a record (or of :func:`describe`'s fields), by field name.
+
+    Config fields are those ``node``'s config class hashes; env fields those
+    that decide an env's content.
+    """
+    call = info.get("call") or {}
+    out: dict[str, Any] = {"version": info.get("version"), "function": call.get("fn"),
+                           "env_id": info.get("env_id")}
+    cfg = node.cfg
+    if cfg is not None:
+        hashed = [f for f in type(cfg).model_fields if f not in cfg.HASH_EXCLUDE]
+        config = info.get("config") or {}
+        for name in hashed:
+            out[f"config.{name}"] = config.get(name)
+    env = info.get("env") or {}
+    for name, value in env.items():
+        if name not in _ENV_UNHASHED:
+            out[f"env.{name}"] = value
+    _flatten(call.get("args") or {}, "args", out)
+    return out
+
+
+def diff(stored: dict[str, Any], current: dict[str, Any]) -> list[Change]:
+    """Fields whose values differ, in the order of ``current`` then stored-only ones."""
+    names = list(current) + [n for n in stored if n not in current]
+    return [Change(n, stored.get(n), current.get(n)) for n in names
+            if stored.get(n) != current.get(n)]
+
+
+def _candidates(store: Store, node: Node) -> list[tuple[str, Path]]:
+    """(how, record path) of stored records of ``node``'s task in its case."""
+    label = getattr(node.cfg, "label", "") if node.cfg is not None else ""
+    same_label, others = [], []
+    for s in node_summaries(store):
+        if s["task"] != node.task.name or s["case"] != node.case or not s["record"]:
+            continue
+        if label and s["label"] == label:
+            same_label.append(("the stored record with the same label", s))
+        else:
+            others.append(("a stored record of the same task", s))
+    chosen = same_label or others
+    chosen.sort(key=lambda pair: pair[1]["end"] or "", reverse=True)
+    return [(how, store.root / s["record"]) for how, s in chosen]
+
+
+def explain(node: Node, store: Store | str | os.PathLike[str] | None = None,
+            reason: str | None = None) -> Explanation:
+    """Why ``node`` would run, and which identity inputs differ from its stored record.
+
+    ``reason``: the plan's reason, when the caller planned already (else one plan
+    of ``node`` is made).
+    """
+    store = store_of(store)
+    if reason is None:
+        reason = plan(node, store=store).reason(node)
+    current_info = describe(node, store, None)
+    current_info.update(version=node.task.version, env_id=node.env_id)
+    env = node.env() if node.env_id is not None else None
+    current_info["env"] = env.model_dump(mode="json") if env is not None else None
+    current = identity_view(current_info, node)
+    out = Explanation(node, reason)
+    own = node.paths(store).record
+    try:
+        record = read_record(own)
+    except StoreError:
+        record = None
+    if record is not None and record.get("call"):
+        candidates = [("the stored record at its path", own)]
+    elif reason is None:
+        return out
+    else:
+        candidates = _candidates(store, node)
+    best: tuple[int, str, Path, list[Change], dict[str, Any]] | None = None
+    for how, path in candidates:
+        try:
+            stored_record = read_record(path)
+        except StoreError:
+            continue
+        if not stored_record or not stored_record.get("call"):
+            continue
+        changes = diff(identity_view(stored_record, node), current)
+        if best is None or len(changes) < best[0]:
+            best = (len(changes), how, path, changes, stored_record)
+    if best is not None:
+        _, out.how, out.compared, out.changes, stored_record = best
+        out.drift = drift.differs(current_info["call"]["code"], drift.stored_code(stored_record))
+        if out.drift and not any(c.field == "version" for c in out.changes):
+            out.changes.append(Change("code (version unchanged)", "stored digest",
+                                      "edited since"))
+    return out
+
+
+def explain_plan(nodes: list[Node], store: Store | str | os.PathLike[str] | None = None
+                 ) -> list[Explanation]:
+    """:func:`explain` for ``nodes`` that would run or whose code drifted (one plan)."""
+    store = store_of(store)
+    p = plan(nodes, store=store)
+    chosen = {n.key for n in nodes}
+    return [explain(n, store, p.reason(n)) for n in p.nodes
+            if n.key in chosen and (n.key in p.reasons or n.key in p.drift)]

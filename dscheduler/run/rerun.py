@@ -1,0 +1,72 @@
+"""``dscheduler rerun RUN|NODE``: run recorded calls again, into new attempts.
+
+Each record names its task's function, version, code digest and typed
+arguments (:mod:`dscheduler.graph.calls`).  :func:`rerun` rebuilds the
+nodes from today's code and those arguments and runs them once more with
+``cache=False`` (their upstream nodes stay cached), so that the record gains
+an attempt.  It refuses, before anything runs, when today's code would not
+be the recorded call: the task's version changed, its code changed under the
+same version, or an input changed (a file's content, the env); the message
+names what differs, and ``force=True`` runs today's code anyway.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import ConfigError
+from ..graph import Node
+from ..graph import drift as code_drift
+from ..graph.calls import rebuild
+from ..graph.explain import explain
+from ..store import Store, store_of
+from ..store.runs import find
+from .compute import compute
+from .results import Results
+
+
+def plan_rerun(store: Store, ref: str, force: bool = False) -> list[Node]:
+    """The nodes to run again for ``ref`` (a run_id, label, node name or key)."""
+    nodes, refusals = [], []
+    for path, record in find(store, ref):
+        if not record.get("task"):
+            continue  # a run with no node record yet
+        node = rebuild(store, record)
+        problems = []
+        if node.key != record.get("key"):
+            why = explain(node, store, reason="its key differs from the record's")
+            problems += [str(c) for c in why.changes] or ["an identity input changed"]
+        if code_drift.differs(code_drift.code_digest(node.task.fn),
+                              code_drift.stored_code(record)):
+            problems.append(f"code of task {node.task.name!r} changed since the record was "
+                            f"made (version {node.task.version!r} unchanged)")
+        if problems and not force:
+            refusals.append(f"{record.get('name')} ({path}):\n    " + "\n    ".join(problems))
+            continue
+        nodes.append(Node(node.task.options(cache=False), node.arguments))
+    if refusals:
+        raise ConfigError(
+            "rerun refused: today's code would not make the recorded call of\n  "
+            + "\n  ".join(refusals)
+            + "\nrun it anyway (today's code, a new attempt or a new record) with --force"
+        )
+    if not nodes:
+        raise ConfigError(f"{ref!r} names no node record to run again")
+    return nodes
+
+
+def rerun(ref: str, *, store: Store | str | os.PathLike[str] | None = None,
+          cluster: Any = "local", force: bool = False, progress: bool | None = None
+          ) -> Results:
+    """Run the recorded calls ``ref`` names again; see the module docstring.
+
+    Raises
+    ------
+    ConfigError
+        ``ref`` names nothing, or today's code differs from the record (without
+        ``force``); nothing has run.
+    """
+    store = store_of(store)
+    nodes = plan_rerun(store, ref, force)
+    return compute(nodes, store=store, cluster=cluster, progress=progress)

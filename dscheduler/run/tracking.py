@@ -1,0 +1,100 @@
+"""Tracking inside a task, the worker's half: ``ds.log_param``, ``log_metric``,
+``set_tag``, ``log_artifact`` and ``ds.output``.
+
+The functions are implemented once, in :mod:`dscheduler.run._runner`, which
+also runs inside env subprocesses.  :mod:`dscheduler.run.execute` calls
+:func:`begin` when an attempt starts (a :class:`~dscheduler.run._runner.Tracker`
+for this thread), :func:`save` to store the task's value with what it wrote
+through ``ds.output`` and ``ds.log_artifact``, and :func:`end` to put the
+tracked params, metrics, tags and artifacts into the record
+(docs/design.md §11).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import TaskError
+from ..store import atomic
+from ..store.layout import NodePaths
+from ..store.values import commit_dir, commit_written, save_value
+from . import _runner
+
+log_param = _runner.log_param
+log_metric = _runner.log_metric
+set_tag = _runner.set_tag
+log_artifact = _runner.log_artifact
+output = _runner.output
+
+__all__ = ["begin", "end", "log_artifact", "log_metric", "log_param", "output", "save",
+           "set_tag", "summarize"]
+
+
+def begin(paths: NodePaths) -> _runner.Tracker:
+    """A Tracker for the attempt starting now in this thread, with temporary output dirs
+    beside the node's outputs (their names are those :func:`remove_partials` sweeps)."""
+    tracker = _runner.Tracker(
+        None, str(atomic.temp_sibling(paths.zarr)), str(atomic.temp_sibling(paths.files)),
+        str(atomic.temp_sibling(paths.artifacts)))
+    _runner.CURRENT.set(tracker)
+    return tracker
+
+
+def save(paths: NodePaths, value: Any) -> dict[str, Any]:
+    """Store the task's value, or the Zarr group it wrote through ``ds.output()``; then
+    publish its ``ds.output("dir")`` files and artifacts.  The record's ``output``."""
+    tracker = _runner.CURRENT.get()
+    if tracker is not None and Path(tracker.output_dir).is_dir():
+        if value is not None:
+            raise TaskError(
+                f"the task wrote its result through ds.output() and also returned a "
+                f"{type(value).__qualname__}; return None from such a task (log small "
+                "numbers with ds.log_metric), or use ds.output('dir') for side files"
+            )
+        out = commit_written(paths, Path(tracker.output_dir))
+    else:
+        out = save_value(paths, value)
+    if tracker is not None:
+        files = commit_dir(Path(tracker.files_dir), paths.files)
+        if files:
+            out["files"] = files
+        commit_dir(Path(tracker.artifacts_dir), paths.artifacts)
+    return out
+
+
+def summarize(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Record fields from tracking entries: params, metrics (last values),
+    metric_history (``[step, value, time]`` per call), tags, artifacts; empty ones left out."""
+    params: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    history: dict[str, list[list[Any]]] = {}
+    tags: dict[str, str] = {}
+    artifacts: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        kind, name = entry.get("kind"), str(entry.get("name"))
+        if kind == "param":
+            params[name] = entry["value"]
+        elif kind == "metric":
+            metrics[name] = entry["value"]
+            history.setdefault(name, []).append([entry["step"], entry["value"], entry["time"]])
+        elif kind == "tag":
+            tags[name] = entry["value"]
+        elif kind == "artifact":
+            artifacts[name] = {"name": name, "bytes": entry["bytes"]}
+    fields = {"params": params, "metrics": metrics, "metric_history": history, "tags": tags,
+              "artifacts": list(artifacts.values())}
+    return {k: v for k, v in fields.items() if v}
+
+
+def end(record: dict[str, Any], succeeded: bool) -> None:
+    """Put the attempt's tracking into ``record``; drop outputs it did not commit."""
+    tracker = _runner.CURRENT.get()
+    _runner.CURRENT.set(None)
+    if tracker is None:
+        return
+    record.update(summarize(tracker.entries))
+    if not succeeded:
+        for folder in (tracker.output_dir, tracker.files_dir, tracker.artifacts_dir):
+            shutil.rmtree(folder, ignore_errors=True)

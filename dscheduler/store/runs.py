@@ -1,0 +1,284 @@
+"""Listing and finding what a store holds: node records, their summaries, runs.
+
+Records are the truth.  :func:`iter_node_records` walks the store and reads
+every node record; :func:`node_summary` makes the small dict a listing needs
+of one (ids, label, state, version, timings, params, metrics, tags, code
+digest, upstream keys); :func:`node_summaries` is the ONE source listings
+read, so that a store index that keeps these summaries can replace the walk
+there (docs/design.md §11).  :func:`runs_frame` turns summaries into the
+DataFrame of ``store.runs()``, one row per run or per node, filtered and
+ordered by :mod:`dscheduler.store.query`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, StoreError
+from .layout import RUN_RECORD, Layout, record_task
+from .query import apply_filter, apply_order
+from .records import read_record
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Directories inside a node's directory that hold outputs, never records.
+_OUTPUT_SUFFIXES = (".zarr", ".files", ".artifacts")
+
+NODE_COLUMNS = ["key", "name", "task", "case", "run_id", "env_id", "label", "state",
+                "version", "attempts", "host", "start", "end", "seconds"]
+RUN_COLUMNS = ["run_id", "env_id", "config_hash", "label", "state", "nodes", "start", "end"]
+#: A run's state from its nodes' states: the first of these that any node has.
+_RUN_STATE_ORDER = ("running", "failed", "damaged", "cancelled", "succeeded", "pending")
+
+
+def _record_files(root: Path) -> Iterator[Path]:
+    """Paths of node records under ``root``, found with one scandir per directory."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        subdirs = []
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            if record_task(name) is not None or name == RUN_RECORD:
+                yield Path(entry.path)
+            elif name != "logs" and not name.endswith(_OUTPUT_SUFFIXES) \
+                    and entry.is_dir(follow_symlinks=False):
+                subdirs.append(Path(entry.path))
+        stack.extend(sorted(subdirs, reverse=True))
+
+
+def _run_of(layout: Layout, path: Path) -> str | None:
+    """The run_id of a record's path under ``runs/``, or None."""
+    try:
+        parts = path.relative_to(layout.runs_dir).parts
+    except ValueError:
+        return None
+    return f"{parts[0]}/{parts[1]}" if len(parts) > 2 else None
+
+
+def iter_node_records(layout: Layout, run_id: str | None = None
+                      ) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(path, record) of every node record in the store, or of one run.
+
+    A record removed while the walk runs is skipped; a damaged one is yielded
+    as ``{"state": "damaged", "error": ...}`` with its task from the file name.
+    Records are replaced by rename, so a record read is never torn.  A run
+    whose ``run.json`` exists but none of whose nodes has a record yet comes
+    as one record ``{"state": "pending", "task": None, ...}`` (its run.json).
+    """
+    roots = [layout.run(run_id).dir] if run_id else [layout.runs_dir, layout.tasks_dir]
+    seen: set[str] = set()
+    run_files: list[Path] = []
+    for root in roots:
+        for path in _record_files(root):
+            if path.name == RUN_RECORD:
+                run_files.append(path)
+                continue
+            try:
+                record = read_record(path)
+            except StoreError as err:
+                record = {"state": "damaged", "task": record_task(path.name),
+                          "error": err.why, "run_id": _run_of(layout, path)}
+            except OSError:
+                continue
+            if record is not None and ("attempts" in record or record.get("state") == "damaged"):
+                seen.add(str(record.get("run_id")))
+                yield path, record
+    for path in run_files:
+        with contextlib.suppress(StoreError, OSError):
+            run = read_record(path)
+            if run and run.get("run_id") not in seen:
+                yield path, {"run_id": run.get("run_id"), "env_id": run.get("env_id"),
+                             "label": run.get("label"), "config": run.get("config"),
+                             "state": "pending", "task": None, "attempts": []}
+
+
+def node_summary(record: dict[str, Any], path: Path | None = None,
+                 root: Path | None = None) -> dict[str, Any]:
+    """The small, JSON-able dict a listing needs of one node record.
+
+    What a store index keeps per node for ``store.runs()``: ids, label, state,
+    version, timings of the last attempt, params, metrics (last values), tags,
+    the code digest, upstream keys, the config's scalar fields and the record's
+    path relative to the store root.
+    """
+    attempts = record.get("attempts") or [{}]
+    last = attempts[-1] if isinstance(attempts[-1], dict) else {}
+    first = attempts[0] if isinstance(attempts[0], dict) else {}
+    call = record.get("call")
+    call = call if isinstance(call, dict) else {}
+    config = record.get("config")
+    config = config if isinstance(config, dict) else {}
+    where = None
+    if path is not None:
+        where = path.relative_to(root).as_posix() if root is not None else str(path)
+    return {
+        "key": record.get("key"), "name": record.get("name"), "task": record.get("task"),
+        "case": record.get("case"), "run_id": record.get("run_id"),
+        "env_id": record.get("env_id"), "label": record.get("label") or "",
+        "state": record.get("state"), "version": record.get("version"),
+        "attempts": len(record.get("attempts") or []), "host": last.get("host"),
+        "start": first.get("start"), "end": last.get("end"), "seconds": last.get("seconds"),
+        "params": record.get("params") or {}, "metrics": record.get("metrics") or {},
+        "tags": record.get("tags") or {},
+        "code": (call.get("code") or {}).get("digest") if call else None,
+        "upstream": record.get("upstream") or [],
+        "config": {k: v for k, v in config.items()
+                   if v is None or isinstance(v, str | int | float | bool)},
+        "record": where,
+    }
+
+
+def node_summaries(layout: Layout, run_id: str | None = None) -> Iterator[dict[str, Any]]:
+    """Summaries of every node of the store (or of one run): what listings read.
+
+    Walks the records today; a store index that keeps :func:`node_summary` of
+    each record replaces this one function.
+    """
+    for path, record in iter_node_records(layout, run_id):
+        yield node_summary(record, path, layout.root)
+
+
+_GROUPS = ("config", "params", "metrics", "tags")
+
+
+def _node_frame(summaries: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per summary: the node columns, then one column per config field, param,
+    metric and tag.  Built column by column: a DataFrame of 100,000 row dicts costs
+    several times more."""
+    import pandas as pd
+
+    rows = list(summaries)
+    data: dict[str, list[Any]] = {c: [s[c] for s in rows] for c in NODE_COLUMNS}
+    for group in _GROUPS:
+        names: set[str] = set()
+        for s in rows:
+            names.update(s[group])
+        for name in sorted(names):
+            data[f"{group}.{name}"] = [s[group].get(name) for s in rows]
+    return pd.DataFrame(data)
+
+
+def _run_frame(nodes: pd.DataFrame) -> pd.DataFrame:
+    """One row per run from a node frame (see :meth:`Store.runs`)."""
+    import pandas as pd
+
+    nodes = nodes[nodes["run_id"].notna()]
+    nodes = nodes.sort_values("end", na_position="first", kind="stable")  # latest last
+    rank = {s: i for i, s in enumerate(_RUN_STATE_ORDER)}
+    ids = nodes["run_id"].str.partition("/")
+    base = pd.DataFrame({"run_id": nodes["run_id"], "env_id": ids[0], "config_hash": ids[2],
+                         "label": nodes["label"].replace("", None),
+                         "state": nodes["state"].map(lambda v: rank.get(v, len(rank))),
+                         "start": nodes["start"], "end": nodes["end"]})
+    later = [c for c in nodes.columns if c.startswith(("config.", "params.", "tags."))]
+    metrics = [c for c in nodes.columns if c.startswith("metrics.")]
+    if nodes["run_id"].is_unique:  # one node per run: nothing to aggregate
+        runs = base.assign(nodes=1)
+        runs[later] = nodes[later]
+        runs[metrics] = nodes[metrics].apply(pd.to_numeric, errors="coerce")
+    else:
+        grouped = base.assign(**{c: nodes[c] for c in later},
+                              **{c: pd.to_numeric(nodes[c], errors="coerce")
+                                 for c in metrics}).groupby("run_id", sort=False)
+        runs = grouped[["env_id", "config_hash", "label", *later]].last()
+        runs["state"] = grouped["state"].min()
+        runs["nodes"] = grouped.size()
+        runs["start"] = grouped["start"].min()
+        runs["end"] = grouped["end"].max()
+        runs[metrics] = grouped[metrics].mean()
+        runs = runs.reset_index()
+    runs["state"] = runs["state"].map(
+        lambda i: _RUN_STATE_ORDER[i] if i < len(_RUN_STATE_ORDER) else "unknown")
+    runs["label"] = runs["label"].fillna("")
+    runs.loc[runs["state"] == "running", "end"] = None
+    return runs
+
+
+def _ordered_columns(columns: Iterable[str], first: list[str]) -> list[str]:
+    rest = sorted(c for c in columns if c not in first)
+    return first + sorted(rest, key=lambda c: (next(
+        (i for i, g in enumerate(_GROUPS) if c.startswith(g + ".")), len(_GROUPS)), c))
+
+
+def runs_frame(summaries: Iterable[dict[str, Any]], *, filter: str | None = None,
+               order_by: list[str] | str | None = None,
+               state: str | list[str] | None = None, by: str = "run") -> pd.DataFrame:
+    """The DataFrame of ``store.runs()`` from node summaries (see :meth:`Store.runs`)."""
+    if by not in ("run", "node"):
+        raise ConfigError(f"by={by!r}: list by 'run' or by 'node'")
+    frame = _node_frame(summaries)
+    if by == "node":
+        first = NODE_COLUMNS
+        frame = frame[frame["task"].notna()]
+    else:
+        first = RUN_COLUMNS
+        frame = _run_frame(frame)
+    frame = frame.reindex(columns=_ordered_columns(frame.columns, first))
+    if state:
+        wanted = [state] if isinstance(state, str) else list(state)
+        frame = frame[frame["state"].isin(wanted)]
+    attributes = set(first)
+    frame = apply_filter(frame, filter, attributes)
+    frame = apply_order(frame, order_by, attributes)
+    return frame.reset_index(drop=True)
+
+
+def find(layout: Layout, ref: str) -> list[tuple[Path, dict[str, Any]]]:
+    """Node records that ``ref`` names: a run_id (or a prefix of one), a label, a node
+    name or key (or a prefix of 8+ characters); a ConfigError when nothing matches."""
+    matches = []
+    summaries = list(node_summaries(layout))
+    for s in summaries:
+        run_id, key, name = s["run_id"] or "", s["key"] or "", s["name"] or ""
+        if ref in (run_id, s["label"], name, key) or (len(ref) >= 8 and (
+                run_id.startswith(ref) or key.startswith(ref) or name.startswith(ref))):
+            matches.append(s)
+    if not matches:
+        raise ConfigError(
+            f"nothing in the store {layout.root} is named {ref!r}: give a run_id "
+            "(env_id/config_hash, or a prefix of 8+ characters), a label, a node name "
+            "(task-key16) or a key; `dscheduler runs` lists them"
+        )
+    out = []
+    for s in matches:
+        path = layout.root / s["record"]
+        record = read_record(path)
+        if record is not None:
+            out.append((path, record))
+    return out
+
+
+def lineage(layout: Layout, key: str, direction: str) -> list[dict[str, Any]]:
+    """Summaries of the nodes upstream (``"up"``) or downstream (``"down"``) of ``key``,
+    transitively, nearest first."""
+    summaries = list(node_summaries(layout))
+    by_key = {s["key"]: s for s in summaries}
+    below: dict[str, list[str]] = {}
+    for s in summaries:
+        for up in s["upstream"]:
+            below.setdefault(up, []).append(s["key"])
+    seen: list[str] = []
+    frontier = [key]
+    while frontier:
+        nxt = []
+        for k in frontier:
+            found = by_key[k]["upstream"] if direction == "up" and k in by_key else \
+                below.get(k, []) if direction == "down" else []
+            for other in found:
+                if other not in seen and other != key:
+                    seen.append(other)
+                    nxt.append(other)
+        frontier = nxt
+    return [by_key.get(k, {"key": k, "name": None, "state": "no record"}) for k in seen]
