@@ -88,6 +88,9 @@ def test_failure_blocks_downstream_only(cluster: Any, graph_store: ds.Store,
     assert record is not None and record["state"] == "failed"
     assert "ValueError: boom 7 went wrong" in record["attempts"][0]["error"]
     assert "in boom" in record["attempts"][0]["traceback"]
+    # User code travels by value, yet its traceback names its file and shows its source.
+    assert 'graphfixtures.py", line' in record["attempts"][0]["traceback"]
+    assert 'raise ValueError(f"boom {x} went wrong")' in record["attempts"][0]["traceback"]
     with pytest.raises(ds.TaskError) as info:
         r.raise_for_status()
     text = str(info.value)

@@ -40,7 +40,7 @@ from ..graph import RunConfig
 from ..store import atomic
 from ..store.values import DATAARRAY_VARIABLE
 from . import _runner
-from .payload import dumps, map_nested
+from .payload import SourcePickler, dumps, map_nested
 
 if TYPE_CHECKING:
     from .spec import NodeSpec
@@ -82,7 +82,7 @@ def _views(value: Any) -> Any:
 _TRACKING_NAMES = ("log_param", "log_metric", "set_tag", "log_artifact", "output")
 
 
-class EnvPickler(cloudpickle.Pickler):
+class EnvPickler(SourcePickler):
     """cloudpickle, with ``dscheduler`` (the module and its tracking functions) pickled
     as the runner module ``_dscheduler_runner``, which is what an env has of it."""
 

@@ -19,7 +19,8 @@ import os
 import sys
 import sysconfig
 import threading
-from collections import OrderedDict
+import types
+from collections import ChainMap, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -115,11 +116,33 @@ def function_for(task: Any) -> Any:
     return fn
 
 
+def _code_reduce(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, with the code's real file name.
+
+    cloudpickle writes ``<dynamic-code>`` instead, to make payloads independent
+    of where a function was defined.  dscheduler pickles all user code by
+    value, so that would leave a task's traceback without a single file name;
+    the real one lets it show the user's own source lines.
+    """
+    rebuild, args = _cloudpickle_code_reduce(code)
+    return rebuild, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
+# No public API gives cloudpickle's code reducer; it is this dispatch entry.
+_cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+class SourcePickler(cloudpickle.Pickler):
+    """cloudpickle that keeps code objects' file names (see :func:`_code_reduce`)."""
+
+    dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
+
+
 def dumps(obj: Any, *, extra: tuple[ModuleType, ...] = (),
-          pickler: type[cloudpickle.Pickler] | None = None) -> bytes:
+          pickler: type[cloudpickle.Pickler] = SourcePickler) -> bytes:
     """cloudpickle ``obj``, user code (:func:`user_modules`) and ``extra`` by value.
 
-    ``pickler``: a subclass of ``cloudpickle.Pickler`` to use instead (one that
+    ``pickler``: a subclass of :class:`SourcePickler` to use instead (one that
     overrides how some objects are reduced).
     """
     with _pickle_lock:
@@ -131,8 +154,6 @@ def dumps(obj: Any, *, extra: tuple[ModuleType, ...] = (),
             except ValueError:
                 pass  # registered already (by the caller, or it is a package's submodule)
         try:
-            if pickler is None:
-                return cloudpickle.dumps(obj, protocol=4)
             buffer = io.BytesIO()
             pickler(buffer, protocol=4).dump(obj)
             return buffer.getvalue()

@@ -6,7 +6,7 @@ by hand), idempotently and while it runs; ``submit`` calls it with the
 graph's metadata (:func:`graph_meta`) before sending the graph, in one round
 trip.  The scheduler's dashboard then serves ``/dscheduler`` (a page) and
 ``/dscheduler.json`` (the same data) beside ``/status``.  How the pieces fit
-is in docs/design.md §11.
+is in docs/design.md §12.
 """
 
 from __future__ import annotations
