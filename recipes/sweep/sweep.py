@@ -42,9 +42,13 @@ EPOCHS = 3
 
 
 @ds.task(version="1", env=None)
-def train_and_validate(learning_rate: float, hidden: int, epochs: int, seed: int
-                       ) -> dict[str, float]:
-    """Train the residual MLP emulator and score it: one-step RMSE on held-out truth."""
+def train_and_validate(learning_rate: float, hidden: int, epochs: int, seed: int,
+                       delay: float = 0.0) -> dict[str, float]:
+    """Train the residual MLP emulator and score it: one-step RMSE on held-out truth.
+
+    ``delay``: seconds to wait first (tests use it to kill a driver mid-evaluation).
+    """
+    time.sleep(delay)
     states = lorenz96.advance(lorenz96.spun_up(seed), 3000)
     x, y = states[:-1], states[1:]
     start = time.perf_counter()
@@ -134,7 +138,8 @@ class Sweep:
             self.write(state)
 
 
-def run_driver(sweep: Sweep, *, cluster: Any = "local", poll: float = 1.0) -> None:
+def run_driver(sweep: Sweep, *, cluster: Any = "local", poll: float = 1.0,
+               delay: float = 0.0) -> None:
     """Evaluate trials until the sweep is finished."""
     while True:
         trial, lease, finished = sweep.next_trial()
@@ -144,13 +149,13 @@ def run_driver(sweep: Sweep, *, cluster: Any = "local", poll: float = 1.0) -> No
             time.sleep(poll)  # other drivers still evaluate the last trials
             continue
         try:
-            node = train_and_validate(**trial["config"], seed=sweep.limits["seed"])
+            node = train_and_validate(**trial["config"], seed=sweep.limits["seed"], delay=delay)
             results = ds.compute(node, store=sweep.store, cluster=cluster, progress=False)
             results.raise_for_status()
             lease.check()  # never record under a lease another driver has taken over
             sweep.finish(trial, results.value(node))
-            print(f"trial {trial['trial']}: {trial['config']} -> rmse "
-                  f"{results.value(node)['rmse']:.4f}", flush=True)
+            print(f"trial {trial['trial']} (attempt {trial['attempts']}): {trial['config']} "
+                  f"-> rmse {results.value(node)['rmse']:.4f}", flush=True)
         finally:
             lease.release()
 
@@ -177,11 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trial-ttl", type=float, default=60.0,
                         help="seconds after which a dead driver's trial is taken over")
     parser.add_argument("--cluster", default="local")
+    parser.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sweep = Sweep(ds.Store(args.store), args.name,
                   max_evaluations_total=args.max_evaluations_total,
                   max_cost_total=args.max_cost_total, seed=args.seed, trial_ttl=args.trial_ttl)
-    run_driver(sweep, cluster=args.cluster)
+    print(f"sweep {args.name!r} in {sweep.store.root}: {sweep.limits}", flush=True)
+    run_driver(sweep, cluster=args.cluster, delay=args.delay)
     state = sweep.read()
     done = [t for t in state["trials"] if t["status"] == "done"]
     if done:
