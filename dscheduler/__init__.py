@@ -29,7 +29,7 @@ from .errors import (
     TaskError,
 )
 from .graph import Experiment, Node, Plan, RunConfig, Task, load_experiment, plan, task
-from .run import Handle, Results, compute, submit
+from .run import Handle, Results, compute, connect, slurm_cluster, submit
 from .run.tracking import log_artifact, log_metric, log_param, output, set_tag
 from .store import Lease, Store, open_results
 
@@ -60,6 +60,7 @@ __all__ = [
     "Task",
     "TaskError",
     "compute",
+    "connect",
     "load_experiment",
     "log_artifact",
     "log_metric",
@@ -69,6 +70,7 @@ __all__ = [
     "output",
     "plan",
     "set_tag",
+    "slurm_cluster",
     "submit",
     "task",
 ]

@@ -144,6 +144,8 @@ EXPORTED = [
     # results, tracking and queries (docs/design.md §11)
     "log_artifact", "log_metric", "log_param", "open_results", "output", "set_tag",
 ]
+EXPORTED += ["connect", "slurm_cluster"]  # SLURM (docs/design.md §11)
+EXPORTED.sort()
 
 
 def test_exported_names() -> None:

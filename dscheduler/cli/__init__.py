@@ -2,14 +2,15 @@
 
 ``run``, ``plan``, ``status`` (:mod:`.graph`), ``verify`` (:mod:`.verify`),
 ``ids`` (:mod:`.ids`), ``envs list|show|build|gc`` (:mod:`.envs`) and
-``runs``, ``show``, ``compare``, ``explain``, ``rerun`` (:mod:`.results`).
+``runs``, ``show``, ``compare``, ``explain``, ``rerun`` (:mod:`.results`) and
+``cluster up|down`` (:mod:`.cluster`).
 """
 
 from __future__ import annotations
 
 import typer
 
-from . import envs, graph, ids, results, verify
+from . import cluster, envs, graph, ids, results, verify
 
 app = typer.Typer(
     help="Content-hashed run graphs on Dask: envs built once, finished runs never rerun.",
@@ -28,3 +29,5 @@ app.command()(results.show)
 app.command()(results.compare)
 app.command()(results.explain)
 app.command()(results.rerun)
+app.add_typer(cluster.app, name="cluster", help="Start or stop a long-lived SLURM scheduler "
+              "for a store.")

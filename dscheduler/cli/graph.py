@@ -24,7 +24,8 @@ from ..errors import DSchedulerError, StoreError, tail
 from ..graph import plan as make_plan
 from ..graph.recipe import load_nodes, load_recipe
 from ..run import compute
-from ..run.clusters import close_local, local_running
+from ..run.clusters import close_local, close_slurm, local_running, slurm_running
+from ..run.slurm.ledger import cluster_jobs, reap_orphans
 from ..store import Store
 from ..store.status import STATES, Summary, summarize
 from .common import (
@@ -44,7 +45,10 @@ PathArgument = Annotated[Path, typer.Argument(help="experiment YAML or recipe .p
 
 def run(
     path: PathArgument,
-    cluster: Annotated[str, typer.Option("--cluster", "-c", help="local or a scheduler "
+    cluster: Annotated[str, typer.Option("--cluster", "-c", help="local (an embedded cluster), "
+                                         "slurm (SLURM jobs for this run, settings "
+                                         "dscheduler.slurm), store (the cluster `dscheduler "
+                                         "cluster up` started for the store) or a scheduler "
                                          "address tcp://host:port")] = "local",
     store: StoreOption = None,
     recipe: RecipeOption = None,
@@ -57,6 +61,7 @@ def run(
 ) -> None:
     """Run what PATH describes; finished nodes are skipped, envs built once."""
     owned = not local_running()  # close only a cluster this command starts
+    owned_slurm = not slurm_running()
     try:
         described = load_recipe(path, recipe, model)
         results = compute(described.nodes, store=Store(store), cluster=cluster, force=force,
@@ -66,6 +71,8 @@ def run(
     finally:
         if owned:
             close_local()  # before distributed's own exit hooks, which log lost tasks
+        if owned_slurm:
+            close_slurm()  # cancels every job it submitted
     say(results.summary())
     try:
         report = described.report(results)
@@ -110,12 +117,17 @@ def status(
     interval: Annotated[float | None, typer.Option(
         help="seconds between refreshes (default: setting dashboard.refresh)")] = None,
 ) -> None:
-    """Summarise the store: runs, nodes by state per task and label, envs, the last failures."""
+    """Summarise the store: runs, nodes by state per task and label, envs, the last failures,
+    the jobs of its SLURM clusters."""
     st = Store(store)
     if not st.root.is_dir():
         fail(StoreError(f"no store at {st.root}; run something first or pass --store"))
+    for info in reap_orphans(st):
+        say(f"cancelled SLURM jobs {', '.join(sorted(info.get('jobs') or {})) or 'none'} of "
+            f"cluster {info.get('cluster')}, whose owner (pid {info.get('pid')}) is gone")
     if not watch:
         console.print(status_view(summarize(st, failures)))
+        _slurm_jobs(st)
         return
     every = float(settings.get("dashboard.refresh", interval))
     # A screen holds less than a scroll-back: 3 failures and 5 lines of each log by default.
@@ -178,3 +190,18 @@ def status_view(summary: Summary, note: str = "", tail_lines: int | None = None)
                 log = tail(f.log_tail, tail_lines) if tail_lines else f.log_tail
                 parts.append(Text(textwrap.indent(log, "    | "), style="dim"))
     return Group(*parts)
+
+
+def _slurm_jobs(st: Store) -> None:
+    """The store's live SLURM clusters and their jobs, as squeue sees them."""
+    for info in cluster_jobs(st):
+        say(f"SLURM cluster {info.get('cluster')} ({info.get('kind')}, pid {info.get('pid')} "
+            f"on {info.get('host')}, scheduler {info.get('address')}): "
+            f"{len(info['queue'])} job(s)")
+        table = Table("job", "kind", "state", "node or reason", box=None)
+        for job, entry in sorted(info["queue"].items()):
+            kind = str((info.get("jobs") or {}).get(job, {}).get("kind", ""))
+            state, where = (entry["state"], entry["where"]) if entry else ("gone", "")
+            table.add_row(job, kind, state, where)
+        if info["queue"]:
+            console.print(table)

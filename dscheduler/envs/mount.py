@@ -50,7 +50,7 @@ from .published import BuiltEnv, published_env
 if TYPE_CHECKING:
     from .spec import Env
 
-__all__ = ["BACKENDS", "Backend", "SharedMount", "backend_names", "mount"]
+__all__ = ["BACKENDS", "Backend", "SharedMount", "backend_names", "mount", "release_unused"]
 
 log = logging.getLogger("dscheduler.mount")
 
@@ -148,8 +148,41 @@ class SharedMount:
                     empty.rmdir()
 
 
+    def release_if_unused(self) -> bool:
+        """Detach when no live process holds the mount (holders killed with kill -9)."""
+        with self._locked():
+            state = self.backend.state(self.target)
+            if self.live_holders() or state == "absent":
+                return False
+            self.backend.detach(self.target, stale=state == "stale")
+            for empty in (self.target, self.holders, self.dir):
+                with contextlib.suppress(OSError):
+                    empty.rmdir()
+            return True
+
+
 def mount_root() -> Path:
     return settings.node_local("mount.root", "dscheduler-mounts")
+
+
+def release_unused(root: Path | None = None) -> list[Path]:
+    """Detach every shared mount on this node that no live process holds; their dirs.
+
+    A worker killed mid-task leaves its mounts held by a dead process until
+    the next mount of the same image; SLURM workers call this when they stop
+    (and start), so a node gives its mounts back with its last user.
+    """
+    root = root if root is not None else mount_root()
+    released = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        name = d.name.partition("-")[0]
+        if d.is_dir() and name in BACKENDS and BACKENDS[name].mounts:
+            try:
+                if SharedMount(BACKENDS[name], d.name, root).release_if_unused():
+                    released.append(d)
+            except (MountError, OSError) as err:
+                log.warning("releasing %s: %s", d, err)
+    return released
 
 
 # -- the public context manager -------------------------------------------------------

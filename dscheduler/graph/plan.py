@@ -12,7 +12,8 @@ finished by its record but missing its link is simply run, finds the record
 under its lease and restores the link (see :mod:`dscheduler.run.execute`).
 
 Records are parsed only for nodes that will run, to say why (no record,
-failed before, changed since the stored result, interrupted, cancelled).
+failed before, changed since the stored result, interrupted, in progress
+elsewhere under a live lease, cancelled).
 For those nodes the plan also resolves their envs (``cfg.env()``, once per
 env_id: it may read a checkpoint's metadata) and lists the envs whose
 ``env.json`` is missing as to be built; a node whose env cannot be made is a
@@ -33,6 +34,7 @@ from .. import identity
 from ..envs import Env
 from ..errors import DSchedulerError, GraphError, StoreError
 from ..store import Store, store_of
+from ..store.lease import holder_gone, is_stale, read_lease
 from ..store.records import read_record
 from . import drift, html
 from .node import Node
@@ -43,6 +45,7 @@ FORCED = "forced"
 NO_CACHE = "cache=False"
 CHANGED = "changed since the stored result (task version, arguments or upstream)"
 INTERRUPTED = "interrupted (its last attempt never finished)"
+IN_PROGRESS = "in progress elsewhere (its lease is held): waited for, not run twice"
 CANCELLED = "cancelled before"
 DAMAGED = "its stored record or value is damaged"
 UPSTREAM = "upstream will run"
@@ -189,12 +192,19 @@ def _why(node: Node, store: Store) -> str:
         if isinstance(stored, str) and identity.short_id(stored) == node.key16:
             identity.check_collision(node.key, stored, str(paths.record))
         return CHANGED if record.get("state") == "succeeded" else NO_RECORD
+    if record.get("state") == "running" and _lease_held(store, node.key16):
+        return IN_PROGRESS  # e.g. a detached graph still running it (docs/design.md §11.7)
     return {
         "failed": FAILED,
         "running": INTERRUPTED,
         "cancelled": CANCELLED,
         "damaged": DAMAGED,
     }.get(record.get("state", ""), NO_RECORD)
+
+
+def _lease_held(store: Store, key16: str) -> bool:
+    info = read_lease(store.node_lease_path(key16))
+    return info is not None and not is_stale(info) and not holder_gone(info)
 
 
 def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,

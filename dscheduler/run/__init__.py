@@ -7,7 +7,9 @@ Imports everything below it (graph, envs, store), nothing above.
 
 from __future__ import annotations
 
+from .clusters import connect
 from .compute import compute, submit
 from .results import Handle, Results
+from .slurm import slurm_cluster
 
-__all__ = ["Handle", "Results", "compute", "submit"]
+__all__ = ["Handle", "Results", "compute", "connect", "slurm_cluster", "submit"]

@@ -1,4 +1,5 @@
-"""Where graphs run: ``cluster="local"``, a scheduler address, a Client or a cluster.
+"""Where graphs run: ``cluster="local"``, ``"slurm"``, ``"store"``, a scheduler address,
+a Client or a cluster.
 
 ``"local"`` is one embedded cluster per driver process, made on first use
 and reused by every later ``ds.compute`` (starting one costs about a
@@ -18,6 +19,12 @@ makes it (a JupyterHub proxy path, say), is printed once with the link of
 the dscheduler page that :mod:`dscheduler.run.dashboard` adds to it.  An address
 (``tcp://host:8786``) connects a Client, also reused; a ``Client`` is used
 as it is.
+
+``"slurm"`` is, like ``"local"``, one cluster per driver process, made on
+first use and closed at exit: a :class:`~dscheduler.run.slurm.SlurmCluster`
+whose CPU and GPU jobs follow the graph (docs/design.md §11).  ``"store"``
+connects to the long-lived cluster ``dscheduler cluster up`` recorded in the
+store (:func:`connect`).
 """
 
 from __future__ import annotations
@@ -32,12 +39,16 @@ from typing import Any
 
 from .. import settings
 from ..errors import ConfigError
+from ..store import Store, store_of
 from . import dashboard
+from .slurm import SlurmCluster
+from .slurm.detached import cluster_address
 
 log = logging.getLogger("dscheduler.cluster")
 
 _lock = threading.Lock()
 _local: Any = None  # (SpecCluster, Client)
+_slurm: Any = None  # (SlurmCluster, Client)
 _clients: dict[str, Any] = {}
 
 HOST = "127.0.0.1"
@@ -156,8 +167,87 @@ def close_local() -> None:
 atexit.register(close_local)
 
 
-def get_client(cluster: Any = "local") -> Any:
-    """A ``distributed.Client`` for ``cluster`` ("local", an address, a Client or a cluster)."""
+def slurm_client(store: Store | None = None) -> Any:
+    """The process's SLURM cluster's Client, made on first use (options: ``dscheduler.slurm``).
+
+    Its jobs and worker logs are recorded in the store of the first call.
+    """
+    global _slurm
+    with _lock:
+        if _slurm is not None and _slurm[1].status == "running":
+            return _slurm[1]
+        cluster = SlurmCluster(store)
+        try:
+            client = cluster.client
+        except BaseException:
+            cluster.close()
+            raise
+        _slurm = (cluster, client)
+        print(f"dscheduler: SLURM cluster {cluster.cluster_id}, dashboard at "
+              f"{cluster.dashboard_link}", file=sys.stderr)
+        return client
+
+
+def slurm_running() -> bool:
+    """Whether this process's SLURM cluster is up."""
+    return _slurm is not None and _slurm[1].status == "running"
+
+
+def close_slurm() -> None:
+    """Close this process's SLURM cluster: every job it submitted is cancelled."""
+    global _slurm
+    with _lock:
+        if _slurm is not None:
+            cluster, _ = _slurm
+            _slurm = None
+            cluster.close()  # its client too
+
+
+atexit.register(close_slurm)
+
+
+def connect(store: Store | str | os.PathLike[str] | None = None) -> Any:
+    """A Client of the cluster ``dscheduler cluster up`` started for ``store``.
+
+    Parameters
+    ----------
+    store
+        The store (or its path; default: setting ``store``) whose
+        ``slurm/cluster.json`` records the scheduler's address.
+
+    Raises
+    ------
+    ConfigError
+        No cluster is up for this store; the message says how to start one.
+    """
+    return get_client(cluster_address(store_of(store)))
+
+
+def _where() -> tuple[str, int]:
+    import socket
+
+    return socket.gethostname(), os.getpid()
+
+
+def check_detachable(client: Any) -> None:
+    """A ConfigError unless ``client``'s scheduler outlives this process (``detach=True``)."""
+    import socket
+
+    if is_local(client) or client.run_on_scheduler(_where) == (socket.gethostname(),
+                                                                os.getpid()):
+        raise ConfigError(
+            "detach=True needs a scheduler that outlives this process, but this cluster's "
+            "scheduler runs inside it: start one with `dscheduler cluster up` and pass "
+            "cluster='store' (or its address)")
+
+
+def get_client(cluster: Any = "local", store: Store | None = None) -> Any:
+    """A ``distributed.Client`` for ``cluster``.
+
+    ``"local"``, ``"slurm"`` (this process's SLURM cluster, recording its jobs
+    in ``store``), ``"store"`` (the cluster ``dscheduler cluster up`` started
+    for ``store``), a scheduler address, a Client, or a cluster object.
+    """
     from distributed import Client
 
     if isinstance(cluster, Client):
@@ -166,23 +256,24 @@ def get_client(cluster: Any = "local") -> Any:
         return local_cluster()
     if isinstance(cluster, str):
         if cluster == "slurm":
-            raise ConfigError(
-                "cluster='slurm' is not available in this version of dscheduler; start "
-                "dask-jobqueue's SLURMCluster yourself and pass it (or its scheduler address "
-                "tcp://host:port) as cluster="
-            )
+            return slurm_client(store)
+        if cluster == "store":
+            return connect(store)
         if "://" not in cluster and ":" not in cluster:
             raise ConfigError(
-                f"cluster={cluster!r} is not 'local', a scheduler address such as "
-                "'tcp://127.0.0.1:8786', or a distributed.Client"
+                f"cluster={cluster!r} is not 'local', 'slurm', 'store', a scheduler address "
+                "such as 'tcp://127.0.0.1:8786', or a distributed.Client"
             )
         with _lock:
             client = _clients.get(cluster)
             if client is None or client.status != "running":
                 client = _clients[cluster] = Client(cluster)
         return client
+    if isinstance(cluster, SlurmCluster):
+        return cluster.client  # closed with the cluster
     if hasattr(cluster, "scheduler_address"):  # a SpecCluster, SLURMCluster, ...
         return get_client(cluster.scheduler_address)
     raise ConfigError(
-        f"cluster={cluster!r} is not 'local', a scheduler address or a distributed.Client"
+        f"cluster={cluster!r} is not 'local', 'slurm', 'store', a scheduler address or a "
+        "distributed.Client"
     )

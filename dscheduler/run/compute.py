@@ -13,7 +13,13 @@
 
 On the embedded local cluster, resource annotations are dropped (with a
 warning): its workers declare no resources, and a task that asks for one
-would otherwise wait forever.
+would otherwise wait forever.  Elsewhere they reach the scheduler: on a
+SLURM cluster, ``resources={"GPU": 1}`` sends a task to a GPU job
+(docs/design.md §11.2).
+
+``detach=True`` hands the graph to the scheduler (distributed's
+``fire_and_forget``): it keeps running after the driver exits, on a
+scheduler that outlives the driver (``dscheduler cluster up``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from .. import settings
 from ..graph import Plan, plan
 from ..store import Store, store_of
 from . import dashboard
-from .clusters import get_client, is_local
+from .clusters import check_detachable, get_client, is_local
 from .execute import build_task, node_task
 from .results import Handle, Results, flush_releases
 from .spec import NodeSpec, make_specs
@@ -38,7 +44,7 @@ StoreArg = Store | str | os.PathLike[str] | None
 
 
 def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
-           force: bool = False) -> Handle:
+           force: bool = False, detach: bool = False) -> Handle:
     """Plan ``nodes`` and submit what must run; return at once.
 
     Parameters
@@ -48,10 +54,17 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
     store
         Where results live (a Store, a path, or None for the setting ``store``).
     cluster
-        ``"local"`` (the embedded cluster, started on first use), a scheduler
-        address ``tcp://host:port``, a ``distributed.Client`` or a cluster.
+        ``"local"`` (the embedded cluster, started on first use), ``"slurm"``
+        (this process's SLURM cluster, started on first use), ``"store"``
+        (the cluster ``dscheduler cluster up`` started for ``store``), a
+        scheduler address ``tcp://host:port``, a ``distributed.Client`` or a
+        cluster such as ``ds.slurm_cluster()``.
     force
         Run every node again, stored results or not.
+    detach
+        Keep the graph running after this process exits (a scheduler that
+        outlives it is needed: ``cluster="store"`` or an address).  A later
+        ``ds.compute`` of the same nodes waits for them and collects them.
 
     Returns
     -------
@@ -62,7 +75,8 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
     Raises
     ------
     GraphError, ConfigError
-        Before anything is submitted (see :func:`dscheduler.plan`).
+        Before anything is submitted (see :func:`dscheduler.plan`); also a
+        bad SLURM option, or ``detach=True`` with a scheduler inside this process.
     """
     store = store_of(store)
     p = plan(*nodes, store=store, force=force)
@@ -78,7 +92,9 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
             written.add(node.cfg.run_id)
             store.write_run(node.cfg)
 
-    client = get_client(cluster)
+    client = get_client(cluster, store)
+    if detach:
+        check_detachable(client)
     flush_releases(client)
     # The page follows this graph from its first transition (idempotent install).
     dashboard.install(client, dashboard.graph_meta(p, specs, submission))
@@ -93,6 +109,10 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
     # Layer dependencies are only for dask's bookkeeping: each layer may use any earlier one.
     deps = {name: set(names[:i]) for i, name in enumerate(names)}
     got = client.get(HighLevelGraph(layers, deps), keys, sync=False)
+    if detach:
+        from distributed import fire_and_forget
+
+        fire_and_forget(got)
     builds = dict(zip(p.build, got[: len(p.build)], strict=True))
     futures = {n.key: f for n, f in zip(to_run, got[len(p.build):], strict=True)}
     return Handle(p, client, futures, builds, submission)

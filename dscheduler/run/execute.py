@@ -117,6 +117,10 @@ def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]]
         "pid": os.getpid(),
         "worker": _worker_address(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        # SLURM workers (docs/design.md §13.4): the job's node and its log file
+        "slurm_node": os.environ.get("SLURMD_NODENAME"),
+        "worker_log": os.environ.get("DSCHEDULER_WORKER_LOG"),
+        "submission": spec.submission,
         "start": _now(),
     }
     if spec.env_id is not None:
@@ -203,7 +207,7 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> dict[str, Any]:
         attempts = _earlier_attempts(spec)
         if attempts is None:
             set_done(spec.paths, spec.key)  # heal a missing link
-            return {"name": spec.name, "state": "cached", "attempts": 0}
+            return {"name": spec.name, "state": _stored_state(spec), "attempts": 0}
         record, attempt = _start_attempt(spec, attempts)
         started = time.monotonic()
         try:
@@ -218,6 +222,19 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> dict[str, Any]:
         return {"name": spec.name, "state": "succeeded", "attempts": len(record["attempts"])}
     finally:
         lease.release()
+
+
+def _stored_state(spec: NodeSpec) -> str:
+    """"succeeded" when this submission's own attempt made the stored result, else "cached".
+
+    Dask runs a task again when the worker holding its outcome left (a
+    worker retiring at its lifetime with nowhere to move its data); the
+    rerun finds the result its first run stored.
+    """
+    record = read_record(spec.paths.record) or {}
+    last = (record.get("attempts") or [{}])[-1]
+    return "succeeded" if spec.submission and last.get("submission") == spec.submission \
+        else "cached"
 
 
 def _user_traceback(err: BaseException) -> str:

@@ -14,6 +14,10 @@
                                 .{task}.done (a symlink whose target is the key)
       tasks/{task}/{key16}/     the same files, for tasks not bound to a run
       locks/                    env-{env_id}.lease, node-{key16}.lease, cancel-{id}
+      slurm/cluster.json        the address of the cluster `dscheduler cluster up` started,
+      slurm/scheduler.log         and its scheduler's log
+      slurm/jobs/{cluster}.json a live SLURM cluster's owner and its job ids (orphan cleanup)
+      slurm/logs/{job}-{id}.log worker logs, one file per SLURM job
 
 The reasons for this shape are in docs/design.md §3.  Names that become path
 components are checked (:func:`check_name`): a label such as ``../../x``
@@ -52,6 +56,11 @@ def record_task(filename: str) -> str | None:
             or filename == RUN_RECORD or filename.startswith("."):
         return None
     return filename[:-5]
+
+
+def slurm_log_name(job_name: str, job_id: str) -> str:
+    """File name of a SLURM job's log in the worker log directory (``%j``: sbatch's job id)."""
+    return f"{job_name}-{job_id}.log"
 
 
 def done_name(task: str) -> str:
@@ -255,3 +264,41 @@ class Layout:
         if case is None:
             return f"{self.root}/runs/{env_id}/{config_hash}/.{task}.done"
         return f"{self.root}/runs/{env_id}/{config_hash}/{case}/.{task}.done"
+
+    # -- SLURM clusters (docs/design.md §13) ----------------------------------------
+
+    @property
+    def slurm_dir(self) -> Path:
+        return self.root / "slurm"
+
+    @property
+    def slurm_logs_dir(self) -> Path:
+        """Default directory of worker logs (setting ``slurm.log_directory``)."""
+        return self.slurm_dir / "logs"
+
+    def slurm_log(self, job_name: str, job_id: str) -> Path:
+        """A job's log in the default worker log directory."""
+        return self.slurm_logs_dir / slurm_log_name(job_name, job_id)
+
+    @property
+    def slurm_cluster_record(self) -> Path:
+        """Address, owner and id of the cluster ``dscheduler cluster up`` started."""
+        return self.slurm_dir / "cluster.json"
+
+    @property
+    def slurm_scheduler_log(self) -> Path:
+        """Output of the ``dscheduler cluster up`` process."""
+        return self.slurm_dir / "scheduler.log"
+
+    @property
+    def slurm_jobs_dir(self) -> Path:
+        return self.slurm_dir / "jobs"
+
+    def slurm_jobs_record(self, cluster_id: str) -> Path:
+        """A live cluster's owner (host, pid) and the ids of the jobs it submitted."""
+        return self.slurm_jobs_dir / f"{check_name(cluster_id, 'cluster id')}.json"
+
+    def slurm_jobs_records(self) -> list[Path]:
+        """Every ``slurm/jobs/*.json``."""
+        d = self.slurm_jobs_dir
+        return sorted(d.glob("*.json")) if d.is_dir() else []

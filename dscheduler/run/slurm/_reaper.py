@@ -1,0 +1,84 @@
+"""Cancel a SLURM cluster's jobs once the process that owns them is gone.
+
+::
+
+    python -I _reaper.py LEDGER OWNER_PID
+
+Started by :class:`dscheduler.run.slurm.ledger.Ledger` in a session of its
+own, so that a kill -9 of the owner (or of its process group) leaves it
+running.  Every ``POLL`` seconds it checks two things: the ledger file is
+gone (the cluster closed normally: nothing to do) or the owner's process is
+gone, the same process it saw at the start (same start time in
+``/proc/PID/stat``, also after pid reuse).  In the second case it runs
+``scancel`` on every job id the ledger holds and on every job of the
+user named like the cluster's jobs (a job whose ``sbatch`` had not yet
+returned its id when the owner died), pending jobs included: they never
+start a worker that could time out by itself.  Then it removes the ledger
+and exits.
+
+Run by path with ``-I``: the standard library only, no dscheduler, no dask,
+so it costs a few megabytes while it waits (docs/design.md §13.6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import subprocess
+import sys
+import time
+
+POLL = 0.5
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks); None when gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    if fields[0] == "Z":
+        return None
+    return fields[19]
+
+
+def scancel_commands(data: dict[str, object], user: str) -> list[list[str]]:
+    """The scancel commands that end every job of a ledger's cluster."""
+    jobs = [str(job) for job in (data.get("jobs") or {})]  # type: ignore[attr-defined]
+    names = [str(name) for name in (data.get("names") or [])]  # type: ignore[attr-defined]
+    commands = [["scancel", *jobs]] if jobs else []
+    commands += [["scancel", f"--user={user}", f"--name={name}"] for name in names]
+    return commands
+
+
+def _cancel(ledger: str) -> None:
+    try:
+        with open(ledger) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return
+    for cmd in scancel_commands(data, pwd.getpwuid(os.getuid()).pw_name):
+        subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+
+
+def main(argv: list[str]) -> int:
+    ledger, owner = argv[1], int(argv[2])
+    started = _start_time(owner)
+    while os.path.exists(ledger):
+        if started is None or _start_time(owner) != started:
+            _cancel(ledger)
+            # Gone only now: a reader never sees the ledger without its jobs cancelled.
+            with contextlib.suppress(OSError):
+                os.remove(ledger)
+            return 0
+        time.sleep(POLL)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

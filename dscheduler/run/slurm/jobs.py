@@ -1,0 +1,131 @@
+"""The two kinds of SLURM job: dask-jobqueue's ``SLURMJob`` told apart by attributes.
+
+A :class:`CpuJob` and a :class:`GpuJob` differ only by ``kind``: the
+options of that kind of job (:meth:`SlurmOptions.job`), ``--gres=gpu:N``
+for GPU jobs, and the resource their workers offer (``CPU={threads}`` or
+``GPU={gpus per worker}``, see :mod:`.routing`).  Both add to what
+dask-jobqueue writes:
+
+* ``--output`` in the worker log directory, one file per job
+  (``{job_name}-{kind}-{cluster}-{job id}.log``, stderr included), and
+  ``DSCHEDULER_WORKER_LOG`` naming it, which node records quote;
+* ``--lifetime``/``--lifetime-stagger`` from the walltime, without restart
+  (:meth:`SlurmOptions.lifetime_seconds`);
+* the driver's ``dscheduler`` settings (``DASK_INTERNAL_INHERIT_CONFIG``),
+  as for the embedded cluster's workers;
+* the preload that releases env mounts (:mod:`.preload`);
+* the job id in the cluster's ledger as soon as ``sbatch`` returns it, and
+  out of it when the job is closed (:mod:`.ledger`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+from typing import Any, ClassVar
+
+import dask.config
+from dask_jobqueue.slurm import SLURMJob
+from distributed.deploy.spec import ProcessInterface
+
+from ...store.layout import slurm_log_name
+from .ledger import Ledger
+from .options import SlurmOptions
+
+log = logging.getLogger("dscheduler.slurm")
+
+PRELOAD = "dscheduler.run.slurm.preload"
+
+
+def job_label(options: SlurmOptions, kind: str, cluster_id: str) -> str:
+    """The SLURM job name (``-J``) of a cluster's ``kind`` jobs."""
+    return f"{options.job_name}-{kind}-{cluster_id}"
+
+
+def inherited_config() -> str:
+    """The driver's ``dscheduler`` settings, serialized for the workers' environment."""
+    return dask.config.serialize({"dscheduler": dask.config.get("dscheduler")})
+
+
+class CpuJob(SLURMJob):
+    """One SLURM job running the dask workers of a CPU job."""
+
+    kind: ClassVar[str] = "cpu"
+
+    def __init__(self, scheduler: str | None = None, name: str | None = None, *,
+                 options: SlurmOptions, cluster_id: str, log_dir: str,
+                 ledger: Ledger | None = None, config: str = "", **jobqueue: Any) -> None:
+        self.ledger = ledger
+        self.error: str | None = None  # why sbatch failed (text: no frames kept alive)
+        job = options.job(self.kind)
+        label = job_label(options, self.kind, cluster_id)
+        logs = Path(log_dir)
+        worker_args = ["--resources", self.resources(options), "--preload", PRELOAD]
+        lifetime = options.lifetime_seconds()
+        if lifetime is not None:
+            worker_args += ["--lifetime", f"{lifetime[0]:g}s",
+                            "--lifetime-stagger", f"{lifetime[1]:g}s", "--no-lifetime-restart"]
+        prologue = [
+            *options.prologue,
+            f"export DSCHEDULER_WORKER_LOG={shlex.quote(str(logs))}/"
+            f"{slurm_log_name(label, '$SLURM_JOB_ID')}",
+        ]
+        if config:
+            prologue.append(f"export DASK_INTERNAL_INHERIT_CONFIG={config}")
+        super().__init__(
+            scheduler=scheduler, name=name, queue=job.partition, account=options.account,
+            walltime=options.walltime, cores=job.cores, memory=job.memory,
+            processes=job.processes, death_timeout=options.death_timeout,
+            local_directory=options.local_directory, worker_extra_args=worker_args,
+            job_extra_directives=[f"--output={logs / slurm_log_name(label, '%j')}",
+                                  *job.directives],
+            # null walltime: no -t line (dask-jobqueue would write its own default)
+            job_directives_skip=["-t "] if options.walltime is None else [],
+            job_script_prologue=prologue, log_directory=None, python=options.interpreter,
+            job_name=label, **jobqueue,
+        )
+
+    def resources(self, options: SlurmOptions) -> str:
+        """What each worker of this job offers: ``CPU={threads}``."""
+        return f"CPU={options.threads(self.kind)}"
+
+    async def start(self) -> None:
+        """sbatch, then record the job id in the ledger (an error is kept in ``error``)."""
+        try:
+            await super().start()
+        except Exception as err:
+            self.error = str(err)
+            raise
+        if self.ledger is not None and self.job_id:
+            self.ledger.add(self.job_id, self.kind, str(self.name))
+
+    async def close(self) -> None:
+        """scancel (a job that ended already is fine), then out of the ledger."""
+        await super().close()
+        if self.ledger is not None and self.job_id:
+            self.ledger.remove(self.job_id)
+        # dask-jobqueue leaves the status as it was; SpecCluster's close checks it
+        await ProcessInterface.close(self)
+
+
+class GpuJob(CpuJob):
+    """One SLURM job with ``--gres=gpu:N`` whose workers run the tasks that ask for GPU."""
+
+    kind: ClassVar[str] = "gpu"
+
+    def resources(self, options: SlurmOptions) -> str:
+        per_worker = options.gpu.gpus // options.job("gpu").processes
+        return f"GPU={per_worker}"
+
+
+JOB_CLASSES: dict[str, type[CpuJob]] = {"cpu": CpuJob, "gpu": GpuJob}
+
+
+def job_script(options: SlurmOptions, kind: str = "cpu", cluster_id: str = "0" * 8,
+               log_dir: str = "logs", scheduler: str = "tcp://scheduler:8786") -> str:
+    """The batch script of a ``kind`` job, without a cluster (what ``sbatch`` would get)."""
+    job = JOB_CLASSES[kind](scheduler, name="dummy-name", options=options,
+                            cluster_id=cluster_id, log_dir=log_dir, config=inherited_config(),
+                            interface=options.interface)
+    return str(job.job_script())

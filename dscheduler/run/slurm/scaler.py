@@ -1,0 +1,236 @@
+"""Adaptive scaling per kind of job: CPU jobs for CPU tasks, GPU jobs for GPU tasks.
+
+distributed's ``Adaptive`` turns one number (the scheduler's target) into
+``cluster.scale(n)`` of one worker spec; a heterogeneous cluster needs one
+target per kind, and its bookkeeping (``plan``/``requested``/``observed``)
+counts a job whose worker retired at its lifetime as still there, which is
+how dask-jobqueue issue #691 stops resubmitting.  So :class:`Scaler` is
+written here (docs/design.md §13.2); every ``interval`` seconds, on the
+cluster's event loop, it:
+
+1. **forgets ended jobs**: a job whose workers came and went (lifetime,
+   ``scancel``, a crash) or that left ``squeue`` without ever connecting
+   (cancelled while pending, failed at start) leaves the worker spec at
+   once, so it no longer counts;
+2. **measures demand** per kind, in slots: tasks that can run now
+   (``no-worker``, ``queued`` or ``processing``), one slot each (a GPU task
+   its ``GPU`` amount); tasks still waiting for inputs do not count;
+3. **asks for** ``min(max_jobs, ceil(demand / slots per job))`` jobs of the
+   kind (never more jobs than runnable tasks), at least ``min_jobs`` CPU
+   jobs; an ``sbatch`` that fails is logged and that kind waits
+   :data:`BACKOFF` seconds before trying again;
+4. **gives back surplus** jobs that stayed surplus ``idle_timeout``
+   seconds: pending ones are cancelled, running ones retired gracefully
+   (their data moves elsewhere first) only when their workers are idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from itertools import chain
+from typing import TYPE_CHECKING, Any
+
+from tornado.ioloop import PeriodicCallback
+
+from .ledger import queue_states
+from .routing import KINDS, kind_of
+
+if TYPE_CHECKING:
+    from .cluster import SlurmCluster
+
+log = logging.getLogger("dscheduler.slurm")
+
+BACKOFF = 30.0  # seconds without new jobs of a kind after its sbatch failed
+SQUEUE_EVERY = 5.0  # seconds between squeue checks of jobs not (or no longer) connected
+SQUEUE_SOON = 1.0  # ... when a job's workers just left
+GONE_GRACE = 60.0  # a job whose workers left this long ago is cancelled, whatever squeue says
+
+
+@dataclass
+class JobState:
+    """What the scaler knows of one worker spec (one SLURM job)."""
+
+    kind: str
+    seen: bool = False  # a worker of this job connected once
+    left: float | None = None  # when its workers were last seen leaving
+    surplus: float | None = None  # since when the job is beyond what the tasks need
+
+
+def demand(scheduler: Any, caps: Mapping[str, float]) -> dict[str, float]:
+    """Slots wanted per kind by the tasks that can run now (stops counting at ``caps``)."""
+    wanted = dict.fromkeys(KINDS, 0.0)
+    tasks: Iterable[Any] = chain(scheduler.unrunnable, scheduler.queued,
+                                 *(ws.processing for ws in scheduler.workers.values()))
+    for ts in tasks:
+        restrictions = ts.resource_restrictions
+        kind = kind_of(restrictions)
+        wanted[kind] += (restrictions or {}).get("GPU" if kind == "gpu" else "CPU", 1)
+        if all(wanted[k] >= caps[k] for k in KINDS):
+            break
+    return wanted
+
+
+class Scaler:
+    """Keeps each kind of job at what its tasks need (see the module docstring)."""
+
+    def __init__(self, cluster: SlurmCluster) -> None:
+        self.cluster = cluster
+        self.options = cluster.options
+        self.jobs: dict[str, JobState] = {}
+        self.backoff = dict.fromkeys(KINDS, 0.0)
+        self.errors: list[str] = []  # sbatch failures, newest last
+        self._next_squeue = 0.0
+        self._busy = False
+        self.state = "running"
+        self._callback = PeriodicCallback(self._tick, self.options.interval * 1000)
+        loop = cluster.loop
+        if loop is None:
+            raise RuntimeError("the SLURM cluster has no event loop: it is not running")
+        loop.add_callback(self._callback.start)
+
+    def stop(self, reason: str = "") -> None:
+        """Stop scaling (the cluster's close calls it)."""
+        self.state = "stopped"
+        self._callback.stop()
+
+    async def _tick(self) -> None:
+        if self._busy or self.state != "running":
+            return
+        self._busy = True
+        try:
+            await self.adapt()
+        except Exception:
+            log.warning("scaling the SLURM cluster failed", exc_info=True)
+        finally:
+            self._busy = False
+
+    # -- one round ---------------------------------------------------------------------
+
+    async def adapt(self) -> None:
+        cluster = self.cluster
+        if cluster.status.name != "running" or cluster.scheduler is None:
+            return
+        scheduler = cluster.scheduler
+        await self._forget_ended(scheduler)
+        caps = {k: self.options.max_for(k) * self.options.slots(k) for k in KINDS}
+        wanted = demand(scheduler, caps)
+        now = time.time()
+        for kind in KINDS:
+            target = min(self.options.max_for(kind),
+                         math.ceil(wanted[kind] / self.options.slots(kind)))
+            if kind == "cpu":
+                target = max(target, self.options.min_jobs)
+            live = [n for n, s in self.jobs.items() if s.kind == kind and s.left is None]
+            if target > len(live):
+                for name in live:
+                    self.jobs[name].surplus = None
+                if now >= self.backoff[kind]:
+                    for _ in range(target - len(live)):
+                        self._add(kind)
+            else:
+                await self._shrink(scheduler, kind, live, len(live) - target, now)
+        try:
+            await cluster._correct_state()  # sbatch of new specs, scancel of dropped ones
+        except Exception as err:  # a failed sbatch: the job keeps it in .error
+            log.debug("correcting the SLURM cluster's state: %s", err)
+        self._note_failures(now)
+
+    def _add(self, kind: str) -> None:
+        name, spec = self.cluster.new_job_spec(kind)
+        self.cluster.worker_spec[name] = spec
+        self.jobs[name] = JobState(kind)
+
+    def _drop(self, name: str) -> None:
+        """Out of the spec: the next ``_correct_state`` closes (scancels) its job."""
+        self.cluster.worker_spec.pop(name, None)
+        self.jobs.pop(name, None)
+
+    def _note_failures(self, now: float) -> None:
+        for name, job in list(self.cluster.workers.items()):
+            error = getattr(job, "error", None)
+            if error is None or name not in self.jobs:
+                continue
+            kind = self.jobs[name].kind
+            self.backoff[kind] = now + BACKOFF
+            self.errors.append(f"{kind} job: {error}")
+            log.warning("sbatch of a %s job failed; retrying in %d s: %s", kind, BACKOFF,
+                        error)
+            self._drop(name)
+
+    # -- ended jobs ------------------------------------------------------------------
+
+    def _worker_names(self, name: str) -> list[str]:
+        spec = self.cluster.worker_spec.get(name) or {}
+        return [f"{name}{suffix}" for suffix in spec.get("group", [""])]
+
+    async def _forget_ended(self, scheduler: Any) -> None:
+        connected = {str(ws.name) for ws in scheduler.workers.values()}
+        now = time.time()
+        unconnected: dict[str, str] = {}  # job id -> spec name
+        for name, state in list(self.jobs.items()):
+            job = self.cluster.workers.get(name)
+            if job is None or not getattr(job, "job_id", None):
+                continue  # not submitted yet
+            if any(w in connected for w in self._worker_names(name)):
+                state.seen, state.left = True, None
+                continue
+            if state.seen and state.left is None:
+                state.left = now  # its workers are gone: no longer counts as live
+                self._next_squeue = min(self._next_squeue, now + SQUEUE_SOON)
+            unconnected[str(job.job_id)] = name
+        if not unconnected or now < self._next_squeue:
+            return
+        self._next_squeue = now + SQUEUE_EVERY
+        in_queue = await asyncio.get_running_loop().run_in_executor(
+            None, queue_states, list(unconnected))
+        for job_id, name in unconnected.items():
+            queued = in_queue.get(job_id, {}).get("state")
+            left = self.jobs[name].left
+            if queued not in ("PENDING", "CONFIGURING", "RUNNING") or (
+                    left is not None and now - left > GONE_GRACE):
+                self._drop(name)  # ended in SLURM (or ending): nothing of it comes back
+
+    # -- surplus -------------------------------------------------------------------------
+
+    def _surplus_candidates(self, scheduler: Any, live: list[str]) -> Iterator[str]:
+        """Pending jobs (newest first), then running jobs whose workers are all idle."""
+        by_name = {str(ws.name): ws for ws in scheduler.workers.values()}
+        for name in reversed(live):
+            if not self.jobs[name].seen:
+                yield name
+        for name in live:
+            workers = [by_name.get(w) for w in self._worker_names(name)]
+            if self.jobs[name].seen and all(ws is not None and not ws.processing
+                                            for ws in workers):
+                yield name
+
+    async def _shrink(self, scheduler: Any, kind: str, live: list[str], extra: int,
+                      now: float) -> None:
+        chosen = list(self._surplus_candidates(scheduler, live))[:extra]
+        for name in live:
+            state = self.jobs[name]
+            if name not in chosen:
+                state.surplus = None
+            elif state.surplus is None:
+                state.surplus = now
+        wait = self.options.idle_timeout
+        due = [n for n in chosen if now - (self.jobs[n].surplus or now) >= wait]
+        running = [n for n in due if self.jobs[n].seen]
+        for name in due:
+            if name not in running:
+                self._drop(name)
+        if running:
+            names = [w for n in running for w in self._worker_names(n)]
+            retired = await scheduler.retire_workers(names=names, close_workers=True,
+                                                     remove=True)
+            gone = {str(info.get("name")) for info in retired.values()}
+            for name in running:
+                if all(w in gone for w in self._worker_names(name)):
+                    self._drop(name)
+                else:  # its data had nowhere to go: keep it for now
+                    self.jobs[name].surplus = None

@@ -1,0 +1,177 @@
+"""SLURM options without SLURM: precedence, validation, job scripts, the reaper's commands.
+
+docs/design.md §13.1.  Fast tier: nothing here starts a scheduler or submits a job.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dask.config
+import pytest
+
+import dscheduler as ds
+from dscheduler.cli.cluster import parse_options
+from dscheduler.run.slurm import _reaper
+from dscheduler.run.slurm.jobs import job_script
+from dscheduler.run.slurm.options import resolve, walltime_seconds
+
+pytestmark = pytest.mark.fast
+
+
+_PRECEDENCE = """
+import json, sys, dask.config
+from dscheduler.run.slurm.options import resolve
+out = []
+for paths, env in json.loads(sys.argv[1]):
+    dask.config.refresh(paths=paths, env=env)  # as a fresh process would load them
+    o, a = resolve(), resolve(walltime="00:30:00", gpu={"max_jobs": 5})
+    out.append([o.walltime, o.gpu.max_jobs, a.walltime, a.gpu.max_jobs, o.gpu.gpus])
+print(json.dumps(out))
+"""
+
+
+def test_precedence_argument_env_userfile_default(tmp_path: Path) -> None:
+    config = tmp_path / "dask"
+    config.mkdir()
+    (config / "mine.yaml").write_text(
+        "dscheduler:\n  slurm:\n    walltime: '02:00:00'\n    gpu:\n      max_jobs: 3\n")
+    env = {"DASK_DSCHEDULER__SLURM__WALLTIME": "04:00:00",
+           "DASK_DSCHEDULER__SLURM__GPU__MAX_JOBS": "4"}
+    cases = [([str(tmp_path / "none")], {}), ([str(config)], {}), ([str(config)], env)]
+    # One subprocess, its config reloaded per case: three imports of dask cost seconds.
+    out = subprocess.run([sys.executable, "-c", _PRECEDENCE, json.dumps(cases)],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [
+        ["01:00:00", 1, "00:30:00", 5, 1],  # packaged default; arguments win
+        ["02:00:00", 3, "00:30:00", 5, 1],  # the user file beats the default
+        ["04:00:00", 4, "00:30:00", 5, 1],  # an environment variable beats the user file
+    ]
+
+
+def test_python_defaults_to_the_drivers_interpreter() -> None:
+    assert resolve().interpreter == sys.executable
+    assert resolve(python="/opt/py/bin/python").interpreter == "/opt/py/bin/python"
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"walltime": "1:2:3:4"}, r"walltime '1:2:3:4' is not a SLURM time limit: write MM, MM:SS, "
+                               r"HH:MM:SS"),
+    ({"walltime": "abc"}, r"walltime 'abc' is not a SLURM time limit"),
+    ({"memory": "4000"}, r"memory='4000': needs a unit: write e.g. '4GB' or '4000MB'"),
+    ({"memory": 4000}, r"memory=4000: needs a unit"),
+    ({"gpu": {"memory": "12"}}, r"gpu.memory='12': needs a unit"),
+    ({"walltme": "01:00:00"}, r"unknown slurm option\(s\) \['walltme'\] in the arguments; "
+                              r"valid options: partition, account, cores, memory"),
+    ({"gpu": {"gpu": 2}}, r"unknown slurm option\(s\) \['gpu.gpu'\].*gpu: gpus, max_jobs"),
+    ({"cores": 3, "processes": 2}, r"cores 3 cannot be split over 2 worker processes"),
+    ({"directives": ["qos=short"]}, r"'qos=short' is not an sbatch option: write it as on the "
+                                    r"sbatch command line, e.g. '--qos=short'"),
+    ({"walltime": "00:01:00", "lifetime": "70s"}, r"lifetime 70 s .* reaches the walltime "
+                                                  r"'00:01:00'"),
+    ({"min_jobs": 9}, r"min_jobs 9 exceeds max_jobs 4"),
+    ({"max_jobs": -1}, r"max_jobs=-1"),
+])
+def test_bad_options_are_config_errors_naming_them(overrides: dict[str, object],
+                                                    expected: str) -> None:
+    with pytest.raises(ds.ConfigError, match=expected):
+        resolve(**overrides)
+
+
+def test_unknown_key_in_the_settings_lists_the_valid_ones() -> None:
+    with dask.config.set({"dscheduler.slurm.wall_time": "01:00:00"}), \
+            pytest.raises(ds.ConfigError, match=r"\['wall_time'\] in the settings "
+                                                r"\(dscheduler.slurm\); valid options: "):
+        resolve()
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30", 1800), ("30:15", 1815), ("01:30:00", 5400), ("2-0", 172800), ("1-02:03", 93780),
+    ("1-00:00:10", 86410),
+])
+def test_walltime_forms(text: str, seconds: int) -> None:
+    assert walltime_seconds(text) == seconds
+
+
+def test_lifetime_is_derived_from_the_walltime() -> None:
+    assert resolve(walltime="01:00:00").lifetime_seconds() == (3240.0, 180.0)  # a tenth
+    assert resolve(walltime="00:01:00").lifetime_seconds() == (50.0, 5.0)  # at least 10 s
+    assert resolve(walltime="2-00:00:00").lifetime_seconds() == (172200.0, 300.0)  # <= 10 min
+    assert resolve(walltime="00:05:00", lifetime="20s").lifetime_seconds() == (20.0, 0.0)
+
+
+def test_job_scripts_hold_the_configured_directives() -> None:
+    options = resolve(partition="debug", account="proj", cores=4, processes=2, memory="8GB",
+                      walltime="02:00:00", directives=["--qos=short"],
+                      prologue=["module load cuda"], interface="ib0", python="/opt/py",
+                      gpu={"gpus": 2, "cores": 2, "partition": "gpu", "processes": 2})
+    cpu = job_script(options, "cpu", cluster_id="c0ffee00", log_dir="/store/slurm/logs")
+    for line in ["#SBATCH -J dscheduler-cpu-c0ffee00", "#SBATCH -p debug", "#SBATCH -A proj",
+                 "#SBATCH --cpus-per-task=4", "#SBATCH --mem=8G", "#SBATCH -t 02:00:00",
+                 "#SBATCH --output=/store/slurm/logs/dscheduler-cpu-c0ffee00-%j.log",
+                 "#SBATCH --qos=short", "module load cuda",
+                 "export DSCHEDULER_WORKER_LOG=/store/slurm/logs/"
+                 "dscheduler-cpu-c0ffee00-$SLURM_JOB_ID.log"]:
+        assert line in cpu.splitlines(), (line, cpu)
+    worker = cpu.splitlines()[-1]
+    for part in ["/opt/py -m distributed.cli.dask_worker", "--nthreads 2", "--nworkers 2",
+                 "--resources CPU=2", "--lifetime 6600s", "--lifetime-stagger 300s",
+                 "--no-lifetime-restart", "--interface ib0", "--death-timeout 60",
+                 "--preload dscheduler.run.slurm.preload"]:
+        assert part in worker, (part, worker)
+    assert "gres" not in cpu
+    gpu = job_script(options, "gpu", cluster_id="c0ffee00", log_dir="/store/slurm/logs")
+    for line in ["#SBATCH -p gpu", "#SBATCH --cpus-per-task=2", "#SBATCH --gres=gpu:2",
+                 "#SBATCH --qos=short"]:
+        assert line in gpu.splitlines(), (line, gpu)
+    assert "--resources GPU=1" in gpu and "CPU=" not in gpu
+
+
+def test_job_scripts_carry_the_drivers_dscheduler_settings() -> None:
+    with dask.config.set({"dscheduler.task.lease_ttl": 17}):
+        script = job_script(resolve(), "cpu")
+    prefix = "export DASK_INTERNAL_INHERIT_CONFIG="
+    [line] = [x for x in script.splitlines() if x.startswith(prefix)]
+    assert dask.config.deserialize(line[len(prefix):])["dscheduler"]["task"]["lease_ttl"] == 17
+
+
+def test_reaper_cancels_by_id_and_by_job_name() -> None:
+    data = {"jobs": {"12": {}, "13": {}}, "names": ["dscheduler-cpu-ab", "dscheduler-gpu-ab"]}
+    assert _reaper.scancel_commands(data, "me") == [
+        ["scancel", "12", "13"],
+        ["scancel", "--user=me", "--name=dscheduler-cpu-ab"],
+        ["scancel", "--user=me", "--name=dscheduler-gpu-ab"],
+    ]
+    assert _reaper.scancel_commands({"jobs": {}, "names": []}, "me") == []
+
+
+def test_reaper_watches_its_owner_and_leaves_when_the_ledger_goes(tmp_path: Path) -> None:
+    ledger = tmp_path / "jobs.json"
+    ledger.write_text(json.dumps({"jobs": {}, "names": []}))
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    reaper = subprocess.Popen([sys.executable, "-I", _reaper.__file__, str(ledger),
+                               str(owner.pid)])
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            reaper.wait(timeout=1.0)  # the owner lives: it waits
+        owner.kill()
+        owner.wait()
+        assert reaper.wait(timeout=10) == 0
+        assert not ledger.exists()  # the owner died: its jobs (none here) cancelled, file gone
+    finally:
+        owner.kill()
+        reaper.kill()
+
+
+def test_cluster_up_options_parse_as_yaml_values() -> None:
+    options = parse_options(["max_jobs=8", "walltime=1:00:00", "gpu.max_jobs=2",
+                             "directives=[--qos=short]", "account="])
+    assert options == {"max_jobs": "8", "walltime": "1:00:00", "gpu": {"max_jobs": "2"},
+                       "directives": ["--qos=short"], "account": None}
+    resolved = resolve(**options)
+    assert (resolved.max_jobs, resolved.walltime, resolved.gpu.max_jobs) == (8, "1:00:00", 2)
+    with pytest.raises(ds.ConfigError, match="'max_jobs' is not KEY=VALUE"):
+        parse_options(["max_jobs"])
