@@ -82,11 +82,14 @@ class Sweep:
                        "max_cost_total": max_cost_total, "seed": seed}
         self.trial_ttl = trial_ttl
 
+    # A lease whose holder died on this host is broken at once (break_dead_local);
+    # one held from another host, after its ttl without a heartbeat.
     def lease(self) -> ds.Lease:
-        return self.store.lease(f"sweep-{self.name}", ttl=30)
+        return self.store.lease(f"sweep-{self.name}", ttl=30, break_dead_local=True)
 
     def trial_lease(self, trial: int) -> ds.Lease:
-        return self.store.lease(f"sweep-{self.name}-trial-{trial}", ttl=self.trial_ttl)
+        return self.store.lease(f"sweep-{self.name}-trial-{trial}", ttl=self.trial_ttl,
+                                break_dead_local=True)
 
     def read(self) -> dict[str, Any]:
         state = atomic.read_json(self.path) or {"limits": self.limits, "trials": []}
