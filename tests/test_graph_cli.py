@@ -1,13 +1,10 @@
-"""``dscheduler run|plan|status``, and the example recipe end to end."""
+"""``dscheduler run|plan|status`` on recipe files (the main job: tests/test_recipes.py)."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
 from typer.testing import CliRunner
 
 from dscheduler.cli import app
@@ -91,26 +88,3 @@ def test_bad_paths_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "m.py").write_text(model)
     out = _invoke("plan", str(exp))
     assert out.exit_code == 2 and "no recipe" in out.output
-
-
-@pytest.mark.slow
-def test_forecast_recipe_end_to_end(cluster: Any, tmp_path: Path) -> None:
-    """The README's first command: envs from checkpoint metadata (numpy, xarray from PyPI)."""
-    recipes = tmp_path / "recipes"
-    shutil.copytree(ROOT / "recipes", recipes, ignore=shutil.ignore_patterns("__pycache__"))
-    store = str(tmp_path / "data")
-    ran = _invoke("run", str(recipes / "forecast.yaml"), "--store", store, "--no-progress")
-    assert ran.exit_code == 0, ran.output
-    assert "7 succeeded" in ran.output and "2 built" in ran.output
-    again = _invoke("run", str(recipes / "forecast.yaml"), "--store", store, "--no-progress")
-    assert "7 cached" in again.output
-
-    import xarray as xr
-
-    zarrs = sorted(Path(store).glob("runs/*/*/*/forecast.zarr"))
-    assert len(zarrs) == 6
-    ds_ = xr.open_zarr(zarrs[0], consolidated=False)
-    assert ds_["t2m"].dims == ("member", "step") and ds_.sizes["step"] == 5
-    summary = json.loads(next(Path(store).glob("tasks/summary/*/summary.value.json"))
-                         .read_text())
-    assert len(summary) == 6 and all(250 < v < 310 for v in summary.values())

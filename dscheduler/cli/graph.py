@@ -22,13 +22,22 @@ from rich.text import Text
 from .. import settings
 from ..errors import DSchedulerError, StoreError, tail
 from ..graph import plan as make_plan
-from ..graph.recipe import load_nodes
+from ..graph.recipe import load_nodes, load_recipe
 from ..run import compute
 from ..run.clusters import close_local, close_slurm, local_running, slurm_running
 from ..run.slurm.ledger import cluster_jobs, reap_orphans
 from ..store import Store
 from ..store.status import STATES, Summary, summarize
-from .common import ModelOption, RecipeOption, StoreOption, console, errors, fail, say
+from .common import (
+    ModelOption,
+    RecipeOption,
+    StoreOption,
+    console,
+    errors,
+    fail,
+    say,
+    show_error,
+)
 from .envs import _size as size_text
 
 PathArgument = Annotated[Path, typer.Argument(help="experiment YAML or recipe .py")]
@@ -54,8 +63,8 @@ def run(
     owned = not local_running()  # close only a cluster this command starts
     owned_slurm = not slurm_running()
     try:
-        nodes = load_nodes(path, recipe, model)
-        results = compute(nodes, store=Store(store), cluster=cluster, force=force,
+        described = load_recipe(path, recipe, model)
+        results = compute(described.nodes, store=Store(store), cluster=cluster, force=force,
                           progress=progress)
     except DSchedulerError as err:
         fail(err)
@@ -64,8 +73,15 @@ def run(
             close_local()  # before distributed's own exit hooks, which log lost tasks
         if owned_slurm:
             close_slurm()  # cancels every job it submitted
-    say(repr(results))
-    say(f"store: {results.store.root}")
+    say(results.summary())
+    try:
+        report = described.report(results)
+    except DSchedulerError as err:
+        show_error(err)
+        report = None
+    if report:
+        say("")
+        say(report)
     try:
         results.raise_for_status()
     except DSchedulerError as err:

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError
-from .imports import import_object
+from .imports import call, file_function, import_object, split_spec
 from .runconfig import RunConfig
 
 CASE_FORMAT = "%Y%m%d%H%M"
@@ -42,6 +44,36 @@ class Experiment:
 
     def env_ids(self) -> list[str]:
         return sorted({r.env_id for r in self.runs})
+
+    def recipe(self, spec: str | None = None) -> Callable[..., Any]:
+        """The recipe function: ``spec`` or the file's ``recipe:`` (``file.py:main``)."""
+        spec = spec or self.raw.get("recipe")
+        if not spec:
+            raise ConfigError(
+                f"{self.path}: no recipe says how runs become tasks: add 'recipe: file.py:main' "
+                "to the file or pass --recipe file.py:main (main(experiment) returns nodes)"
+            )
+        file, name = split_spec(str(spec))
+        if file.suffix != ".py":
+            fn: Callable[..., Any] = import_object(str(spec), base=self.path.parent)
+            return fn
+        if not file.is_absolute() and (self.path.parent / file).exists():
+            file = self.path.parent / file
+        if not file.exists():
+            raise ConfigError(f"{self.path}: recipe file {file} does not exist")
+        return file_function(file, (name or "main",))  # type: ignore[no-any-return]
+
+    def nodes(self, recipe: str | None = None) -> Any:
+        """The nodes the recipe makes of this experiment: ``recipe(experiment)``."""
+        fn = self.recipe(recipe)
+        return call(fn, f"{self.path}: recipe", self)
+
+    def report(self, results: Any, recipe: str | None = None) -> str | None:
+        """What the recipe's module says of ``results`` (its ``report(results)``), if it
+        defines one: the lines a person wants after a run, e.g. the best run."""
+        module = sys.modules.get(self.recipe(recipe).__module__)
+        fn = getattr(module, "report", None)
+        return str(call(fn, f"{self.path}: report", results)) if callable(fn) else None
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DSchedulerError
 
 #: Prefix of the names of modules loaded from a file path.
 BY_PATH_PREFIX = "_ds_recipe_"
@@ -69,3 +69,34 @@ def import_object(spec: str, base: Path | None = None) -> Any:
         return getattr(module, attr)
     except AttributeError:
         raise ConfigError(f"{spec!r}: {module_name} has no attribute {attr!r}") from None
+
+
+def split_spec(spec: str) -> tuple[Path, str | None]:
+    """``file.py:name`` -> (file, name); a bare path -> (path, None)."""
+    file, sep, name = spec.rpartition(":") if spec.count(":") == 1 else (spec, "", "")
+    if not sep:
+        return Path(spec), None
+    return Path(file), name
+
+
+def file_function(file: Path, names: tuple[str, ...]) -> Any:
+    """The first of ``names`` that the Python file ``file`` defines as a function."""
+    module = load_file(file)
+    for name in names:
+        fn = getattr(module, name, None)
+        if callable(fn):
+            return fn
+    if len(names) == 1:
+        raise ConfigError(f"{file} has no function {names[0]}()")
+    raise ConfigError(f"{file} has neither {'() nor '.join(names)}(); name one with --recipe")
+
+
+def call(fn: Any, where: str, *args: Any) -> Any:
+    """Call user code (a recipe); its own failure becomes a ConfigError naming it."""
+    try:
+        return fn(*args)
+    except DSchedulerError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"{where}: {getattr(fn, '__name__', 'recipe')}() raised "
+                          f"{type(err).__name__}: {err}") from err

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +44,7 @@ from ..store import Store, store_of
 from ..store.index import View, finished
 from ..store.lease import holder_gone, is_stale, read_lease
 from ..store.records import done_key, read_record
-from . import drift
+from . import drift, html
 from .node import Node
 
 NO_RECORD = "no record"
@@ -149,6 +150,18 @@ class Plan:
 
     def __repr__(self) -> str:
         return f"<Plan {self.summary()}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: nodes to run and cached per task, envs to build, the reasons."""
+        parts = [html.heading(self.summary()),
+                 html.by_task(self.nodes, lambda n: "to run" if n.key in self.reasons
+                              else "cached", ("to run", "cached"))]
+        if self.build:
+            parts.append(html.table(["env to build"], [[e] for e in self.build]))
+        why = Counter(self.reasons.values())
+        if why:
+            parts.append(html.table(["why it runs", "nodes"], why.most_common(10)))
+        return "".join(parts)
 
     def explain(self, limit: int | None = 50) -> str:
         """A readable list of the nodes to run and why, envs to build first."""

@@ -12,45 +12,30 @@ PATH is either
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..envs import Env
-from ..errors import ConfigError, DSchedulerError
-from .experiment import load_experiment
-from .imports import import_object, load_file
+from ..errors import ConfigError
+from .experiment import Experiment, load_experiment
+from .imports import call, file_function, split_spec
 
 
-def _split(spec: str) -> tuple[Path, str | None]:
-    file, sep, name = spec.rpartition(":") if spec.count(":") == 1 else (spec, "", "")
-    if not sep:
-        return Path(spec), None
-    return Path(file), name
+@dataclass
+class Recipe:
+    """What PATH describes: its nodes, and what to print after running them."""
+
+    nodes: Any
+    experiment: Experiment | None = None
+    recipe: str | None = None
+
+    def report(self, results: Any) -> str | None:
+        """The recipe module's ``report(results)``, for an experiment whose recipe has one."""
+        return self.experiment.report(results, self.recipe) if self.experiment else None
 
 
-def _call(fn: Any, where: str, *args: Any) -> Any:
-    """Call a recipe function; its own failure becomes a ConfigError naming it."""
-    try:
-        return fn(*args)
-    except DSchedulerError:
-        raise
-    except Exception as err:
-        raise ConfigError(f"{where}: {getattr(fn, '__name__', 'recipe')}() raised "
-                          f"{type(err).__name__}: {err}") from err
-
-
-def _function(file: Path, names: tuple[str, ...]) -> Any:
-    module = load_file(file)
-    for name in names:
-        fn = getattr(module, name, None)
-        if callable(fn):
-            return fn
-    if len(names) == 1:
-        raise ConfigError(f"{file} has no function {names[0]}()")
-    raise ConfigError(f"{file} has neither {'() nor '.join(names)}(); name one with --recipe")
-
-
-def load_nodes(path: Path, recipe: str | None = None, model: str | None = None) -> Any:
+def load_recipe(path: Path, recipe: str | None = None, model: str | None = None) -> Recipe:
     """The nodes that ``path`` (an experiment YAML or a recipe .py) describes.
 
     ``recipe`` (``file.py:function`` or, for a .py path, a function name)
@@ -58,29 +43,20 @@ def load_nodes(path: Path, recipe: str | None = None, model: str | None = None) 
     """
     if path.suffix in (".yaml", ".yml"):
         exp = load_experiment(path, model=model)
-        spec = recipe or exp.raw.get("recipe")
-        if not spec:
-            raise ConfigError(
-                f"{path}: no recipe says how runs become tasks: add 'recipe: file.py:main' to "
-                "the file or pass --recipe file.py:main (main(experiment) returns nodes)"
-            )
-        file, name = _split(str(spec))
-        if file.suffix == ".py":
-            if not file.is_absolute() and (path.parent / file).exists():
-                file = path.parent / file
-            if not file.exists():
-                raise ConfigError(f"{path}: recipe file {file} does not exist")
-            fn = _function(file, (name or "main",))
-        else:
-            fn = import_object(str(spec), base=path.parent)
-        return _call(fn, str(spec), exp)
-    file, name = _split(str(path))
+        return Recipe(exp.nodes(recipe), exp, recipe)
+    file, name = split_spec(str(path))
     if file.suffix != ".py":
         raise ConfigError(f"{path}: expected an experiment .yaml or a recipe .py file")
     if not file.exists():
         raise ConfigError(f"{file}: no such file")
     name = name or recipe
-    return _call(_function(file, (name,) if name else ("main", "nodes")), str(file))
+    fn = file_function(file, (name,) if name else ("main", "nodes"))
+    return Recipe(call(fn, str(file)))
+
+
+def load_nodes(path: Path, recipe: str | None = None, model: str | None = None) -> Any:
+    """The nodes of :func:`load_recipe`."""
+    return load_recipe(path, recipe, model).nodes
 
 
 def _read_requirements(path: Path) -> list[str]:

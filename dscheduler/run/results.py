@@ -16,12 +16,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import TaskError
-from ..graph import Node, Plan
+from ..graph import Node, Plan, html
 from ..store import atomic
 from ..store.index import Entry
 from ..store.records import read_record
 from ..store.values import load_value
 from . import progress as progress_bar
+from .dashboard import links
 
 STATES = ("succeeded", "cached", "failed", "blocked", "cancelled")
 
@@ -32,13 +33,15 @@ class Results:
     """What a ``ds.compute`` did: per-node state, values, records and errors."""
 
     def __init__(self, p: Plan, states: dict[str, str], errors: dict[str, str],
-                 envs: dict[str, str], env_errors: dict[str, str]) -> None:
+                 envs: dict[str, str], env_errors: dict[str, str],
+                 dashboard: str | None = None) -> None:
         self.plan = p
         self.store = p.store
         self.states = states  # node key -> state
         self.errors = errors  # node key -> error text (failed and blocked nodes)
         self.envs = envs  # env_id -> built | reused | failed | cancelled
         self.env_errors = env_errors
+        self.dashboard = dashboard  # the scheduler's dashboard link; None: no cluster used
         self._by_key = {n.key: n for n in p.nodes}
 
     def _node(self, node: Node | str) -> Node:
@@ -98,6 +101,44 @@ class Results:
         builds = Counter(self.envs.values())
         envs = ", ".join(f"{n} {s}" for s, n in sorted(builds.items()))
         return f"<Results {counts}{'; envs: ' + envs if envs else ''}>"
+
+    def env_use(self) -> dict[str, list[str]]:
+        """env_ids by what this call did with them: built, reused, failed, cancelled.
+
+        "reused": published before (by an earlier run, or another driver
+        meanwhile) and used by a node that ran now.
+        """
+        out: dict[str, list[str]] = {"built": [], "reused": [], "failed": [], "cancelled": []}
+        for env_id, state in sorted(self.envs.items()):
+            out[state].append(env_id)
+        ran = {n.env_id for n in self.plan.nodes
+               if n.env_id and self.states[n.key] in ("succeeded", "failed")}
+        out["reused"] = sorted(set(out["reused"]) | (ran - set(self.envs)))
+        return out
+
+    def summary(self) -> str:
+        """A few lines for people: what ran, what was cached, envs, where things are."""
+        counts = self.counts()
+        ran = sum(counts.get(s, 0) for s in ("succeeded", "failed", "blocked", "cancelled"))
+        if not ran:
+            lines = [f"nothing to run: all {len(self.states)} nodes were cached"]
+        else:
+            detail = ", ".join(f"{counts[s]} {s}" for s in STATES
+                               if s != "cached" and counts.get(s))
+            lines = [f"ran {ran} of {len(self.states)} nodes ({detail}); "
+                     f"{counts.get('cached', 0)} cached"]
+        use = self.env_use()
+        envs = ", ".join(f"{len(ids)} {what}" for what, ids in use.items() if ids)
+        if envs:
+            lines.append(f"envs: {envs}")
+        lines.append(f"store: {self.store.root}")
+        if self.dashboard:
+            lines.append(f"dashboard: {self.dashboard}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: counts by state, envs, failures with their log tail, the links."""
+        return html_report(self)
 
     def raise_for_status(self) -> Results:
         """Raise TaskError listing every failure with its traceback; else return self."""
@@ -217,7 +258,8 @@ class Handle:
             else:
                 states[node.key] = "failed"
                 errors[node.key] = _error_text(future)
-        return Results(p, states, errors, envs, env_errors)
+        return Results(p, states, errors, envs, env_errors,
+                       dashboard=links(self.client)[0] if self.client is not None else None)
 
 
 def _index_outcomes(p: Plan, outcomes: Iterable[dict[str, Any]]) -> None:
@@ -265,3 +307,32 @@ def _error_text(future: Any) -> str:
     return f"{type(err).__name__}: {err}" if not isinstance(err, TaskError) else str(err)
 
 
+
+
+def html_report(results: Results) -> str:
+    """:meth:`Results._repr_html_`: counts by task and state, envs, failures, links."""
+    parts = [html.heading(results.summary().splitlines()[0]),
+             html.by_task(results.plan.nodes, lambda n: results.states[n.key], STATES)]
+    labels: dict[str, Counter[str]] = {}
+    for node in results.plan.nodes:
+        if node.cfg is not None:
+            labels.setdefault(html.label_of(node), Counter())[results.states[node.key]] += 1
+    if labels:
+        shown = [s for s in STATES if any(c[s] for c in labels.values())]
+        parts.append(html.table(["run label", *shown],
+                                [[label, *[c[s] or "" for s in shown]]
+                                 for label, c in sorted(labels.items())]))
+    use = results.env_use()
+    if any(use.values()):
+        parts.append(html.table(["env", "this call"],
+                                [[e, what] for what, ids in use.items() for e in ids]))
+    for node in (results.failed + results.blocked)[:5]:
+        record = results.record(node) if node in results.failed else None
+        last = (record or {}).get("attempts", [{}])[-1]
+        text = results.errors.get(node.key, "") + (
+            "\n--- log tail ---\n" + last["log_tail"] if last.get("log_tail") else "")
+        parts.append(html.heading(f"{node.name}: {results.states[node.key]}") + html.pre(text))
+    foot = f"store: {results.store.root}"
+    parts.append(f"<p>{html.text(foot)}" + (
+        f"; dashboard: {html.link(results.dashboard)}" if results.dashboard else "") + "</p>")
+    return "".join(parts)
