@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from test_build import MakeEnv, sha256, squashfs_tools
+from wheelhouse import STRAY_BYTES, STRAY_PYC
 
 import dscheduler as ds
 from dscheduler.envs.build import build_env
@@ -57,6 +58,22 @@ def test_a_changed_file_is_compiled_not_taken_from_the_cache(
     assert cold.record["bytecode_cache"] == {"dir": None, "sources": 0, "cached": 0, "stored": 0}
     assert old.image is not None and new.image is not None and cold.image is not None
     assert sha256(new.image) == sha256(cold.image) != sha256(old.image)
+
+
+def test_a_pyc_shipped_in_a_wheel_is_replaced_as_compileall_would(
+    tmp_path: Path, make_env: MakeEnv, squashfs_tools: None,
+) -> None:
+    cache = tmp_path / "cache"
+    build_env(ds.Store(tmp_path / "a"), make_env("dstest-stray"), pyc_cache=cache)
+    env = make_env("dstest-stray", "dstest-base==1.0")
+    warm = build_env(ds.Store(tmp_path / "warm"), env, pyc_cache=cache)  # restores over it
+    cold = build_env(ds.Store(tmp_path / "cold"), env, pyc_cache=False)
+    assert warm.record["bytecode_cache"]["cached"] >= 1
+    assert warm.image is not None and cold.image is not None
+    assert sha256(warm.image) == sha256(cold.image)
+    with ds.mount(warm) as prefix:
+        [pyc] = (prefix / "lib").rglob(STRAY_PYC)
+        assert pyc.read_bytes() != STRAY_BYTES and b"__version__" in pyc.read_bytes()
 
 
 def test_dir_envs_compile_in_full_with_their_own_path(

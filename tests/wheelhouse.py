@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +52,9 @@ PACKAGES: list[tuple[str, str, list[str], str]] = [
     ),
 ]
 
+STRAY_PYC = f"dstest_stray/__pycache__/__init__.{sys.implementation.cache_tag}.pyc"
+STRAY_BYTES = b"stale bytecode shipped in the wheel"
+
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -59,8 +63,10 @@ def _record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
-def write_wheel(directory: Path, dist: str, version: str, requires: list[str], source: str) -> Path:
-    """One pure-Python wheel ``{dist}-{version}-py3-none-any.whl`` in ``directory``."""
+def write_wheel(directory: Path, dist: str, version: str, requires: list[str], source: str,
+                extra: dict[str, bytes] | None = None) -> Path:
+    """One pure-Python wheel ``{dist}-{version}-py3-none-any.whl`` in ``directory``
+    (``extra``: more files, by their path in the wheel)."""
     module = dist.replace("-", "_")
     info = f"{module}-{version}.dist-info"
     metadata = "".join(
@@ -77,6 +83,7 @@ def write_wheel(directory: Path, dist: str, version: str, requires: list[str], s
         f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: dscheduler-tests\n"
         b"Root-Is-Purelib: true\nTag: py3-none-any\n",
         f"{info}/top_level.txt": f"{module}\n".encode(),
+        **(extra or {}),
     }
     record = [_record_line(name, data) for name, data in files.items()]
     record.append(f"{info}/RECORD,,")
@@ -94,6 +101,10 @@ def build_wheelhouse(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for dist, version, requires, source in PACKAGES:
         write_wheel(directory, dist, version, requires, source)
+    # Ships a stale .pyc of its own, as numpy 2.2.6's wheel does
+    # (numpy/distutils/__pycache__/conv_template.cpython-311.pyc).
+    write_wheel(directory, "dstest-stray", "1.0", [], '__version__ = "1.0"\n',
+                extra={STRAY_PYC: STRAY_BYTES})
     return directory
 
 

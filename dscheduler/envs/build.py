@@ -337,17 +337,21 @@ class _Builder:
             self._compileall(blog, [self.venv / "lib"])
             return
         stats = self.compile_stats
-        missing = cache.restore(self.venv, stats)
-        blog.write(f"bytecode cache {cache.dir}: {stats.cached} of {stats.sources} .py files "
+        found, missing = cache.lookup(self.venv, stats)
+        blog.write(f"bytecode cache {cache.dir}: {len(found)} of {stats.sources} .py files "
                    f"compiled before, {len(missing)} to compile\n")
         if len(missing) * 2 > stats.sources:
             self._compileall(blog, [self.venv / "lib"])  # all of it, in parallel (-j0)
         else:
-            # Most modules import from their .pyc already: the smoke test (-B, it
-            # writes none) runs beside the rest of the compile, not after it.
-            self.smoking = self._start_smoke(blog)
-            if missing:
-                self._compile_files(blog, [source for source, _ in missing])
+            # What is missing compiles while the rest is linked in place; then most
+            # modules import from their .pyc: the smoke test (-B, it writes none)
+            # runs beside the rest of the compile, at a lower priority, not after it.
+            compiling = self._start_compile(blog, [source for source, _ in missing])
+            try:
+                cache.restore(found, stats)
+                self.smoking = self._start_smoke(blog, early=True)
+            finally:
+                self._finish_compile(blog, compiling)
         self._storing = threading.Thread(target=self._store_pycs, args=(cache, missing),
                                          name="dscheduler-pyc-cache", daemon=True)
         self._storing.start()
@@ -388,17 +392,27 @@ class _Builder:
         except CommandError as err:
             self._compile_failed(blog, err)
 
-    def _compile_files(self, blog: BuildLog, files: list[Path]) -> None:
-        """compileall of a list of files, split over the cores: it compiles listed files
-        one by one (``-j`` spreads only a directory's)."""
+    def _start_compile(self, blog: BuildLog, files: list[Path]) -> list[Running]:
+        """compileall of a list of files, split over the cores (it compiles listed files
+        one by one: ``-j`` spreads only a directory's); :meth:`_finish_compile` waits."""
         parts = max(1, min(os.cpu_count() or 1, len(files) // 50))
+        shares: list[list[Path]] = [[] for _ in range(parts)]
+        size = {f: f.stat().st_size for f in files}
+        totals = [0] * parts
+        for f in sorted(files, key=size.__getitem__, reverse=True):
+            i = totals.index(min(totals))  # by bytes: one huge module can make a part late
+            shares[i].append(f)
+            totals[i] += size[f]
         running = []
-        for i in range(parts):
+        for i, share in enumerate(s for s in shares if s):
             listing = self.work / f"compile-{i}.list"
-            listing.write_text("".join(f"{f}\n" for f in files[i::parts]))
+            listing.write_text("".join(f"{f}\n" for f in share))
             running.append(blog.start("compile", self._compileall_cmd(["-i", listing]),
                                       output=self.work / f"compile-{i}.out", cwd=self.work,
                                       env={**self.subenv, "SOURCE_DATE_EPOCH": "0"}))
+        return running
+
+    def _finish_compile(self, blog: BuildLog, running: list[Running]) -> None:
         for started in running:
             try:
                 blog.finish(started)
@@ -428,7 +442,7 @@ class _Builder:
         if running is not None:
             blog.finish(running)  # the image is published only once this passed
 
-    def _start_smoke(self, blog: BuildLog) -> Running | None:
+    def _start_smoke(self, blog: BuildLog, early: bool = False) -> Running | None:
         modules = self.smoke_imports
         if modules is None:
             names = [Requirement(r).name for r in self.env.requirements]
@@ -439,7 +453,10 @@ class _Builder:
         script = self.work / "dscheduler_smoke.py"  # scratch: never published
         script.write_text(smoke.SCRIPT)
         # -B: an import must not write .pyc files into the tree being imaged.
-        return blog.start("smoke", [self.python, "-I", "-B", script, *modules],
+        # Started early, its imports compile in memory the modules still compiling:
+        # at the lowest priority it takes only the CPU the compile leaves.
+        nice = ["nice", "-n", "19"] if early else []
+        return blog.start("smoke", [*nice, self.python, "-I", "-B", script, *modules],
                           output=self.work / "smoke.out", env=self.subenv, cwd=self.work)
 
     def _squash(self, blog: BuildLog) -> Path | None:

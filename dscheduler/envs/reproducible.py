@@ -144,26 +144,40 @@ class PycCache:
         name = h.hexdigest()
         return self.dir / name[:2] / f"{name}.pyc"
 
-    def restore(self, venv: Path, stats: CompileStats) -> list[tuple[Path, Path]]:
-        """Put every cached ``.pyc`` in place; (source, cache entry) of those missing.
+    def lookup(self, venv: Path, stats: CompileStats
+               ) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+        """(source, cache entry) of the venv's sources: those the cache has, those it lacks.
+
+        Only reads: the build starts compiling what is missing before it
+        puts the rest in place (:meth:`restore`).
+        """
+        found: list[tuple[Path, Path]] = []
+        missing: list[tuple[Path, Path]] = []
+        sources = self.sources(venv)
+        stats.sources = len(sources)
+        for source in sources:
+            entry = self._entry(venv, source)
+            (found if entry.exists() else missing).append((source, entry))
+        return found, missing
+
+    def restore(self, found: list[tuple[Path, Path]], stats: CompileStats) -> None:
+        """Put the cached ``.pyc`` of each (source, entry) of :meth:`lookup` in place.
 
         Entries are hard-linked, not copied, when the cache and the venv share a
         filesystem: a build restores thousands of them.
         """
-        missing = []
-        sources = self.sources(venv)
-        stats.sources = len(sources)
-        for folder in {source.parent for source in sources}:
+        for folder in {source.parent for source, _ in found}:
             (folder / "__pycache__").mkdir(exist_ok=True)
-        for source in sources:
-            entry = self._entry(venv, source)
+        for source, entry in found:
+            pyc = self._pyc(source)
             try:
-                _link_or_copy(entry, self._pyc(source))
-            except FileNotFoundError:
-                missing.append((source, entry))
-                continue
+                _link_or_copy(entry, pyc)
+            except FileExistsError:
+                # The wheel shipped a .pyc of its own (numpy 2.2.6 does): compileall
+                # would write over it, so the cached one takes its place.
+                pyc.unlink()
+                _link_or_copy(entry, pyc)
             stats.cached += 1
-        return missing
 
     def store(self, compiled: list[tuple[Path, Path]], stats: CompileStats) -> None:
         """Put the ``.pyc`` files just compiled for ``compiled`` sources into the cache."""
