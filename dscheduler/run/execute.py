@@ -98,7 +98,8 @@ def _take_lease(spec: NodeSpec) -> Lease:
     """
     lease = spec.store.lease(f"node-{spec.key16}", ttl=settings.get("task.lease_ttl"),
                              break_dead_local=True,
-                             owner=f"{spec.name} {_worker_address() or ''}".strip())
+                             owner=f"{spec.name} {_worker_address() or ''}".strip(),
+                             details={k: v for k, v in _slurm_fields().items() if v})
     cancelled = spec.cancel_path
 
     def abort() -> str | None:
@@ -145,8 +146,15 @@ def _broken_attempt(attempts: list[dict[str, Any]], holder: dict[str, Any]
     owner = str(holder.get("owner") or "").split(" ", 1)
     attempt = {"attempt": len(attempts) + 1, "state": "failed", "host": holder.get("host"),
                "pid": holder.get("pid"), "worker": owner[1] if len(owner) > 1 else None,
-               "end": None}
+               **{k: holder.get(k) for k in _slurm_fields()}, "end": None}
     return [*attempts, {**attempt, "error": _interrupted(attempt)}]
+
+
+def _slurm_fields() -> dict[str, str | None]:
+    """On a SLURM worker (docs/design.md §13.4): its job, the job's node and its log file."""
+    return {"slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slurm_node": os.environ.get("SLURMD_NODENAME"),
+            "worker_log": os.environ.get("DSCHEDULER_WORKER_LOG")}
 
 
 def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]],
@@ -159,10 +167,7 @@ def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]],
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "worker": _worker_address(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        # SLURM workers (docs/design.md §13.4): the job's node and its log file
-        "slurm_node": os.environ.get("SLURMD_NODENAME"),
-        "worker_log": os.environ.get("DSCHEDULER_WORKER_LOG"),
+        **_slurm_fields(),
         "submission": spec.submission,
         "start": _now(),
     }

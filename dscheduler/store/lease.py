@@ -166,6 +166,9 @@ class Lease:
         Free text shown to waiters and in timeouts.
     break_dead_local
         Also break at once a lease whose holder ran on this host and is gone.
+    details
+        More JSON fields for the file: whoever breaks the lease reads them in
+        :attr:`broken` (a node's lease names its SLURM job and worker log).
     """
 
     def __init__(
@@ -176,12 +179,14 @@ class Lease:
         poll: float | None = None,
         owner: str = "",
         break_dead_local: bool = False,
+        details: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.ttl = float(settings.get("lease.ttl", ttl))
         self.poll = float(settings.get("lease.poll", poll))
         self.owner = owner
         self.break_dead_local = break_dead_local
+        self.details = details or {}
         self.token = ""
         self.lost = False
         self.beaten = 0.0
@@ -194,6 +199,7 @@ class Lease:
 
     def _content(self) -> bytes:
         info = {
+            **self.details,
             "token": self.token,
             "owner": self.owner,
             "host": socket.gethostname(),

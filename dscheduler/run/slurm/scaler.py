@@ -224,13 +224,15 @@ class Scaler:
         for name in due:
             if name not in running:
                 self._drop(name)
-        if running:
-            names = [w for n in running for w in self._worker_names(n)]
-            retired = await scheduler.retire_workers(names=names, close_workers=True,
+        # One job at a time: retiring them all at once leaves their data nowhere to
+        # go, so none would leave, and a job waiting for the cores they hold (a GPU
+        # job behind idle CPU jobs on a full partition) would wait for good.
+        for name in running:
+            workers = self._worker_names(name)
+            retired = await scheduler.retire_workers(names=workers, close_workers=True,
                                                      remove=True)
             gone = {str(info.get("name")) for info in retired.values()}
-            for name in running:
-                if all(w in gone for w in self._worker_names(name)):
-                    self._drop(name)
-                else:  # its data had nowhere to go: keep it for now
-                    self.jobs[name].surplus = None
+            if all(w in gone for w in workers):
+                self._drop(name)
+            else:  # its data had nowhere to go: keep it for now
+                self.jobs[name].surplus = None
