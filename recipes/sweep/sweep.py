@@ -133,12 +133,16 @@ class Sweep:
             self.write(state)
             return trial, lease, False
 
-    def finish(self, trial: dict[str, Any], result: dict[str, float]) -> None:
+    def finish(self, trial: dict[str, Any], result: dict[str, float]) -> bool:
+        """Record ``trial``'s result; False when another driver took the trial over."""
         with self.lease():
             state = self.read()
             stored = state["trials"][trial["trial"]]
+            if stored["attempts"] != trial["attempts"] or stored["status"] == "done":
+                return False
             stored.update(status="done", result=result)
             self.write(state)
+            return True
 
 
 def run_driver(sweep: Sweep, *, cluster: Any = "local", poll: float = 1.0,
@@ -155,8 +159,14 @@ def run_driver(sweep: Sweep, *, cluster: Any = "local", poll: float = 1.0,
             node = train_and_validate(**trial["config"], seed=sweep.limits["seed"], delay=delay)
             results = ds.compute(node, store=sweep.store, cluster=cluster, progress=False)
             results.raise_for_status()
-            lease.check()  # never record under a lease another driver has taken over
-            sweep.finish(trial, results.value(node))
+            # Never record under a lease another driver has taken over: this one
+            # stalled past the trial's ttl.  The evaluation is stored, so the taker
+            # finds it cached and records it: nothing lost, nothing counted twice.
+            if lease.lost or not sweep.finish(trial, results.value(node)):
+                print(f"trial {trial['trial']}: taken over by another driver after this "
+                      f"one stalled for more than {sweep.trial_ttl:g} s; it records the "
+                      "stored result", flush=True)
+                continue
             print(f"trial {trial['trial']} (attempt {trial['attempts']}): {trial['config']} "
                   f"-> rmse {results.value(node)['rmse']:.4f}", flush=True)
         finally:
