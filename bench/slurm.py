@@ -33,12 +33,12 @@ import dscheduler as ds
 from dscheduler.run import clusters
 
 
-def first_result(root: Path, partition: str | None) -> dict[str, float]:
+def first_result(root: Path, where: dict[str, str]) -> dict[str, float]:
     """Seconds from the call to each step of a cold SLURM start, and to the first result."""
     from distributed import wait
 
     wall0, t0 = time.time(), time.perf_counter()
-    cluster = ds.slurm_cluster(ds.Store(root), partition=partition, cores=1, memory="1GB",
+    cluster = ds.slurm_cluster(ds.Store(root), **where, cores=1, memory="1GB",
                                max_jobs=1, idle_timeout=60)
     t_scheduler = time.perf_counter() - t0
     try:
@@ -80,14 +80,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=4)
     parser.add_argument("--partition", default=None)
     args = parser.parse_args()
+    # An explicit partition=None would clear the configured one: pass it only when given.
+    where = {"partition": args.partition} if args.partition else {}
 
     with tempfile.TemporaryDirectory(prefix="ds-bench-slurm-") as tmp:
         root = Path(tmp)
-        steps = first_result(root / "first", args.partition)
+        steps = first_result(root / "first", where)
         print("cold start on SLURM, seconds from the call: " + ", ".join(
             f"{what} {t:.2f}" for what, t in steps.items()))
 
-        with ds.slurm_cluster(ds.Store(root / "slurm"), partition=args.partition, cores=1,
+        with ds.slurm_cluster(ds.Store(root / "slurm"), **where, cores=1,
                               memory="1GB", max_jobs=args.jobs, min_jobs=args.jobs,
                               idle_timeout=600) as cluster, \
                 dask.config.set({"dscheduler.local.n_workers": args.jobs}):

@@ -157,3 +157,13 @@ def test_dashboard_pages_in_chromium_while_a_graph_runs_and_after(
     assert sorted(e.get_attribute("data-env") for e in envs) == sorted({c.env_id for c in cfgs})
     assert all("built" in e.text and " s" in e.text and "kB" in e.text for e in envs)
     shot(browser, "dscheduler-done.png")
+
+    # Dask's /status after the graph ended: the task stream still shows its tasks,
+    # the last one (total) included.
+    browser.get(status)
+    assert "Dask needs bokeh" not in browser.page_source
+    ended = wait_for(lambda: (keys := task_stream(browser)) and any(
+        k.startswith("total-") for k in keys) and keys,
+        what="the graph's tasks, total included, in the task stream of /status after it ended")
+    assert {k.rsplit("-", 1)[0] for k in ended} >= {"work", "total", "boom"}, ended
+    shot(browser, "status-done.png")

@@ -7,12 +7,15 @@ GPU job fit the 2-CPU node at once; every test ends with none of its jobs in
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +23,13 @@ from typing import Any
 import dask.config
 import pytest
 from graphfixtures import Cfg, count, lines, work
+from test_dashboard import assert_loopback_only
 from test_graph_reliability import _wait_for as wait_for
 
 import dscheduler as ds
 from dscheduler.envs.mount import BACKENDS, SharedMount, release_unused
 from dscheduler.identity import short_id
+from dscheduler.run import dashboard
 from dscheduler.run.clusters import close_slurm
 
 pytestmark = pytest.mark.slurm
@@ -66,23 +71,64 @@ def attempts(results: ds.Results, node: ds.Node) -> list[dict[str, Any]]:
     return list(record["attempts"])
 
 
+def page_json(dashboard_link: str) -> dict[str, Any] | str:
+    """GET ``/dscheduler.json`` beside a dashboard link: its data, or what went wrong
+    (an HTTP error such as a 404 when the page is missing, or JSON that does not parse)."""
+    url = dashboard.page_link(dashboard_link) + ".json"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            if response.status != 200:
+                return f"{url}: HTTP {response.status}"
+            return dict(json.load(response))
+    except (urllib.error.URLError, ValueError) as err:
+        return f"{url}: {type(err).__name__}: {err}"
+
+
 # -- a graph with two envs, on the process's own SLURM cluster -----------------------------
+
+
+def _build_starts(dask_scheduler: Any) -> dict[str, int]:
+    """Run on the scheduler: how many times each env build task was sent to a worker."""
+    starts: dict[str, int] = {}
+    for key, _start, finish, *_ in dask_scheduler.transition_log:
+        if str(key).startswith("build_env-") and finish == "processing":
+            starts[str(key)] = starts.get(str(key), 0) + 1
+    return starts
 
 
 def test_two_envs_ten_tasks_on_slurm_workers(slurm_available: str, node_dirs: Any,
                                              tmp_path: Path) -> None:
     store = ds.Store(tmp_path / "data")
     log = str(tmp_path / "log")
-    nodes = [work(Cfg(flavor="ab"[i % 2], x=i, log=log), "c0") for i in range(10)]
-    settings = {f"dscheduler.slurm.{k}": v for k, v in SMALL.items()}
+    cfgs = [Cfg(flavor="ab"[i % 2], x=i, log=log, sleep=1.0) for i in range(10)]
+    nodes = [work(cfg, "c0") for cfg in cfgs]
+    # Two one-core CPU jobs (the 2-CPU node holds both): two workers that could race
+    # for the builds and mounts of the two envs.
+    settings = {f"dscheduler.slurm.{k}": v for k, v in {**SMALL, "max_jobs": 2}.items()}
     with dask.config.set({**settings, "dscheduler.slurm.partition": slurm_available}):
         try:
-            results = run(nodes, store, "slurm")
+            handle = ds.submit(nodes, store=store, cluster="slurm")
+            results = handle.wait(timeout=180, progress=False)
+            started = handle.client.run_on_scheduler(_build_starts)
         finally:
             close_slurm()  # cancels its jobs
     assert results.counts() == {"succeeded": 10}, results.errors
-    assert sorted(results.envs.values()) == ["built", "built"]  # two envs, each built once
+    assert sorted(results.envs.values()) == ["built", "built"]  # two envs, both built here
     assert count(log, "start") == 10 and [results.value(n)["x"] for n in nodes] == list(range(10))
+    env_ids = sorted({cfg.env_id for cfg in cfgs})
+    assert sorted(results.envs) == env_ids
+    # Each env built once: its build task went to a worker once (no worker ran it
+    # again) ...
+    assert started == {f"build_env-{env_id}": 1 for env_id in env_ids}, started
+    # ... and one build ran: one builder's header in its build log (a build writes it
+    # first), one install, nothing a second builder left behind, one env.json.
+    assert sorted(p.parent.name for p in store.envs_dir.glob("*/env.json")) == env_ids
+    for env_id in env_ids:
+        paths = store.env(env_id)
+        build_log = paths.log.read_text()
+        assert build_log.count(f"env {env_id} (") == 1, build_log
+        assert build_log.count("== install") == 1, build_log
+        assert store.env_leftovers(env_id) == [] and not paths.failed_log.exists()
     jobs = set()
     for node in nodes:
         [attempt] = attempts(results, node)
@@ -93,6 +139,7 @@ def test_two_envs_ten_tasks_on_slurm_workers(slurm_available: str, node_dirs: An
         assert worker_log.name.endswith(f"-{attempt['slurm_job_id']}.log")
         assert "distributed.worker" in worker_log.read_text()
     assert None not in jobs
+    assert len(jobs) == 2, jobs  # both workers ran tasks of the graph
     wait_until_gone(jobs, 60)
     assert not any(name.startswith("dscheduler-") for _, name in our_jobs().values())
     assert store.slurm_jobs_records() == []  # the cluster's ledger went with it
@@ -101,12 +148,17 @@ def test_two_envs_ten_tasks_on_slurm_workers(slurm_available: str, node_dirs: An
 # -- one held cluster for the next tests -----------------------------------------------------
 
 
+FIRST_PAGE: dict[str, dict[str, Any] | str] = {}  # cluster id -> page_json as it started
+
+
 @pytest.fixture(scope="module")
 def slurm(slurm_available: str, node_dirs: Any,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     store = ds.Store(tmp_path_factory.mktemp("slurm") / "data")
     cluster = ds.slurm_cluster(store, partition=slurm_available, **SMALL)
     try:
+        # the dscheduler page, asked for at once: before any graph was submitted
+        FIRST_PAGE[cluster.cluster_id] = page_json(cluster.dashboard_link)
         yield cluster
     finally:
         cluster.close()
@@ -130,6 +182,15 @@ def test_job_scripts_hold_the_configured_directives(slurm: Any) -> None:
         assert proc.returncode == 0, proc.stderr
     assert "--resources CPU=1" in cpu and "gres" not in cpu
     assert "#SBATCH --gres=gpu:1" in gpu.splitlines() and "--resources GPU=1" in gpu
+
+
+def test_dscheduler_page_from_the_start_and_on_loopback_only(slurm: Any) -> None:
+    """docs/design.md §12: the page is on a SLURM scheduler's dashboard before any
+    submit; §13.7: the dashboard binds to loopback while the scheduler listens widely."""
+    first = FIRST_PAGE[slurm.cluster_id]
+    assert isinstance(first, dict), first  # 200, and JSON
+    assert first["scheduler"] == slurm.scheduler_address and first["graphs"] == []
+    assert_loopback_only(slurm.dashboard_link)
 
 
 @ds.task(version="1", env=None)
@@ -247,28 +308,51 @@ def step(i: int, log: str) -> dict[str, Any]:
     return {"i": i, "job": os.environ["SLURM_JOB_ID"]}
 
 
+@ds.task(version="1", env=None, resources={"GPU": 1})
+def gpu_step(i: int, log: str) -> dict[str, Any]:
+    import os
+    import time
+
+    with open(log, "a") as f:
+        f.write(f"start gpu {i} {os.environ['SLURM_JOB_ID']}\n")
+    time.sleep(3)
+    return {"i": i, "job": os.environ["SLURM_JOB_ID"],
+            "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
 def test_a_worker_reaching_its_lifetime_retires_and_new_jobs_finish(
         slurm_available: str, node_dirs: Any, tmp_path: Path) -> None:
+    """CPU and GPU jobs alike (dask-jobqueue #691: after a lifetime shutdown, adaptive
+    did not resubmit GPU jobs): each kind's 12 s of work outlasts a worker's 8 s, with
+    one job of each kind at a time, so each kind needs a job asked for after the first
+    retired."""
     store = ds.Store(tmp_path / "data")
     log = str(tmp_path / "log")
-    nodes = [step(i, log) for i in range(4)]
+    cpu_nodes = [step(i, log) for i in range(4)]
+    gpu_nodes = [gpu_step(i, log) for i in range(4)]
     options = {**SMALL, "walltime": "00:05:00", "lifetime": "8s", "lifetime_stagger": "0s"}
     with ds.slurm_cluster(store, partition=slurm_available, **options) as cluster:
-        results = run(nodes, store, cluster)
-        history = cluster.history
+        results = run(cpu_nodes + gpu_nodes, store, cluster)
+        history = cluster.history  # job id -> cpu | gpu
     wait_until_gone(set(history), 60)
-    assert results.counts() == {"succeeded": 4}, results.errors  # no task lost
-    jobs = [attempts(results, n)[-1]["slurm_job_id"] for n in nodes]
-    assert len(set(jobs)) >= 2, jobs  # the graph went on in a job asked for after the first
+    assert results.counts() == {"succeeded": 8}, results.errors  # no task lost
+    assert [results.value(n)["i"] for n in cpu_nodes] == [0, 1, 2, 3]
+    assert [results.value(n)["i"] for n in gpu_nodes] == [0, 1, 2, 3]
     # Which job ran which node is up to the scheduler (a task cut short by a retiring
     # worker runs again in a later job): read the logs of every job that ran one.
     logs = {a["slurm_job_id"]: Path(a["worker_log"]).read_text()
-            for n in nodes for a in attempts(results, n)}
-    retired = [job for job, text in logs.items() if "worker-lifetime-reached" in text]
-    assert retired, logs  # a worker retired by itself ...
+            for n in cpu_nodes + gpu_nodes for a in attempts(results, n)}
+    for kind, nodes in (("cpu", cpu_nodes), ("gpu", gpu_nodes)):
+        jobs = [attempts(results, n)[-1]["slurm_job_id"] for n in nodes]
+        assert {history[j] for j in jobs} == {kind}, (kind, jobs, history)
+        # the graph went on in a job of the kind asked for after the first retired
+        assert len(set(jobs)) >= 2, (kind, jobs, history)
+        ran = {a["slurm_job_id"] for n in nodes for a in attempts(results, n)}
+        retired = [job for job in ran if "worker-lifetime-reached" in logs[job]]
+        assert retired, (kind, {job: logs[job] for job in ran})  # a worker retired by itself
+    assert all(results.value(n)["cuda"] in ("0", "1") for n in gpu_nodes)
     limited = [job for job, text in logs.items() if "DUE TO TIME LIMIT" in text]
     assert not limited, limited  # ... before SLURM's limit
-    assert [results.value(n)["i"] for n in nodes] == [0, 1, 2, 3]
 
 
 # -- bad options: errors before any job ----------------------------------------------------

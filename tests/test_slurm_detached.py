@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from graphfixtures import Cfg, count, work
-from test_slurm_cluster import our_jobs, run, wait_for, wait_until_gone
+from test_slurm_cluster import our_jobs, page_json, run, wait_for, wait_until_gone
 
 import dscheduler as ds
 
@@ -59,6 +59,10 @@ def test_cluster_up_detach_a_new_driver_collects_cluster_down(
     record = json.loads(store.slurm_cluster_record.read_text())
     assert record["address"] in up.stdout and record["pid"] > 0
     try:
+        # The dscheduler page is on its dashboard from the start, before any submit.
+        first = page_json(record["dashboard"])
+        assert isinstance(first, dict), first  # 200, and JSON
+        assert first["scheduler"] == record["address"] and first["graphs"] == []
         client = ds.connect(store)  # what a notebook does
         assert client.scheduler.address == record["address"]
         # A driver submits, detached, and exits while its graph runs.
@@ -67,8 +71,20 @@ def test_cluster_up_detach_a_new_driver_collects_cluster_down(
                                 timeout=120)
         assert driver.returncode == 0 and "submitted" in driver.stdout, driver.stderr
         assert count(log, "end") < 3  # gone before its graph finished
+        ledger = store.slurm_jobs_record(record["cluster"])
+        wait_for(lambda: json.loads(ledger.read_text())["jobs"], 60, "a job in the ledger")
+        before = our_jobs()
         status = _cli("status", "--store", str(store.root))
+        after = our_jobs()
         assert f"SLURM cluster {record['cluster']} (detached, pid {record['pid']}" in status.stdout
+        # ... and its jobs, as squeue saw them: each job id of its ledger with its state
+        jobs = json.loads(ledger.read_text())["jobs"]
+        rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()
+                if line.split() and line.split()[0] in jobs}
+        assert rows, status.stdout
+        for job, row in rows.items():
+            seen = {entry[0] if entry else "gone" for entry in (before.get(job), after.get(job))}
+            assert row[1] == jobs[job]["kind"] and row[2] in seen, (job, row, seen, status.stdout)
         # A new driver sees those nodes running, waits for them and collects them.
         wait_for(lambda: count(log, "start") >= 1, 60, "a detached task to start")
         reasons = ds.plan(_nodes(log), store=store).reasons.values()

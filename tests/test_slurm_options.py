@@ -29,7 +29,11 @@ out = []
 for paths, env in json.loads(sys.argv[1]):
     dask.config.refresh(paths=paths, env=env)  # as a fresh process would load them
     o, a = resolve(), resolve(walltime="00:30:00", gpu={"max_jobs": 5})
-    out.append([o.walltime, o.gpu.max_jobs, a.walltime, a.gpu.max_jobs, o.gpu.gpus])
+    # an explicit None wins too: it clears what the settings say
+    n = resolve(walltime=None, account=None, gpu={"partition": None})
+    out.append([o.walltime, o.gpu.max_jobs, a.walltime, a.gpu.max_jobs, o.gpu.gpus,
+                o.account, o.gpu.partition, n.walltime, n.account, n.gpu.partition,
+                n.gpu.max_jobs])
 print(json.dumps(out))
 """
 
@@ -38,17 +42,25 @@ def test_precedence_argument_env_userfile_default(tmp_path: Path) -> None:
     config = tmp_path / "dask"
     config.mkdir()
     (config / "mine.yaml").write_text(
-        "dscheduler:\n  slurm:\n    walltime: '02:00:00'\n    gpu:\n      max_jobs: 3\n")
+        "dscheduler:\n  slurm:\n    walltime: '02:00:00'\n    account: proj\n"
+        "    gpu:\n      max_jobs: 3\n      partition: gpus\n")
     env = {"DASK_DSCHEDULER__SLURM__WALLTIME": "04:00:00",
-           "DASK_DSCHEDULER__SLURM__GPU__MAX_JOBS": "4"}
+           "DASK_DSCHEDULER__SLURM__GPU__MAX_JOBS": "4",
+           "DASK_DSCHEDULER__SLURM__ACCOUNT": "other"}
     cases = [([str(tmp_path / "none")], {}), ([str(config)], {}), ([str(config)], env)]
     # One subprocess, its config reloaded per case: three imports of dask cost seconds.
     out = subprocess.run([sys.executable, "-c", _PRECEDENCE, json.dumps(cases)],
                          capture_output=True, text=True, check=True)
+    # Per case: resolve() walltime, gpu.max_jobs; with arguments walltime, gpu.max_jobs;
+    # gpu.gpus, account, gpu.partition; with None arguments walltime, account,
+    # gpu.partition, gpu.max_jobs (not given: still the settings').
     assert json.loads(out.stdout) == [
-        ["01:00:00", 1, "00:30:00", 5, 1],  # packaged default; arguments win
-        ["02:00:00", 3, "00:30:00", 5, 1],  # the user file beats the default
-        ["04:00:00", 4, "00:30:00", 5, 1],  # an environment variable beats the user file
+        # packaged default; arguments win
+        ["01:00:00", 1, "00:30:00", 5, 1, None, None, None, None, None, 1],
+        # the user file beats the default; None arguments beat the user file
+        ["02:00:00", 3, "00:30:00", 5, 1, "proj", "gpus", None, None, None, 3],
+        # an environment variable beats the user file; None arguments beat it
+        ["04:00:00", 4, "00:30:00", 5, 1, "other", "gpus", None, None, None, 4],
     ]
 
 
@@ -173,5 +185,14 @@ def test_cluster_up_options_parse_as_yaml_values() -> None:
                        "directives": ["--qos=short"], "account": None}
     resolved = resolve(**options)
     assert (resolved.max_jobs, resolved.walltime, resolved.gpu.max_jobs) == (8, "1:00:00", 2)
+    # an empty value is None, and None clears a configured value
+    with dask.config.set({"dscheduler.slurm.account": "proj",
+                          "dscheduler.slurm.walltime": "02:00:00"}):
+        assert (resolve().account, resolve().walltime) == ("proj", "02:00:00")
+        cleared = resolve(**parse_options(["account=", "walltime="]))
+        assert (cleared.account, cleared.walltime, cleared.lifetime_seconds()) == \
+            (None, None, None)
+        script = job_script(cleared, "cpu")
+        assert "#SBATCH -A" not in script and "#SBATCH -t" not in script, script
     with pytest.raises(ds.ConfigError, match="'max_jobs' is not KEY=VALUE"):
         parse_options(["max_jobs"])

@@ -6,7 +6,8 @@ hold entries of different job classes: this subclass adds entries of
 :class:`~.jobs.CpuJob` and :class:`~.jobs.GpuJob`, scaled per kind by
 :class:`~.scaler.Scaler`, with :class:`~.routing.RoutingPlugin` on the
 scheduler sending GPU tasks to GPU jobs and the rest to CPU jobs
-(docs/design.md §13).
+(docs/design.md §13), and the dscheduler page (:mod:`..dashboard`) on its
+dashboard from the start.
 
 Its jobs are recorded in the store (:mod:`.ledger`): closing the cluster
 cancels every job it submitted, and a reaper process cancels them when the
@@ -30,6 +31,7 @@ from tornado.ioloop import PeriodicCallback
 
 from ...errors import ConfigError
 from ...store import Store, store_of
+from ..dashboard import DashboardPlugin
 from .jobs import JOB_CLASSES, CpuJob, inherited_config, job_label
 from .ledger import BEAT, Ledger, reap_orphans
 from .options import SlurmOptions, resolve
@@ -85,8 +87,10 @@ class SlurmCluster(SLURMCluster):
         self._kind_counts = dict.fromkeys(KINDS, 0)
         self._client: Client | None = None
         super().__init__(
+            # The dscheduler page is on the dashboard from the start, before any submit
+            # (a detached scheduler may be watched long before its first graph).
             scheduler_options={"dashboard_address": options.dashboard_address,
-                               "plugins": [RoutingPlugin()]},
+                               "plugins": [RoutingPlugin(), DashboardPlugin()]},
             interface=options.interface,
             name=f"dscheduler-slurm-{self.cluster_id}",
             options=options, cluster_id=self.cluster_id, log_dir=str(log_dir),

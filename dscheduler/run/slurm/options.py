@@ -1,11 +1,13 @@
 """SLURM options: the ``dscheduler.slurm`` settings, checked before any job is submitted.
 
-:func:`resolve` is the one place they are read: each key through
-``settings.get("slurm.KEY", argument)`` (argument > environment variable >
-user file > packaged default), then validated by :class:`SlurmOptions`
-(pydantic).  An unknown key, a walltime SLURM would refuse or a memory
-without a unit is a :class:`~dscheduler.errors.ConfigError` naming the value
-and the fix, raised before a scheduler starts or a job is submitted.
+:func:`resolve` is the one place they are read: a key given as an argument
+wins with its value (None included: it clears a configured value), every
+other one comes from ``settings.get("slurm.KEY")`` (environment variable >
+user file > packaged default); then all are validated by
+:class:`SlurmOptions` (pydantic).  An unknown key, a walltime SLURM would
+refuse or a memory without a unit is a :class:`~dscheduler.errors.ConfigError`
+naming the value and the fix, raised before a scheduler starts or a job is
+submitted.
 
 Walltime and lifetime (docs/design.md §13.3): workers retire by themselves
 before SLURM kills their job, ``--lifetime`` = walltime minus a margin (a
@@ -226,6 +228,11 @@ def _unknown(keys: set[str], where: str) -> ConfigError:
 def resolve(**overrides: Any) -> SlurmOptions:
     """Options from ``overrides`` over the ``dscheduler.slurm`` settings, validated.
 
+    A key in ``overrides`` wins with its value, even None (``account=None``
+    clears a configured account; so does ``-o account=`` on the CLI); keys
+    inside ``gpu={...}`` likewise.  ``gpu=None`` leaves the ``gpu`` group as
+    configured.
+
     Raises
     ------
     ConfigError
@@ -238,7 +245,10 @@ def resolve(**overrides: Any) -> SlurmOptions:
     unknown = {str(k).replace("-", "_") for k in configured} - set(FIELDS)
     if unknown:
         raise _unknown(unknown, "the settings (dscheduler.slurm)")
-    values = {name: settings.get(f"slurm.{name}", overrides.get(name)) for name in FIELDS}
+    # A key given wins with its value, None included (``account=None``, ``-o walltime=``
+    # clear a configured value): ``settings.get`` reads a None override as "not given".
+    values = {name: overrides[name] if name in overrides else settings.get(f"slurm.{name}")
+              for name in FIELDS}
     gpu_settings = dict(settings.get("slurm.gpu") or {})
     gpu_override = overrides.get("gpu")
     if isinstance(gpu_override, GpuOptions):

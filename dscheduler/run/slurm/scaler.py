@@ -42,6 +42,7 @@ from .routing import KINDS, kind_of
 
 if TYPE_CHECKING:
     from .cluster import SlurmCluster
+    from .options import SlurmOptions
 
 log = logging.getLogger("dscheduler.slurm")
 
@@ -73,6 +74,25 @@ def demand(scheduler: Any, caps: Mapping[str, float]) -> dict[str, float]:
         if all(wanted[k] >= caps[k] for k in KINDS):
             break
     return wanted
+
+
+def targets(wanted: Mapping[str, float], options: SlurmOptions) -> dict[str, int]:
+    """Jobs wanted per kind for ``wanted`` slots (:func:`demand`).
+
+    ``min(max_jobs, ceil(slots / slots per job))``: never more jobs than the
+    runnable tasks fill, nor than the kind's ``max_jobs``; at least
+    ``min_jobs`` CPU jobs.
+    """
+    out = {}
+    for kind in KINDS:
+        target = min(options.max_for(kind), math.ceil(wanted[kind] / options.slots(kind)))
+        out[kind] = max(target, options.min_jobs) if kind == "cpu" else target
+    return out
+
+
+def slot_caps(options: SlurmOptions) -> dict[str, float]:
+    """Slots per kind beyond which :func:`demand` need not count: all ``max_jobs`` full."""
+    return {kind: options.max_for(kind) * options.slots(kind) for kind in KINDS}
 
 
 class Scaler:
@@ -117,14 +137,9 @@ class Scaler:
             return
         scheduler = cluster.scheduler
         await self._forget_ended(scheduler)
-        caps = {k: self.options.max_for(k) * self.options.slots(k) for k in KINDS}
-        wanted = demand(scheduler, caps)
+        wanted = targets(demand(scheduler, slot_caps(self.options)), self.options)  # jobs per kind
         now = time.time()
-        for kind in KINDS:
-            target = min(self.options.max_for(kind),
-                         math.ceil(wanted[kind] / self.options.slots(kind)))
-            if kind == "cpu":
-                target = max(target, self.options.min_jobs)
+        for kind, target in wanted.items():
             live = [n for n, s in self.jobs.items() if s.kind == kind and s.left is None]
             if target > len(live):
                 for name in live:
