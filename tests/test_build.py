@@ -6,7 +6,10 @@ offline.  Tests that need squashfs tools are marked ``squashfs``.
 
 from __future__ import annotations
 
+import base64
+import csv
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -24,6 +27,7 @@ import pytest
 import dscheduler as ds
 from dscheduler.envs.build import build_env
 from dscheduler.envs.published import published_env
+from dscheduler.envs.reproducible import normalise_uv_cache_records
 from dscheduler.envs.smoke import top_level_modules
 from dscheduler.envs.uv import explain_uv_failure
 from dscheduler.errors import ConfigError, EnvBuildError
@@ -403,9 +407,36 @@ def test_explain_uv_failure_names_the_requirement() -> None:
     assert explain_uv_failure(conflict, ["app", "base<1.1", "other"]).startswith(
         "requirements 'app', 'base<1.1' cannot be installed together: Because all versions"
     )
+    # names as uv spells them (case, "_" or "."), and at the end of a sentence
+    assert explain_uv_failure("cause: Because base<1 conflicts with Foo_Bar.",
+                              ["foo.bar", "base<1", "base-extra"]).startswith(
+        "requirements 'base<1', 'foo.bar' cannot be installed together")
     assert "a dependency" in explain_uv_failure(
         "Because zlib-ng was not found", ["app"]
     )
+
+
+def test_uv_cache_timestamp_is_zeroed_and_record_read_as_csv(tmp_path: Path) -> None:
+    info = tmp_path / "pkg-1.0.dist-info"
+    info.mkdir()
+    stamp = {"timestamp": {"secs_since_epoch": 5, "nanos_since_epoch": 1}}
+    (info / "uv_cache.json").write_text(json.dumps(stamp))
+    rows = [["pkg/a,b.py", "sha256=x", "1"], ["pkg-1.0.dist-info/uv_cache.json", "sha256=y", "9"],
+            ["pkg-1.0.dist-info/RECORD", "", ""]]
+    with (info / "RECORD").open("w", newline="") as f:  # every field quoted: valid CSV
+        csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(rows)
+    assert normalise_uv_cache_records(tmp_path) == 1
+    body = (info / "uv_cache.json").read_bytes()
+    assert json.loads(body)["timestamp"] == {"secs_since_epoch": 0, "nanos_since_epoch": 0}
+    files = {str(f): f for f in importlib.metadata.PathDistribution(info).files or []}
+    assert set(files) == {"pkg/a,b.py", "pkg-1.0.dist-info/uv_cache.json",
+                          "pkg-1.0.dist-info/RECORD"}
+    entry = files["pkg-1.0.dist-info/uv_cache.json"]
+    assert entry.size == len(body) and entry.hash is not None
+    assert entry.hash.value == base64.urlsafe_b64encode(
+        hashlib.sha256(body).digest()).rstrip(b"=").decode()
+    assert files["pkg/a,b.py"].size == 1
+    assert normalise_uv_cache_records(tmp_path) == 0  # zeroed already: left alone
 
 
 def test_top_level_modules(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ import dscheduler as ds
 from dscheduler.cli import app
 from dscheduler.envs.build import build_env
 from dscheduler.envs.gc import gc_plan
+from dscheduler.store import atomic
+from dscheduler.store.records import write_record
 
 runner = CliRunner()
 
@@ -28,8 +30,8 @@ def listed(store: ds.Store) -> dict[str, dict]:
 
 
 def add_run(store: ds.Store, env_id: str, config_hash: str = "c0ffee0000000000") -> None:
-    store.write_record(store.run(f"{env_id}/{config_hash}").record,
-                       {"run_id": f"{env_id}/{config_hash}", "env_id": env_id})
+    atomic.write_json(store.run(f"{env_id}/{config_hash}").record,
+                      {"run_id": f"{env_id}/{config_hash}", "env_id": env_id})
 
 
 def test_build_from_requirements_then_reuse(
@@ -193,8 +195,8 @@ def test_gc_keeps_an_env_used_only_by_a_task_not_bound_to_a_run(
     # under tasks/ and names the env it ran in.
     paths = store.task("aggregate", "0123456789abcdef")
     paths.dir.mkdir(parents=True)
-    store.write_record(paths.record, {"key": "k", "state": "succeeded",
-                                      "env_id": built.env_id, "attempts": []})
+    write_record(paths, {"key": "k", "state": "succeeded", "env_id": built.env_id,
+                         "attempts": []})
     assert gc_plan(store).envs == []
     cli("envs", "gc", "--yes", "--store", store.root)
     assert store.env(built.env_id).record.is_file()

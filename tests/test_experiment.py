@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
 
 import dscheduler as ds
+from dscheduler.cli import app
 
 pytestmark = pytest.mark.fast
 
@@ -81,17 +80,17 @@ def test_yaml_is_loaded_safely(write, tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("dscheduler")
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"})
+def _cli(*args: str, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> Result:
+    """Run the CLI in this process (a subprocess would spend a second importing)."""
+    monkeypatch.chdir(cwd)
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
 
 
-def test_cli_ids(write, tmp_path: Path) -> None:
+def test_cli_ids(write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write("runs:\n  - {label: a, checkpoint: x}\n  - {label: b, checkpoint: x, steps: s}\n"
                  "  - {label: c, checkpoint: y}\n")
-    out = _cli("ids", str(path), cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    out = _cli("ids", str(path), cwd=tmp_path, monkeypatch=monkeypatch)
+    assert out.exit_code == 0, out.output
     exp = ds.load_experiment(path)
     for cfg in exp.runs:
         line = next(x for x in out.stdout.splitlines() if x.split()[:1] == [cfg.label])
@@ -100,8 +99,10 @@ def test_cli_ids(write, tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()  # ids writes nothing
 
 
-def test_cli_ids_bad_input_is_a_clear_error(write, tmp_path: Path) -> None:
+def test_cli_ids_bad_input_is_a_clear_error(write, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     path = write("runs:\n  - {label: a, checkpoint: x, stpes: 1}\n")
-    out = _cli("ids", str(path), cwd=tmp_path)
-    assert out.returncode == 2
+    out = _cli("ids", str(path), cwd=tmp_path, monkeypatch=monkeypatch)
+    assert out.exit_code == 2, out.output
+    assert isinstance(out.exception, SystemExit)  # a clean exit, not an exception
     assert "stpes" in out.stderr and "Traceback" not in out.stderr

@@ -14,6 +14,7 @@ from graphfixtures import Cfg, work
 
 import dscheduler as ds
 import dscheduler.identity
+from dscheduler.store.records import write_record
 
 pytestmark = pytest.mark.fast
 
@@ -198,32 +199,32 @@ def test_plan_reasons(tmp_path: Path) -> None:
     assert p.reason(a) == plan_mod.NO_RECORD
     assert p.reason(b).startswith(plan_mod.UPSTREAM)
     assert [n.key for n in p.nodes] == [a.key, b.key]  # upstream first
-    # Finished a: only b runs.  A record with another key at the same path is "changed".
+    # Finished a: a is cached, and b, which has no record yet, runs.
     paths = a.paths(store)
     paths.dir.mkdir(parents=True)
-    store.write_record(paths.record, {"key": a.key, "state": "succeeded", "attempts": []})
+    write_record(paths, {"key": a.key, "state": "succeeded", "attempts": []})
     os.symlink(a.key, paths.done)
     p = ds.plan(b, store=store)
     assert p.reason(a) is None and p.reason(b) == plan_mod.NO_RECORD
     assert ds.plan(b, store=store, force=True).reason(a) == plan_mod.FORCED
     assert ds.plan(add.options(cache=False)(1), store=store).reasons
-    store.write_record(paths.record, {"key": a.key, "state": "failed", "attempts": []})
+    write_record(paths, {"key": a.key, "state": "failed", "attempts": []})
     paths.done.unlink()
     assert ds.plan(a, store=store).reason(a) == plan_mod.FAILED
     # Its attempt never finished (a record left "running" by a killed worker).
-    store.write_record(paths.record, {"key": a.key, "state": "running", "attempts": [{}]})
+    write_record(paths, {"key": a.key, "state": "running", "attempts": [{}]})
     assert ds.plan(a, store=store).reason(a) == plan_mod.INTERRUPTED
-    store.write_record(paths.record, {"key": a.key, "state": "cancelled", "attempts": []})
+    write_record(paths, {"key": a.key, "state": "cancelled", "attempts": []})
     assert ds.plan(a, store=store).reason(a) == plan_mod.CANCELLED
-    # A succeeded record of another key at this path (the version was bumped since).
+    # A succeeded record of another key at the same path (the version was bumped
+    # since) is "changed".
     bumped = ds.task(version="2", name="add")(add.fn)(1)
     assert bumped.paths(store) != paths  # not bound to a run: its own directory
     cfg = Cfg(x=1)
     old, new = work(cfg, "c"), ds.task(version="2", name="work")(work.fn)(cfg, "c")
     old_paths = old.paths(store)
     old_paths.dir.mkdir(parents=True)
-    store.write_record(old_paths.record, {"key": old.key, "state": "succeeded",
-                                          "attempts": []})
+    write_record(old_paths, {"key": old.key, "state": "succeeded", "attempts": []})
     os.symlink(old.key, old_paths.done)
     assert new.paths(store) == old_paths
     assert ds.plan(new, store=store).reason(new) == plan_mod.CHANGED

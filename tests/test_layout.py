@@ -11,27 +11,32 @@ function (a way to dodge a cycle); module-level imports form no cycle.
 from __future__ import annotations
 
 import ast
+import functools
+import re
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.fast
 
-PACKAGE = Path(__file__).resolve().parent.parent / "dscheduler"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "dscheduler"
 RANKS = {"": 0, "store": 1, "envs": 2, "graph": 3, "run": 4, "cli": 5}
 TOP_LEVEL = {"__init__", "errors", "settings", "identity"}
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    rel = path.relative_to(package.parent).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-def modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+@functools.cache
+def modules(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of ``package`` (a directory named ``dscheduler``) by dotted name."""
+    return {module_name(p, package): p for p in sorted(package.rglob("*.py"))}
 
 
 def rank(module: str) -> int:
@@ -42,7 +47,8 @@ def rank(module: str) -> int:
     return RANKS[sub]
 
 
-def resolve(importer: str, is_package: bool, node: ast.ImportFrom | ast.Import) -> list[str]:
+def resolve(importer: str, is_package: bool, node: ast.ImportFrom | ast.Import,
+            known: dict[str, Path]) -> list[str]:
     """The dscheduler modules an import statement names."""
     if isinstance(node, ast.Import):
         return [a.name for a in node.names if a.name.split(".")[0] == "dscheduler"]
@@ -56,7 +62,6 @@ def resolve(importer: str, is_package: bool, node: ast.ImportFrom | ast.Import) 
         target = node.module or ""
     if target.split(".")[0] != "dscheduler":
         return []
-    known = modules()
     out = []
     for alias in node.names:
         candidate = f"{target}.{alias.name}"
@@ -64,7 +69,7 @@ def resolve(importer: str, is_package: bool, node: ast.ImportFrom | ast.Import) 
     return out
 
 
-def imports(module: str, path: Path) -> list[tuple[str, bool]]:
+def imports(module: str, path: Path, known: dict[str, Path]) -> list[tuple[str, bool]]:
     """(imported dscheduler module, at module level?) of every import in ``path``."""
     tree = ast.parse(path.read_text())
     is_package = path.name == "__init__.py"
@@ -77,20 +82,58 @@ def imports(module: str, path: Path) -> list[tuple[str, bool]]:
         if isinstance(node, ast.Import | ast.ImportFrom):
             if isinstance(node, ast.ImportFrom) and node.module == "__future__":
                 continue
-            for target in resolve(module, is_package, node):
+            for target in resolve(module, is_package, node, known):
                 found.append((target, id(node) in top))
     return found
 
 
-def runtime_imports(path: Path, module: str) -> list[str]:
+def runtime_imports(path: Path, module: str, known: dict[str, Path]) -> list[str]:
     """Module-level imports that run at import time (not under TYPE_CHECKING)."""
     tree = ast.parse(path.read_text())
     is_package = path.name == "__init__.py"
     out = []
     for stmt in tree.body:
         if isinstance(stmt, ast.Import | ast.ImportFrom):
-            out.extend(resolve(module, is_package, stmt))
+            out.extend(resolve(module, is_package, stmt, known))
     return out
+
+
+def upward_imports(module: str, package: Path = PACKAGE) -> list[str]:
+    """What ``module`` imports from a layer above its own."""
+    known = modules(package)
+    return [t for t, _ in imports(module, known[module], known) if rank(t) > rank(module)]
+
+
+def nested_imports(module: str, package: Path = PACKAGE) -> list[str]:
+    """The dscheduler modules ``module`` imports inside a function or class."""
+    known = modules(package)
+    return [t for t, top in imports(module, known[module], known) if not top]
+
+
+def import_cycle(package: Path = PACKAGE) -> list[str] | None:
+    """A cycle of module-level imports (as a path ending where it began), or None."""
+    known = modules(package)
+    graph = {m: [t for t in runtime_imports(p, m, known) if t in known and t != m]
+             for m, p in known.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for t in graph[m]:
+            # A package's __init__ importing its own submodules is how packages work.
+            if m != t and t.startswith(m + "."):
+                continue
+            if state.get(t) == 1 and not m.startswith(t + "."):
+                return [*path, m, t]
+            if t not in state and (cycle := visit(t, [*path, m])):
+                return cycle
+        state[m] = 2
+        return None
+
+    for m in graph:
+        if m not in state and (cycle := visit(m, [])):
+            return cycle
+    return None
 
 
 def test_top_level_holds_only_the_foundation() -> None:
@@ -102,40 +145,107 @@ def test_top_level_holds_only_the_foundation() -> None:
 
 @pytest.mark.parametrize("module", sorted(modules()))
 def test_imports_flow_one_way(module: str) -> None:
-    path = modules()[module]
-    upward = [t for t, _ in imports(module, path) if rank(t) > rank(module)]
+    upward = upward_imports(module)
     assert upward == [], f"{module} imports from above its layer: {upward}"
-    nested = [t for t, top in imports(module, path) if not top]
+    nested = nested_imports(module)
     assert nested == [], f"{module} imports dscheduler modules inside functions: {nested}"
 
 
 def test_module_level_imports_have_no_cycle() -> None:
-    known = modules()
-    graph = {m: [t for t in runtime_imports(p, m) if t in known and t != m]
-             for m, p in known.items()}
-    state: dict[str, int] = {}
-
-    def visit(m: str, path: list[str]) -> None:
-        state[m] = 1
-        for t in graph[m]:
-            # A package's __init__ importing its own submodules is how packages work.
-            if m != t and t.startswith(m + "."):
-                continue
-            if state.get(t) == 1 and not m.startswith(t + "."):
-                raise AssertionError(f"import cycle: {' -> '.join([*path, m, t])}")
-            if t not in state:
-                visit(t, [*path, m])
-        state[m] = 2
-
-    for m in graph:
-        if m not in state:
-            visit(m, [])
+    cycle = import_cycle()
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
 
 def test_layout_test_can_fail(tmp_path: Path) -> None:
-    """The checks above see an upward import and a nested one."""
-    bad = tmp_path / "bad.py"
-    bad.write_text("from ..run import compute\n\ndef f():\n    from ..store import atomic\n")
-    found = imports("dscheduler.store.bad", bad)
-    assert ("dscheduler.run.compute", True) in found
-    assert ("dscheduler.store.atomic", False) in found
+    """Each check above fails on a scratch package that breaks its rule, and only its own.
+
+    ``store.up`` imports from ``run`` (a layer above), ``store.a`` and ``store.b``
+    import each other (a cycle within one layer), and ``graph.lazy`` imports
+    inside a function.
+    """
+    package = tmp_path / "dscheduler"
+    files = {
+        "__init__.py": "",
+        "errors.py": "",
+        "store/__init__.py": "",
+        "store/a.py": "from . import b\n",
+        "store/b.py": "from .a import x\n",
+        "store/up.py": "from ..run import compute\n",
+        "store/ok.py": "from .. import errors\n",
+        "run/__init__.py": "from . import compute\n",
+        "run/compute.py": "from ..store import ok\n",
+        "graph/__init__.py": "",
+        "graph/lazy.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                         "    from ..store import ok\n\ndef f():\n"
+                         "    from ..store import ok\n",
+    }
+    for name, text in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    known = modules(package)
+    assert {m for m in known if upward_imports(m, package)} == {"dscheduler.store.up"}
+    assert upward_imports("dscheduler.store.up", package) == ["dscheduler.run.compute"]
+    assert {m for m in known if nested_imports(m, package)} == {"dscheduler.graph.lazy"}
+    assert nested_imports("dscheduler.graph.lazy", package) == ["dscheduler.store.ok"]
+    cycle = import_cycle(package)
+    assert cycle is not None and set(cycle) == {"dscheduler.store.a", "dscheduler.store.b"}
+    # without the cycle, the cycle check passes
+    (package / "store/b.py").write_text("x = 1\n")
+    modules.cache_clear()
+    assert import_cycle(package) is None
+
+
+# -- citations of the design -----------------------------------------------------
+
+SECTION_SIGN = "\u00a7"  # spelled so: this file cites no section itself
+HEADING = re.compile(rf"^#{{2,4}} {SECTION_SIGN}(\d+(?:\.\d+)*) ", re.MULTILINE)
+CITATION = re.compile(rf"{SECTION_SIGN}(\d+(?:\.\d+)*)")
+CITING = ["dscheduler", "tests", "bench", "recipes", "ci", "README.md", "docs"]
+
+
+def cited_sections(root: Path = ROOT) -> list[tuple[str, int, str]]:
+    """(file, line, section) of every section citation in the code, tests and docs.
+
+    Only docs/design.md numbers its sections, so every section sign in these
+    files, ``docs/design.md §5.4`` or a bare one beside it, cites a heading there.
+    """
+    found = []
+    for name in CITING:
+        top = root / name
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
+        for path in files:
+            if path.suffix not in {".py", ".md", ".yaml", ".toml", ".txt", ""}:
+                continue
+            try:
+                text = path.read_text()
+            except (UnicodeDecodeError, OSError):
+                continue
+            for m in CITATION.finditer(text):
+                line = text.count("\n", 0, m.start()) + 1
+                found.append((str(path.relative_to(root)), line, m.group(1)))
+    return found
+
+
+def missing_sections(root: Path = ROOT) -> list[str]:
+    """Citations naming no heading of ``root/docs/design.md``."""
+    headings = set(HEADING.findall((root / "docs/design.md").read_text()))
+    return [f"{file}:{line}: {SECTION_SIGN}{section}"
+            for file, line, section in cited_sections(root) if section not in headings]
+
+
+def test_design_citations_name_existing_sections() -> None:
+    assert len(cited_sections()) > 50  # the scan sees the citations
+    missing = missing_sections()
+    assert missing == [], f"no such heading in docs/design.md: {missing}"
+
+
+def test_citation_test_can_fail(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/design.md").write_text(
+        f"# design\n\n## {SECTION_SIGN}1 One\n\n### {SECTION_SIGN}1.2 Two\n")
+    (tmp_path / "README.md").write_text(
+        f"see docs/design.md {SECTION_SIGN}1.2 and {SECTION_SIGN}1\n")
+    assert missing_sections(tmp_path) == []
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests/x.py").write_text(f"# docs/design.md {SECTION_SIGN}1.3\n")
+    assert missing_sections(tmp_path) == [f"tests/x.py:1: {SECTION_SIGN}1.3"]

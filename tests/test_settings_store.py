@@ -20,10 +20,26 @@ from dscheduler.store import atomic
 pytestmark = pytest.mark.fast
 
 
-def _setting_in_subprocess(env: dict[str, str], code: str) -> str:
-    out = subprocess.run([sys.executable, "-c", "import dscheduler.settings as s;" + code],
-                         env={**os.environ, **env}, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
+def _settings_in_subprocesses(envs: list[dict[str, str]], code: str) -> list[str]:
+    """Run ``code`` in a new interpreter per environment, side by side, after loading
+    ``dscheduler/settings.py`` as ``s``.
+
+    The module is loaded from its file: importing ``dscheduler.settings`` would import
+    the whole package, a second per process, for what settings.py alone decides.
+    """
+    load = ("import importlib.util as u; spec = u.spec_from_file_location('s', sys.argv[1]);"
+            "s = u.module_from_spec(spec); spec.loader.exec_module(s);")
+    procs = [subprocess.Popen([sys.executable, "-c", "import sys;" + load + code,
+                               settings.__file__],
+                              env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for env in envs]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        outs.append(out.strip())
+    return outs
 
 
 def test_precedence_argument_env_userfile_default(tmp_path: Path) -> None:
@@ -31,11 +47,11 @@ def test_precedence_argument_env_userfile_default(tmp_path: Path) -> None:
     config_dir.mkdir()
     (config_dir / "mine.yaml").write_text("dscheduler:\n  lease:\n    ttl: 11\n")
     show = "print(s.get('lease.ttl'), s.get('lease.ttl', 7))"
-    assert _setting_in_subprocess({"DASK_CONFIG": str(tmp_path / "none")}, show) == "60 7"
-    assert _setting_in_subprocess({"DASK_CONFIG": str(config_dir)}, show) == "11 7"
-    assert _setting_in_subprocess(
-        {"DASK_CONFIG": str(config_dir), "DASK_DSCHEDULER__LEASE__TTL": "22"}, show
-    ) == "22 7"
+    assert _settings_in_subprocesses([
+        {"DASK_CONFIG": str(tmp_path / "none")},
+        {"DASK_CONFIG": str(config_dir)},
+        {"DASK_CONFIG": str(config_dir), "DASK_DSCHEDULER__LEASE__TTL": "22"},
+    ], show) == ["60 7", "11 7", "22 7"]
 
 
 def test_store_layout_paths(tmp_path: Path) -> None:
@@ -131,7 +147,7 @@ EXPORTED = [
     # results, tracking and queries (docs/design.md §11)
     "log_artifact", "log_metric", "log_param", "open_results", "output", "set_tag",
 ]
-EXPORTED += ["connect", "slurm_cluster"]  # SLURM (docs/design.md §11)
+EXPORTED += ["connect", "slurm_cluster"]  # SLURM (docs/design.md §13)
 EXPORTED.sort()
 
 

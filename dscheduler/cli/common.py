@@ -1,13 +1,19 @@
-"""What every ``dscheduler`` command shares: options, output, one error printer."""
+"""What every ``dscheduler`` command shares: options, the store, output, error printers."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from ..errors import DSchedulerError, StoreError
+from ..store import Store
+
+if TYPE_CHECKING:
+    from ..run import Results
 
 console = Console()
 errors = Console(stderr=True)
@@ -41,6 +47,37 @@ def fail(err: BaseException, code: int = 2) -> NoReturn:
     """:func:`show_error`, then exit (2: bad input; 1: work that failed)."""
     show_error(err)
     raise typer.Exit(code)
+
+
+def exit_on_failures(results: Results) -> None:
+    """Print every failed task of ``results`` and exit 1; return if none failed.
+
+    The text is :meth:`Results.raise_for_status`'s, one failure per task, printed
+    as it is (no markup: tracebacks and log tails hold brackets).
+    """
+    try:
+        results.raise_for_status()
+    except DSchedulerError as err:
+        errors.print(str(err), highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(1) from None
+
+
+def existing_store(store: Path | None) -> Store:
+    """The store at ``store`` (default: the setting ``store``); exit 2 if there is none."""
+    st = Store(store)
+    if not st.root.is_dir():
+        fail(StoreError(f"no store at {st.root}; pass --store with the path of an existing "
+                        "store, or run something first to create this one"))
+    return st
+
+
+def size(n: float) -> str:
+    """A byte count for people: ``512 B``, ``1.5 MB`` (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def say(text: str) -> None:

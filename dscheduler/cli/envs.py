@@ -22,17 +22,9 @@ from ..envs.gc import find_env, gc_apply, gc_plan, inventory
 from ..errors import DSchedulerError
 from ..graph.recipe import envs_of
 from ..store import Store
-from .common import StoreOption, console, fail, say, show_error
+from .common import StoreOption, console, fail, say, show_error, size
 
 app = typer.Typer(no_args_is_help=True)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def _ago(timestamp: float | None) -> str:
@@ -73,7 +65,7 @@ def list_envs(
             (e.record or {}).get("kind", "-"),
             (e.record or {}).get("python", {}).get("version", "-"),
             escape(reqs if len(reqs) <= 48 else reqs[:45] + "..."),  # "pkg[extra]"
-            _size(e.size) if e.record else "-",
+            size(e.size) if e.record else "-",
             _ago(e.created), _ago(e.last_used), str(e.runs),
         )
     console.print(table)
@@ -160,9 +152,9 @@ def gc(
     plan = gc_plan(s)
     verb = "removing" if yes else "would remove"
     for e in plan.envs:
-        say(f"{verb} env {e.env_id} ({e.status}, {_size(e.size)}, no run records)")
+        say(f"{verb} env {e.env_id} ({e.status}, {size(e.size)}, no run records)")
     for p in plan.images:
-        say(f"{verb} image {p.name} ({_size(p.stat().st_size)}, no env uses it)")
+        say(f"{verb} image {p.name} ({size(p.stat().st_size)}, no env uses it)")
     for p in plan.leftovers:
         say(f"{verb} leftover {p.name} (from an interrupted build)")
     for env_id in plan.kept_building:
@@ -173,7 +165,7 @@ def gc(
         say("nothing to remove")
         return
     if not yes:
-        say(f"dry run: about {_size(plan.bytes)} would be freed; "
+        say(f"dry run: about {size(plan.bytes)} would be freed; "
             "run `dscheduler envs gc --yes` to remove")
         return
     removed = gc_apply(s, plan)

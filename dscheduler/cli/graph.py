@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import settings
-from ..errors import DSchedulerError, StoreError, tail
+from ..errors import DSchedulerError, tail
 from ..graph import plan as make_plan
 from ..graph.recipe import load_nodes, load_recipe
 from ..run import compute
@@ -33,12 +33,13 @@ from .common import (
     RecipeOption,
     StoreOption,
     console,
-    errors,
+    existing_store,
+    exit_on_failures,
     fail,
     say,
     show_error,
+    size,
 )
-from .envs import _size as size_text
 
 PathArgument = Annotated[Path, typer.Argument(help="experiment YAML or recipe .py")]
 
@@ -82,11 +83,7 @@ def run(
     if report:
         say("")
         say(report)
-    try:
-        results.raise_for_status()
-    except DSchedulerError as err:
-        errors.print(str(err), highlight=False, soft_wrap=True, markup=False)
-        raise typer.Exit(1) from None
+    exit_on_failures(results)
 
 
 def plan(
@@ -119,9 +116,7 @@ def status(
 ) -> None:
     """Summarise the store: runs, nodes by state per task and label, envs, the last failures,
     the jobs of its SLURM clusters."""
-    st = Store(store)
-    if not st.root.is_dir():
-        fail(StoreError(f"no store at {st.root}; run something first or pass --store"))
+    st = existing_store(store)
     for info in reap_orphans(st):
         say(f"cancelled SLURM jobs {', '.join(sorted(info.get('jobs') or {})) or 'none'} of "
             f"cluster {info.get('cluster')}, whose owner (pid {info.get('pid')}) is gone")
@@ -175,7 +170,7 @@ def status_view(summary: Summary, note: str = "", tail_lines: int | None = None)
         for e in summary.envs:
             envs.add_row(e.env_id, e.state, e.kind or "-",
                          "-" if e.build_seconds is None else f"{e.build_seconds:.1f} s",
-                         "-" if e.size_bytes is None else size_text(e.size_bytes))
+                         "-" if e.size_bytes is None else size(e.size_bytes))
         parts.append(envs)
     if summary.damaged:
         parts.append(Text(f"{len(summary.damaged)} damaged record(s), e.g. "

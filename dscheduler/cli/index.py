@@ -11,24 +11,16 @@ import time
 
 import typer
 
-from ..errors import LeaseError, StoreError
-from ..store import Store
-from .common import StoreOption, fail, say
+from ..errors import LeaseError
+from .common import StoreOption, existing_store, fail, say
 
 app = typer.Typer(no_args_is_help=True)
-
-
-def _store(store: StoreOption) -> Store:
-    st = Store(store)
-    if not st.root.is_dir():
-        fail(StoreError(f"no store at {st.root}; pass --store"))
-    return st
 
 
 @app.command()
 def rebuild(store: StoreOption = None) -> None:
     """Rebuild the index from the records, links and run.json files."""
-    st = _store(store)
+    st = existing_store(store)
     start = time.perf_counter()
     try:
         view = st.index.rebuild(timeout=120)
@@ -42,7 +34,7 @@ def rebuild(store: StoreOption = None) -> None:
 @app.command()
 def compact(store: StoreOption = None) -> None:
     """Fold the index's segment files into its snapshot."""
-    st = _store(store)
+    st = existing_store(store)
     try:
         folded = st.index.compact()
     except (OSError, LeaseError) as err:

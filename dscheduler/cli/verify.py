@@ -7,9 +7,8 @@ from typing import Annotated
 import typer
 
 from ..errors import StoreError
-from ..store import Store
 from ..store.verify import verify as verify_store
-from .common import StoreOption, fail, say
+from .common import StoreOption, existing_store, fail, say
 
 
 def verify(
@@ -19,9 +18,7 @@ def verify(
         "--repair", help="demote damaged nodes so that the next run redoes them")] = False,
 ) -> None:
     """Check every finished node's record, value and .done link (exit 1 if any is bad)."""
-    st = Store(store)
-    if not st.root.is_dir():
-        fail(StoreError(f"no store at {st.root}; pass --store"))
+    st = existing_store(store)
     try:
         report = verify_store(st, run_id=run, repair=repair)
     except StoreError as err:

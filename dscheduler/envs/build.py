@@ -152,7 +152,7 @@ def build_env(
             "or keep envs as directories with image='dir' (setting env.image: dir)"
         )
     store.ensure()
-    lease = store.lease(f"env-{env.env_id}", ttl=settings.get("env.build_ttl", ttl))
+    lease = store.lease(store.env_lease_name(env.env_id), ttl=settings.get("env.build_ttl", ttl))
     waited = time.perf_counter()
     lease.acquire(timeout=timeout)
     try:
@@ -330,7 +330,7 @@ class _Builder:
     def _compile(self, blog: BuildLog) -> None:
         # docs/design.md §6: a fixed prefix, hash-based invalidation and
         # SOURCE_DATE_EPOCH make the .pyc files reproducible; -j0 spreads the work.
-        # Images take what they can from the node's bytecode cache (§14); a dir
+        # Images take what they can from the node's bytecode cache (§14.3); a dir
         # env's .pyc files name its own path, so no other env could use them.
         cache = self._pyc_cache(blog) if self.kind == "squashfs" else None
         if cache is None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from ..store import EnvPaths, Store, atomic
-from ..store.lease import is_stale, read_lease
+from ..store.lease import lease_held
 from ..store.records import read_record
 
 
@@ -66,12 +66,6 @@ class EnvEntry:
         return dt.datetime.fromisoformat(self.record["created"]).timestamp()
 
 
-def lease_held(store: Store, env_id: str) -> bool:
-    """Whether a live builder holds the env's lease."""
-    info = read_lease(store.env_lease_path(env_id))
-    return info is not None and not is_stale(info)
-
-
 def run_counts(store: Store) -> dict[str, int]:
     """env_id -> how many runs use it: run records, and records of nodes not bound to a
     run (``tasks/``) that ran in it."""
@@ -106,7 +100,7 @@ def inventory(store: Store) -> list[EnvEntry]:
         except OSError:
             last_used = None
         entries.append(EnvEntry(d.name, paths, record, counts.get(d.name, 0),
-                                lease_held(store, d.name), last_used))
+                                lease_held(store.env_lease_path(d.name)), last_used))
     return entries
 
 
@@ -156,17 +150,15 @@ def gc_plan(store: Store) -> GcPlan:
     building = [e.env_id for e in entries if e.runs == 0 and e.building]
     gone = {e.env_id for e in doomed}
     used = {e.image for e in entries if e.env_id not in gone and e.image}
-    any_build = any(lease_held(store, env_id) for env_id in store.env_lease_ids())
+    any_build = any(lease_held(store.env_lease_path(env_id))
+                    for env_id in store.env_lease_ids())
     images = [] if any_build else [
-        p for p in sorted(store.images_dir.glob("*.sqsh"))
-        if p.relative_to(store.root).as_posix() not in used
+        p for p in store.images() if p.relative_to(store.root).as_posix() not in used
     ]
-    leftovers = [
-        p for p in sorted(store.envs_dir.glob(".*"))
-        if not lease_held(store, p.name.split(".")[1])
-    ]
+    leftovers = [p for env_id, p in store.all_env_leftovers()
+                 if not lease_held(store.env_lease_path(env_id))]
     if not any_build:  # temporary names of sidecars and deletions in images/
-        leftovers += sorted(store.images_dir.glob(".*"))
+        leftovers += store.image_leftovers()
     return GcPlan(doomed, images, leftovers, building, any_build)
 
 
@@ -174,7 +166,7 @@ def gc_apply(store: Store, plan: GcPlan) -> list[str]:
     """Remove what ``plan`` names, checking again under each env's lease; what was removed."""
     removed = []
     for entry in plan.envs:
-        lease = store.lease(f"env-{entry.env_id}")
+        lease = store.lease(store.env_lease_name(entry.env_id))
         if not lease.try_acquire():
             continue  # a build started since the plan was made
         try:

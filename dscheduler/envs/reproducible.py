@@ -10,8 +10,10 @@ the timestamps uv writes for local wheels, and a lock text in one order.
 from __future__ import annotations
 
 import base64
+import csv
 import errno
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -77,11 +79,13 @@ def normalise_uv_cache_records(site: Path) -> int:
         if record.is_file():
             digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
             rel = f"{cache_json.parent.name}/uv_cache.json"
-            lines = [
-                f"{rel},sha256={digest},{len(body)}" if line.split(",")[0] == rel else line
-                for line in record.read_text().splitlines()
-            ]
-            atomic.write_bytes(record, ("\n".join(lines) + "\n").encode())
+            # RECORD is CSV (path, hash, size), and a path may hold a comma: quoted then.
+            with record.open(newline="") as f:
+                rows = [[rel, f"sha256={digest}", str(len(body))] if row[:1] == [rel] else row
+                        for row in csv.reader(f)]
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows(rows)
+            atomic.write_bytes(record, out.getvalue().encode())
         changed += 1
     return changed
 

@@ -65,6 +65,8 @@ def install_command(
     return [*cmd, "--", *env.requirements]
 
 
+#: A word of uv's output that may be a project name (PEP 508's name syntax).
+_NAME_WORD = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _UV_PATTERNS = [
     re.compile(r"Because (?P<name>[A-Za-z0-9][\w.\-]*)(?:\[[^\]]*\])? was not found"),
     re.compile(r"there is no version of (?P<name>[A-Za-z0-9][\w.\-]*)"),
@@ -90,14 +92,15 @@ def explain_uv_failure(output: str, requirements: Sequence[str]) -> str:
         mine = [by_name[n] for n in missing if n in by_name]
         what = f"requirement {mine[0]!r}" if mine else f"package {missing[0]!r} (a dependency)"
         return f"{what} cannot be installed: {cause}"
-    # A conflict: name the requirements the explanation mentions, in its order.
-    text = re.sub(r"[-_.]+", "-", output).lower()
-    found = []
-    for name, req in by_name.items():
-        seen = re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)
-        if seen:
-            found.append((seen.start(), req))
-    mentioned = [req for _, req in sorted(found)]
+    # A conflict: name the requirements the explanation mentions, in its order.  Every
+    # word that could be a project name (PEP 508: letters and digits at both ends) is
+    # normalised as the requirements' names are.
+    first: dict[str, int] = {}
+    for word in _NAME_WORD.finditer(output):
+        name = canonicalize_name(word.group())
+        if name in by_name:
+            first.setdefault(name, word.start())
+    mentioned = [by_name[name] for name in sorted(first, key=first.__getitem__)]
     if len(mentioned) == 1:
         return f"requirement {mentioned[0]!r} cannot be installed: {cause}"
     if mentioned:

@@ -22,7 +22,7 @@ as it is.
 
 ``"slurm"`` is, like ``"local"``, one cluster per driver process, made on
 first use and closed at exit: a :class:`~dscheduler.run.slurm.SlurmCluster`
-whose CPU and GPU jobs follow the graph (docs/design.md §11).  ``"store"``
+whose CPU and GPU jobs follow the graph (docs/design.md §13).  ``"store"``
 connects to the long-lived cluster ``dscheduler cluster up`` recorded in the
 store (:func:`connect`).
 """

@@ -64,7 +64,9 @@ class Store(Layout):
 
     The layout (``envs/``, ``images/``, ``runs/``, ``tasks/``, ``locks/``)
     is described in :mod:`dscheduler.store.layout`.  Every write is atomic;
-    a node's record is written after its outputs.
+    a node's record is written after its outputs, and only by
+    :func:`dscheduler.store.records.write_record` (compact JSON with a ``seq``,
+    announced to the store index).
     """
 
     def __repr__(self) -> str:
@@ -102,10 +104,6 @@ class Store(Layout):
     def read_record(self, path: Path) -> dict[str, Any] | None:
         """A record; None when missing; a StoreError naming the file when damaged."""
         return read_record(path)
-
-    def write_record(self, path: Path, record: dict[str, Any]) -> None:
-        """Write a JSON record people read (indented), atomically and durably."""
-        atomic.write_json(path, record)
 
     def write_run(self, cfg: RunLike, label: str = "") -> Path:
         """Create ``run.json`` for a RunConfig once; it never changes for a run_id.

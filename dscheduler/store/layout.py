@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,14 @@ def check_name(value: str, what: str) -> str:
 
 
 RUN_RECORD = "run.json"
+RUNS_DIR = "runs"
+TASKS_DIR = "tasks"
+#: A node directory's subdirectory of task logs (``logs/{task}.log``).
+LOGS_DIR = "logs"
+IMAGE_SUFFIX = ".sqsh"
+#: Names a node's outputs take beside its record (``{task}.zarr`` ...): never records.
+OUTPUT_SUFFIXES = (".zarr", ".files", ".artifacts")
+_DONE_SUFFIX = ".done"
 
 
 def record_task(filename: str) -> str | None:
@@ -67,7 +76,50 @@ def slurm_log_name(job_name: str, job_id: str) -> str:
 
 def done_name(task: str) -> str:
     """File name of a node's ``.done`` link."""
-    return f".{task}.done"
+    return f".{task}{_DONE_SUFFIX}"
+
+
+def done_task(filename: str) -> str | None:
+    """The task whose ``.done`` link ``filename`` is (:func:`done_name`); None for others."""
+    if filename.startswith(".") and filename.endswith(_DONE_SUFFIX) \
+            and len(filename) > len(_DONE_SUFFIX) + 1:
+        return filename[1:-len(_DONE_SUFFIX)]
+    return None
+
+
+def walk_node_dirs(roots: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[str, list[str]]]:
+    """(directory, names of its files) of every directory under ``roots`` that may hold
+    node records, ``.done`` links or a ``run.json``: the one walk of ``runs/`` and ``tasks/``.
+
+    One ``os.scandir`` per directory and plain strings, since stores hold 100,000s of
+    nodes.  Hidden directories (temporary names), a node's outputs
+    (:data:`OUTPUT_SUFFIXES`) and ``logs/`` are never entered, and symlinks never
+    followed.  Depth first, in name order; a root that is missing, or a directory
+    removed or unreadable while the walk runs, is skipped.
+    """
+    stack = [os.fspath(r) for r in roots][::-1]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        files: list[str] = []
+        subdirs: list[str] = []
+        for entry in entries:
+            name = entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if not is_dir:
+                files.append(name)
+            elif name[:1] != "." and name != LOGS_DIR and not name.endswith(OUTPUT_SUFFIXES):
+                subdirs.append(entry.path)
+        yield folder, files
+        subdirs.sort(reverse=True)
+        stack.extend(subdirs)
 
 
 @dataclass(frozen=True)
@@ -131,7 +183,7 @@ class NodePaths:
 
     @property
     def log(self) -> Path:
-        return self.dir / "logs" / f"{self.task}.log"
+        return self.dir / LOGS_DIR / f"{self.task}.log"
 
     @property
     def files(self) -> Path:
@@ -190,11 +242,11 @@ class Layout:
 
     @property
     def runs_dir(self) -> Path:
-        return self.root / "runs"
+        return self.root / RUNS_DIR
 
     @property
     def tasks_dir(self) -> Path:
-        return self.root / "tasks"
+        return self.root / TASKS_DIR
 
     @property
     def locks_dir(self) -> Path:
@@ -214,6 +266,14 @@ class Layout:
     def index_summaries(self, generation: int) -> Path:
         """Per-node summaries of snapshot ``generation``, kept apart: planning never reads them."""
         return self.index_dir / f"summaries-{int(generation)}.json"
+
+    def index_summaries_files(self) -> dict[int, Path]:
+        """Every summaries file present (:meth:`index_summaries`), by generation."""
+        found = {}
+        for path in self.index_dir.glob("summaries-*.json"):
+            if m := re.fullmatch(r"summaries-(\d+)\.json", path.name):
+                found[int(m.group(1))] = path
+        return found
 
     @property
     def index_segments_dir(self) -> Path:
@@ -235,7 +295,16 @@ class Layout:
     def run_of_id(path: str) -> str | None:
         """The run_id whose index name (:meth:`run_id_path`) is ``path``; None for a node."""
         parts = path.split("/")
-        if len(parts) == 4 and parts[0] == "runs" and parts[3] == RUN_RECORD:
+        if len(parts) == 4 and parts[0] == RUNS_DIR and parts[3] == RUN_RECORD:
+            return f"{parts[1]}/{parts[2]}"
+        return None
+
+    @staticmethod
+    def run_of_node_id(path: str) -> str | None:
+        """The run_id of the node whose index name (:meth:`node_id`) is ``path``; None for
+        a node not bound to a run (``tasks/``) and for a run's own name."""
+        parts = path.split("/", 3)
+        if len(parts) == 4 and parts[0] == RUNS_DIR and parts[3] != RUN_RECORD:
             return f"{parts[1]}/{parts[2]}"
         return None
 
@@ -246,8 +315,20 @@ class Layout:
         """Temporary names a builder of ``env_id`` killed mid-build left in ``envs/``."""
         return sorted(self.envs_dir.glob(f".{check_name(env_id, 'env_id')}.*"))
 
+    def all_env_leftovers(self) -> list[tuple[str, Path]]:
+        """(env_id, path) of every temporary name in ``envs/`` (``.{env_id}.*``)."""
+        return [(p.name.split(".")[1], p) for p in sorted(self.envs_dir.glob(".*"))]
+
     def image(self, lock_id: str) -> Path:
-        return self.images_dir / f"{check_name(lock_id, 'lock id')}.sqsh"
+        return self.images_dir / f"{check_name(lock_id, 'lock id')}{IMAGE_SUFFIX}"
+
+    def images(self) -> list[Path]:
+        """Every image, ``images/{lock_id}.sqsh``."""
+        return sorted(self.images_dir.glob(f"*{IMAGE_SUFFIX}"))
+
+    def image_leftovers(self) -> list[Path]:
+        """Temporary names in ``images/`` (sidecars being written, images being removed)."""
+        return sorted(self.images_dir.glob(".*"))
 
     def image_record(self, image: Path) -> Path:
         """``images/{lock_id}.json`` beside an image: its lock and full digest."""
@@ -286,8 +367,13 @@ class Layout:
     def lease_path(self, name: str) -> Path:
         return self.locks_dir / f"{check_name(name, 'lease name')}.lease"
 
+    @staticmethod
+    def env_lease_name(env_id: str) -> str:
+        """The name of an env's build lease, for :meth:`lease_path` and ``Store.lease``."""
+        return f"env-{env_id}"
+
     def env_lease_path(self, env_id: str) -> Path:
-        return self.lease_path(f"env-{env_id}")
+        return self.lease_path(self.env_lease_name(env_id))
 
     def env_lease_ids(self) -> list[str]:
         """env_ids of every env lease file present (held or stale)."""
@@ -314,6 +400,7 @@ class Layout:
     def done_id(env_id: str | None, config_hash: str | None, case: str | None,
                 task: str, key16: str) -> str:
         """:meth:`node_id` from a node's names, the way :meth:`done_marker` builds it."""
+        # literals, not the constants above: this runs once per node of a plan
         if env_id is None:
             return f"tasks/{task}/{key16}/.{task}.done"
         if case is None:

@@ -22,7 +22,7 @@ from typing import Any
 from .. import settings
 from ..errors import StoreError
 from . import atomic
-from .layout import NodePaths, done_name, record_task
+from .layout import NodePaths, done_name, done_task, record_task, walk_node_dirs
 
 REPAIR_HINT = (
     "run `dscheduler verify --repair` to demote damaged nodes so that the next run "
@@ -166,24 +166,16 @@ def clear_done(paths: NodePaths) -> None:
 
 
 def node_folders(roots: list[Path]) -> list[tuple[Path, list[str]]]:
-    """Every folder under ``roots`` that may hold node records, with its file names.
-
-    Zarr values, logs and temporary names (a leading dot) are not descended into.
-    """
-    folders: list[tuple[Path, list[str]]] = []
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                           and not d.endswith(".zarr") and d != "logs"]
-            folders.append((Path(dirpath), filenames))
-    return folders
+    """Every folder under ``roots`` that may hold node records, with its file names
+    (:func:`~dscheduler.store.layout.walk_node_dirs`, as a list for thread pools)."""
+    return [(Path(folder), files) for folder, files in walk_node_dirs(roots)]
 
 
 def nodes_in(folder: Path, names: list[str]) -> list[tuple[NodePaths, str | None]]:
     """The nodes in ``folder`` (a record or a ``.done`` link), each with its link's target."""
     present = set(names)
     tasks = {t for t in map(record_task, names) if t}
-    tasks |= {n[1:-5] for n in names if n.startswith(".") and n.endswith(".done")}
+    tasks |= {t for t in map(done_task, names) if t}
     out = []
     for task in sorted(tasks):
         link = None

@@ -13,23 +13,19 @@ ordered by :mod:`dscheduler.store.query`.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, StoreError
 from .index import Index
-from .layout import RUN_RECORD, Layout, record_task
+from .layout import RUN_RECORD, Layout, record_task, walk_node_dirs
 from .query import apply_filter, apply_order
 from .records import node_summary as node_summary  # kept here too: listings use it
 from .records import read_record
 
 if TYPE_CHECKING:
     import pandas as pd
-
-#: Directories inside a node's directory that hold outputs, never records.
-_OUTPUT_SUFFIXES = (".zarr", ".files", ".artifacts")
 
 NODE_COLUMNS = ["key", "name", "task", "case", "run_id", "env_id", "label", "state",
                 "version", "attempts", "host", "start", "end", "seconds"]
@@ -39,25 +35,12 @@ _RUN_STATE_ORDER = ("running", "failed", "damaged", "cancelled", "succeeded", "p
 
 
 def _record_files(root: Path) -> Iterator[Path]:
-    """Paths of node records under ``root``, found with one scandir per directory."""
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        subdirs = []
-        for entry in entries:
-            name = entry.name
-            if name.startswith("."):
-                continue
+    """Paths of node records and ``run.json`` files under ``root``
+    (:func:`~dscheduler.store.layout.walk_node_dirs`)."""
+    for folder, files in walk_node_dirs([root]):
+        for name in sorted(files):
             if record_task(name) is not None or name == RUN_RECORD:
-                yield Path(entry.path)
-            elif name != "logs" and not name.endswith(_OUTPUT_SUFFIXES) \
-                    and entry.is_dir(follow_symlinks=False):
-                subdirs.append(Path(entry.path))
-        stack.extend(sorted(subdirs, reverse=True))
+                yield Path(folder, name)
 
 
 def _run_of(layout: Layout, path: Path) -> str | None:
@@ -137,9 +120,9 @@ def _unlisted(layout: Layout, prefix: str, paths: Iterable[str]) -> Callable[[st
     runs that have nodes (only a run without any is listed, as ``pending``)."""
     with_nodes = set()
     for path in paths:
-        if path.startswith("runs/") and layout.run_of_id(path) is None:
-            parts = path.split("/", 3)
-            with_nodes.add(f"{parts[1]}/{parts[2]}")
+        run = layout.run_of_node_id(path)
+        if run is not None:
+            with_nodes.add(run)
 
     def skip(path: str) -> bool:
         if not path.startswith(prefix):

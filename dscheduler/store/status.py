@@ -28,8 +28,8 @@ from typing import Any
 
 from .. import settings
 from ..errors import StoreError, tail
-from .layout import RUN_RECORD, Layout, done_name, record_task
-from .lease import holder_gone, is_stale, read_lease
+from .layout import RUN_RECORD, Layout, done_name, record_task, walk_node_dirs
+from .lease import lease_held
 from .records import read_record
 
 #: Node states, in the order tables show them.
@@ -186,7 +186,7 @@ def env_row(layout: Layout, env_id: str, state: str | None = None) -> EnvRow:
                       (record.get("timings") or {}).get("total"),
                       int(size) if size is not None else None, record.get("created"))
     if state is None:
-        if _lease_held(layout.env_lease_path(env_id)):
+        if lease_held(layout.env_lease_path(env_id)):
             state = "building"
         elif paths.failed_log.exists():
             state = "failed"
@@ -218,11 +218,6 @@ def failure_of(path: Path, record: dict[str, Any], label: str, when: float | Non
                    str(last.get("log") or path))
 
 
-def _lease_held(path: Path) -> bool:
-    info = read_lease(path)
-    return info is not None and not is_stale(info) and not holder_gone(info)
-
-
 # -- the whole store -----------------------------------------------------------------
 
 
@@ -236,8 +231,9 @@ def summarize(layout: Layout, failures: int | None = None) -> Summary:
     failures
         How many of the newest failures to keep (default: setting ``dashboard.failures``).
 
-    The walk skips ``*.zarr`` and ``logs`` directories: only a node's
-    directory holds its record and ``.done`` link.  Succeeded nodes cost no
+    The walk (:func:`~dscheduler.store.layout.walk_node_dirs`) skips outputs
+    (``*.zarr`` ...) and ``logs`` directories: only a node's directory holds its
+    record and ``.done`` link.  Succeeded nodes cost no
     read beyond the directory listing; failed, running and cancelled records
     are parsed.
     """
@@ -246,9 +242,7 @@ def summarize(layout: Layout, failures: int | None = None) -> Summary:
     failed: list[tuple[float, Path, dict[str, Any], str]] = []
     labels: dict[str, str] = {}  # run directory -> label
     for top, bound in ((layout.runs_dir, True), (layout.tasks_dir, False)):
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames[:] = [d for d in dirnames
-                           if not d.endswith(".zarr") and d != "logs" and d[:1] != "."]
+        for dirpath, filenames in walk_node_dirs([top]):
             label = NO_LABEL
             if bound:
                 run_dir = _run_dir(top, dirpath)
@@ -300,7 +294,7 @@ def _count_dir(layout: Layout, out: Summary, folder: Path, filenames: Iterable[s
         if not record or "attempts" not in record:
             continue
         state = str(record.get("state"))
-        if state == "running" and not _lease_held(
+        if state == "running" and not lease_held(
                 layout.node_lease_path(str(record.get("key", ""))[:16] or "x")):
             state = "interrupted"  # its process died: nobody holds the node's lease
         out.count(task, label, state)
@@ -316,5 +310,5 @@ def _env_ids(layout: Layout) -> list[str]:
         found = {d.name for d in layout.envs_dir.iterdir() if d.name[:1] != "."}
     if layout.locks_dir.is_dir():  # a build that has not made its directory yet
         found.update(e for e in layout.env_lease_ids()
-                     if _lease_held(layout.env_lease_path(e)))
+                     if lease_held(layout.env_lease_path(e)))
     return sorted(found)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,9 +57,8 @@ def run_entry(layout: Layout, record: dict[str, Any]) -> Entry:
 def damaged_entry(layout: Layout, paths: NodePaths, why: str, seq: int, key: str = "") -> Entry:
     """The entry of a node whose record cannot be read."""
     path = layout.node_id(paths)
-    parts = path.split("/")
-    run_id = f"{parts[1]}/{parts[2]}" if parts[0] == "runs" else None
-    pseudo = {"state": DAMAGED, "task": paths.task, "error": why, "run_id": run_id}
+    pseudo = {"state": DAMAGED, "task": paths.task, "error": why,
+              "run_id": layout.run_of_node_id(path)}
     return Entry(path, seq, DAMAGED, key, node_summary(pseudo, paths.record, layout.root))
 
 
@@ -106,9 +104,7 @@ def _last_generation(layout: Layout) -> int:
     found = [0]
     with contextlib.suppress(Missing, Corrupt):
         found.append(int(read_header(layout).get("generation", 0)))
-    for path in layout.index_dir.glob("summaries-*.json"):
-        if m := re.fullmatch(r"summaries-(\d+)\.json", path.name):
-            found.append(int(m.group(1)))
+    found.extend(layout.index_summaries_files())
     return max(found)
 
 

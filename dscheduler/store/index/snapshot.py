@@ -309,7 +309,7 @@ def cleanup(layout: Layout, view: View, generation: int) -> None:
         layout.index_segment(name).unlink(missing_ok=True)
     keep = {layout.index_summaries(generation).name,
             layout.index_summaries(generation - 1).name}
-    for old in layout.index_dir.glob("summaries-*.json"):
+    for old in layout.index_summaries_files().values():
         if old.name not in keep:
             old.unlink(missing_ok=True)
 
