@@ -58,7 +58,7 @@ def run_inline(nodes: list[ds.Node], store: ds.Store, force: bool = False) -> di
     states = {}
     for node in p.to_run:
         try:
-            states[node.name] = run_node(specs[node.key])["state"]
+            states[node.name] = run_node(specs[node.key])[0]
         except ds.TaskError:
             states[node.name] = "failed"
     return states

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import dscheduler as ds
+from dscheduler.store.lease import lease_held
 
 HOLDER = """
 import os, sys, time
@@ -138,3 +139,25 @@ def test_live_local_holder_is_not_broken_by_break_dead_local(tmp_path: Path) -> 
     assert not eager.try_acquire()
     out, _ = holder.communicate(timeout=30)
     assert out.strip() == "kept"
+
+
+def test_lease_held_means_readable_fresh_and_holder_alive(tmp_path: Path) -> None:
+    path = tmp_path / "x.lease"
+    assert not lease_held(path)  # no lease
+    lease = ds.Lease(path, ttl=0.3, poll=0.01)
+    assert lease.try_acquire()
+    assert lease_held(path)
+    info = json.loads(path.read_text())
+    lease.stop_heartbeat()
+    time.sleep(0.4)
+    assert not lease_held(path)  # stale: its heartbeat is older than its ttl
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    path.write_text(json.dumps({**info, "heartbeat": time.time(), "ttl": 60, "pid": dead.pid,
+                                "started": time.time() - 1}))
+    assert not lease_held(path)  # fresh, but its holder on this host is gone
+    path.write_text(json.dumps({**info, "heartbeat": time.time(), "ttl": 60}))
+    assert lease_held(path)  # fresh, and its holder (this process) lives
+    path.write_text('{"token": ')
+    assert not lease_held(path)  # unreadable
+    lease.release()

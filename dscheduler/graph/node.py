@@ -132,8 +132,8 @@ class Node:
     ``name`` the Dask key ``f"{task}-{key16}"``.
     """
 
-    __slots__ = ("_env", "arguments", "case", "cfg", "env_id", "key", "key16", "name",
-                 "task", "upstream")
+    __slots__ = ("_env", "_paths", "arguments", "case", "cfg", "env_id", "key", "key16",
+                 "name", "task", "upstream")
 
     def __init__(self, task: Task[Any, Any], arguments: dict[str, Any]) -> None:
         self.task = task
@@ -187,6 +187,7 @@ class Node:
             raise_bad_argument(task.name, canonical)
         self.key16 = identity.short_id(self.key)
         self.name = f"{task.name}-{self.key16}"
+        self._paths: tuple[Store, NodePaths] | None = None
 
     def __repr__(self) -> str:
         where = f" case={self.case}" if self.case else ""
@@ -211,13 +212,18 @@ class Node:
         return resolve_env(self.cfg)
 
     def paths(self, store: Store) -> NodePaths:
-        """Where this node's outputs and record live in ``store``."""
+        """Where this node's outputs and record live in ``store`` (kept for the last
+        store asked: planning and submitting ask several times per node)."""
+        if self._paths is not None and self._paths[0] is store:
+            return self._paths[1]
         if self.cfg is None:
-            return store.task(self.task.name, self.key16)
-        run = store.run(self.cfg.run_id)
-        if self.case is None:
-            return NodePaths(run.dir, self.task.name, run.root)
-        return run.node(self.case, self.task.name)
+            paths = store.task(self.task.name, self.key16)
+        else:
+            run = store.run(self.cfg.run_id)
+            paths = (NodePaths(run.dir, self.task.name, run.root) if self.case is None
+                     else run.node(self.case, self.task.name))
+        self._paths = (store, paths)
+        return paths
 
     def walk(self) -> Iterator[Node]:
         """This node and everything upstream of it, each once (no order promised)."""

@@ -35,6 +35,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import identity, settings
@@ -42,7 +43,7 @@ from ..envs import Env
 from ..errors import DSchedulerError, GraphError, LeaseError, StoreError
 from ..store import Store, store_of
 from ..store.index import View, finished
-from ..store.lease import holder_gone, is_stale, read_lease
+from ..store.lease import lease_held
 from ..store.records import done_key, read_record
 from . import drift, html
 from .node import Node
@@ -187,10 +188,43 @@ def is_done(marker: str, key: str) -> bool:
         return False
 
 
-def _why(node: Node, store: Store) -> str | None:
+class _Listings:
+    """Which node directories exist, from one listing of their parent (a run, or
+    ``tasks/{task}``) once more than ``after`` of its nodes were asked about.
+
+    A new graph's nodes then cost one listing per run or task instead of an open
+    per node, a round trip each on a parallel filesystem; a few new nodes beside
+    many stored ones still cost one open each, never a listing of them all.
+    """
+
+    def __init__(self, after: int = 4) -> None:
+        self.after = after
+        self.asked: dict[str, int] = {}
+        self.names: dict[str, frozenset[str] | None] = {}  # None: could not list
+
+    def absent(self, node_dir: Path) -> bool:
+        """True when ``node_dir`` is known not to exist (so it holds no record)."""
+        parent = str(node_dir.parent)
+        if parent not in self.names:
+            asked = self.asked[parent] = self.asked.get(parent, 0) + 1
+            if asked <= self.after:
+                return False
+            try:
+                self.names[parent] = frozenset(os.listdir(parent))
+            except FileNotFoundError:
+                self.names[parent] = frozenset()
+            except OSError:
+                self.names[parent] = None
+        names = self.names[parent]
+        return names is not None and node_dir.name not in names
+
+
+def _why(node: Node, store: Store, listings: _Listings) -> str | None:
     """Why ``node`` runs, from its record; None when it finished after all (its record
     says succeeded with its key and its link agrees: the index missed it)."""
     paths = node.paths(store)
+    if listings.absent(paths.dir):
+        return NO_RECORD
     try:
         record = read_record(paths.record)
     except StoreError:
@@ -217,8 +251,7 @@ def _why(node: Node, store: Store) -> str | None:
 
 
 def _lease_held(store: Store, key16: str) -> bool:
-    info = read_lease(store.node_lease_path(key16))
-    return info is not None and not is_stale(info) and not holder_gone(info)
+    return lease_held(store.node_lease_path(key16))
 
 
 def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
@@ -256,6 +289,7 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
     view = None if force else _index(store, len(order))
     values = view.values if view is not None else None
     root = f"{store.root}/"
+    listings = _Listings()
     for node in order:
         done = store.done_id(node.cfg.env_id if node.cfg else None,
                              node.cfg.config_hash if node.cfg else None,
@@ -270,7 +304,7 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
             reasons[node.key] = f"{UPSTREAM} ({rerun_upstream.name})"
         elif not (finished(values.get(done), node.key) if values is not None
                   else is_done(root + done, node.key)):
-            why = _why(node, store)
+            why = _why(node, store, listings)
             if why is not None:
                 reasons[node.key] = why
     if not force:

@@ -15,7 +15,7 @@ On the embedded local cluster, resource annotations are dropped (with a
 warning): its workers declare no resources, and a task that asks for one
 would otherwise wait forever.  Elsewhere they reach the scheduler: on a
 SLURM cluster, ``resources={"GPU": 1}`` sends a task to a GPU job
-(docs/design.md §11.2).
+(docs/design.md §13.2).
 
 ``detach=True`` hands the graph to the scheduler (distributed's
 ``fire_and_forget``): it keeps running after the driver exits, on a

@@ -18,10 +18,10 @@ from typing import Any
 from ..errors import TaskError
 from ..graph import Node, Plan, html
 from ..store import atomic
-from ..store.index import Entry
 from ..store.records import read_record
 from ..store.values import load_value
 from . import progress as progress_bar
+from .clusters import is_local
 from .dashboard import links
 
 STATES = ("succeeded", "cached", "failed", "blocked", "cancelled")
@@ -232,7 +232,10 @@ class Handle:
                 env_errors[env_id] = _error_text(future)
 
         finished = {k: f for k, f in self.futures.items() if f.status == "finished"}
-        outcomes = dict(zip(finished, self.client.gather(list(finished.values())),
+        # From the workers directly on the embedded cluster (all on 127.0.0.1): through
+        # its scheduler, which runs in this process, every outcome is sent twice.
+        outcomes = dict(zip(finished, self.client.gather(list(finished.values()),
+                                                         direct=is_local(self.client)),
                             strict=True)) if finished else {}
         _index_outcomes(p, outcomes.values())
         states: dict[str, str] = {}
@@ -243,7 +246,7 @@ class Handle:
                 states[node.key] = "cached"
                 continue
             if node.key in outcomes:
-                states[node.key] = outcomes[node.key]["state"]
+                states[node.key] = outcomes[node.key][0]
                 continue
             bad = [up for up in node.upstream if states.get(up.key) not in ("succeeded", "cached")]
             if node.env_id in env_errors:
@@ -262,17 +265,18 @@ class Handle:
                        dashboard=links(self.client)[0] if self.client is not None else None)
 
 
-def _index_outcomes(p: Plan, outcomes: Iterable[dict[str, Any]]) -> None:
+def _index_outcomes(p: Plan, outcomes: Iterable[tuple[str, str]]) -> None:
     """Append the index entries the workers made to this driver's own segment.
 
     The workers appended them already; this copy makes the driver's next plan
-    see them even where the workers' writes reach this host late (NFS).
+    see them even where the workers' writes reach this host late (NFS).  The
+    lines are our workers' own, and a reader skips any line that is not an entry.
     """
-    entries = [Entry.from_list(o["index"]) for o in outcomes if o.get("index")]
+    lines = [line for _, line in outcomes if line.endswith("\n")]
     try:
-        p.store.index.append(entries)
+        p.store.index.append_lines("".join(lines).encode())
     except OSError as err:
-        log.warning("could not add %d entries to the index of %s: %s", len(entries),
+        log.warning("could not add %d entries to the index of %s: %s", len(lines),
                     p.store.root, err)
 
 

@@ -69,7 +69,7 @@ def save(paths: NodePaths, value: Any, *, fresh: bool = False,
             )
         out = commit_written(paths, Path(tracker.output_dir))
     else:
-        out = save_value(paths, value)
+        out = save_value(paths, value, fresh=fresh)
     if tracker is not None:
         for folder, final in ((tracker.files_dir, paths.files),
                               (tracker.artifacts_dir, paths.artifacts)):

@@ -178,13 +178,18 @@ def consolidate(path: Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-def save_value(paths: NodePaths, value: Any) -> dict[str, Any]:
-    """Store ``value`` in ``paths`` and describe how, for the record."""
+def save_value(paths: NodePaths, value: Any, *, fresh: bool = False) -> dict[str, Any]:
+    """Store ``value`` in ``paths`` and describe how, for the record.
+
+    ``fresh``: the node has no earlier result, so no output of the other kind
+    is looked for (a round trip on a shared filesystem).
+    """
     kind = zarr_kind(value)
     if kind is not None:
         with atomic.publish_dir(paths.zarr) as tmp:
             write_zarr(as_dataset(value, kind), tmp)
-        atomic.remove(paths.value)  # an output of another kind, left by an earlier result
+        if not fresh:
+            atomic.remove(paths.value)  # an output of another kind, left by an earlier result
         out: dict[str, Any] = {"kind": "zarr", "type": kind, "path": paths.zarr.name}
         if kind == "xarray.DataArray":
             out["name"] = value.name
@@ -201,7 +206,8 @@ def save_value(paths: NodePaths, value: Any) -> dict[str, Any]:
         ) from None
     atomic.write_bytes(paths.value, (text + "\n").encode(),
                        durable=bool(settings.get("task.fsync")))
-    atomic.remove(paths.zarr)
+    if not fresh:
+        atomic.remove(paths.zarr)
     return {"kind": "json", "path": paths.value.name}
 
 

@@ -101,6 +101,11 @@ class Index:
         """Append entries to this process's segment (see :mod:`.segments`)."""
         writer(self.layout).append(entries, durable=durable)
 
+    def append_lines(self, data: bytes) -> None:
+        """Append segment lines (:meth:`Entry.line`) that another process made: the
+        driver copies its workers' entries (docs/design.md §14.2)."""
+        writer(self.layout).append_lines(data)
+
     def entry(self, paths: NodePaths, record: dict[str, Any], *, seq: int | None = None,
               state: str | None = None) -> Entry:
         """The entry that says what ``record`` (the node's, at ``paths``) says."""

@@ -45,17 +45,17 @@ class Entry:
     key: str
     summary: dict[str, Any] = field(default_factory=dict)
 
+    def text(self) -> str:
+        """The segment line as text: one JSON array and a newline."""
+        return json.dumps([self.path, self.seq, self.state, self.key, self.summary],
+                          separators=(",", ":"), default=str) + "\n"
+
     def line(self) -> bytes:
         """The segment line: one JSON array and a newline."""
-        return (json.dumps([self.path, self.seq, self.state, self.key, self.summary],
-                           separators=(",", ":"), default=str) + "\n").encode()
+        return self.text().encode()
 
     def value(self) -> str:
         return f"{self.state} {self.seq} {self.key}"
-
-    def to_list(self) -> list[Any]:
-        """What travels from a worker to the driver (plain data)."""
-        return [self.path, self.seq, self.state, self.key, self.summary]
 
     @classmethod
     def from_list(cls, item: list[Any]) -> Entry:

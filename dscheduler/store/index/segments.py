@@ -83,7 +83,10 @@ class SegmentWriter:
 
     def append(self, entries: Iterable[Entry], *, durable: bool = False) -> None:
         """Append ``entries``; with ``durable``, on disk and in a live segment on return."""
-        data = b"".join(e.line() for e in entries)
+        self.append_lines(b"".join(e.line() for e in entries), durable=durable)
+
+    def append_lines(self, data: bytes, *, durable: bool = False) -> None:
+        """Append whole segment lines (:meth:`Entry.line`) made elsewhere."""
         if not data:
             return
         with self.lock:
