@@ -59,6 +59,83 @@ def test_open_results_and_collect(cluster: Any, graph_store: ds.Store, tmp_path:
         ds.open_results("nope", store=graph_store)
 
 
+def _files(root: Path) -> dict[str, tuple[bytes, int, int]]:
+    """Every file under ``root``: its bytes, inode and mtime in ns."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_collect_writes_chunks_in_parallel_tasks_after_all_metadata(
+        cluster: Any, graph_store: ds.Store, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """store.collect: the metadata written once, by this process, before any chunk; then
+    one dask task per chunk on the cluster (chunks of 1 case x the stored chunks), which
+    write chunks only: no metadata file is written again."""
+    import xarray as xr
+    from distributed import get_task_stream
+
+    from dscheduler.store import views
+
+    cases = ("2020010100", "2020010112", "2020010200", "2020010212")
+    cfg = Cfg(x=20, label="collected")
+    nodes = [field(cfg, c) for c in cases]
+    ds.compute(nodes, store=graph_store, cluster=cluster, progress=False).raise_for_status()
+    stored = graph_store.open(nodes[0])["t2m"].encoding["chunks"]
+    seen: dict[str, Any] = {}
+
+    def write_zarr(dataset: Any, path: Path, *, compute: bool = True) -> Any:
+        assert compute is False, "collect writes the chunks through dask, not in one call"
+        # Aligned: one dask block per case, the stored chunks along the other dimensions.
+        assert dataset["t2m"].chunks == ((1,) * len(cases), stored)
+        delayed = real(dataset, path, compute=compute)
+        seen["before"] = _files(path)
+        return delayed
+
+    real = views.write_zarr
+    monkeypatch.setattr(views, "write_zarr", write_zarr)
+    with get_task_stream(cluster) as stream:
+        path = graph_store.collect(cfg, tmp_path / "all.zarr")
+
+    # Before dask ran: every piece of metadata, consolidated, and no chunk of t2m.
+    before = seen["before"]
+    meta = {name for name in before if name.endswith("zarr.json")}
+    assert {"zarr.json", "t2m/zarr.json", "case/zarr.json", "step/zarr.json"} <= meta
+    root = json.loads(before["zarr.json"][0])
+    assert "t2m" in root["consolidated_metadata"]["metadata"]
+    assert not [name for name in before if name.startswith("t2m/c/")]
+    # Dask wrote one chunk per case, in one task each, on the cluster's workers...
+    after = _files(path)
+    chunks = sorted(name for name in after if name.startswith("t2m/c/"))
+    assert chunks == [f"t2m/c/{i}/0" for i in range(len(cases))]
+    # (dask.array.store's tasks: key ("store-map-<token>", *block index))
+    writers = sorted(t["key"][1:] for t in stream.data
+                     if isinstance(t["key"], tuple) and t["key"][0].startswith("store-map-"))
+    assert writers == [(i, 0) for i in range(len(cases))], [t["key"] for t in stream.data]
+    # ... and no task wrote any metadata: those files are the ones written before.
+    assert {n: after[n] for n in after if n.endswith("zarr.json")} == \
+        {n: before[n] for n in meta}
+    xr.testing.assert_equal(xr.open_zarr(path).load(),
+                            ds.open_results(cfg, store=graph_store).load())
+
+
+@ds.task(version="1", env=None)
+def stats(cfg: Any, case: str) -> dict[str, Any]:
+    return {"case": case, "x": cfg.x, "scores": [0.5, 1.5], "ok": True, "note": None}
+
+
+def test_open_a_json_value_returns_the_plain_value(cluster: Any,
+                                                   graph_store: ds.Store) -> None:
+    cfg = Cfg(x=3, label="plain")
+    nodes = [stats(cfg, c) for c in ("c0", "c1")]
+    ds.compute(nodes, store=graph_store, cluster=cluster, progress=False).raise_for_status()
+    expected = {"case": "c0", "x": 3, "scores": [0.5, 1.5], "ok": True, "note": None}
+    value = graph_store.open(nodes[0])
+    assert value == expected and type(value) is dict  # not xarray, not a record
+    assert graph_store.open(nodes[0].name) == expected  # by node name too
+    assert ds.open_results(cfg, store=graph_store) == {  # JSON values: a dict by case
+        "c0": expected, "c1": dict(expected, case="c1")}
+
+
 def test_explain_names_the_changed_config_field(cluster: Any, graph_store: ds.Store,
                                                 tmp_path: Path) -> None:
     log = str(tmp_path / "log")
@@ -196,3 +273,38 @@ def test_cli_runs_show_compare_lineage_explain(cluster: Any, graph_store: ds.Sto
     out = cli("explain", str(recipe), "--store", store)
     assert out.exit_code == 0, out.output
     assert "config.x: 1 -> 5" in out.output and "same label" in out.output
+
+
+def test_cli_explain_a_stored_run_or_node(cluster: Any, graph_store: ds.Store,
+                                          tmp_path: Path) -> None:
+    """`explain NODE|RUN`: the stored node rebuilt from its record with today's code."""
+    log = str(tmp_path / "log")
+    cfg = Cfg(x=1, label="why", log=log)
+    ds.compute([work(cfg, "c0"), work(cfg, "c1")], store=graph_store, cluster=cluster,
+               progress=False).raise_for_status()
+    source = tmp_path / "steps.py"
+    step = _task_file(source, "return x + 1")
+    ds.compute(step(1), store=graph_store, cluster=cluster, progress=False).raise_for_status()
+    store = str(graph_store.root)
+
+    for ref in ("why", cfg.run_id, work(cfg, "c1").name):  # label, run_id, node name
+        out = cli("explain", ref, "--store", store)
+        assert out.exit_code == 0, out.output
+        assert "would not run (its stored result is current)" in out.output
+    assert out.output.count("would not run") == 1  # a node names one node
+    out = cli("explain", "why", "--store", store)
+    assert out.output.count("would not run") == 2 and \
+        "0 of 2 node(s) would run or changed code" in out.output
+
+    name = step(1).name
+    _task_file(source, "return x + 1", version="2")  # today's code bumped the version
+    out = cli("explain", name, "--store", store)
+    assert out.exit_code == 0, out.output
+    assert "version: '1' -> '2'" in out.output and "1 of 1 node(s) would run" in out.output
+    _task_file(source, "return x + 7")  # version 1 again, its code edited
+    out = cli("explain", name, "why", "--store", store)
+    assert out.exit_code == 0, out.output
+    assert "code (version unchanged)" in out.output and "1 of 3 node(s)" in out.output
+
+    out = cli("explain", "no-such-run", "--store", store)
+    assert out.exit_code != 0 and "nothing in the store" in out.output

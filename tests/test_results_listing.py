@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import dscheduler as ds
+from dscheduler.store.records import read_record
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def test_listing_while_processes_write_records(tmp_path: Path) -> None:
     store = ds.Store(tmp_path / "data")
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(store.root), str(w),
                                str(NODES), str(ROUNDS)]) for w in range(WRITERS)]
-    listings = 0
+    listings = records_read = 0
     try:
         while any(p.poll() is None for p in procs):
             frame = store.runs(by="node")
@@ -54,12 +55,19 @@ def test_listing_while_processes_write_records(tmp_path: Path) -> None:
             for row in frame.to_dict("records"):
                 assert row["attempts"] == row["metrics.round"] + 1
                 assert len(row["params.pad"]) == 400000
+            # The listing reads the index; the records themselves must be whole too.
+            for path in store.runs_dir.glob("*/*/c0/fit.json"):
+                record = read_record(path)  # a StoreError when torn
+                assert record is not None and record["name"].startswith("fit-")
+                assert len(record["attempts"]) == record["metrics"]["round"] + 1
+                assert len(record["params"]["pad"]) == 400000
+                records_read += 1
             time.sleep(0.01)
     finally:
         for p in procs:
             p.wait(timeout=120)
     assert all(p.returncode == 0 for p in procs)
-    assert listings >= 3
+    assert listings >= 3 and records_read > 0
     final = store.runs(by="node")
     assert len(final) == WRITERS * NODES
     assert set(final["state"]) == {"succeeded"} and set(final["metrics.round"]) == {ROUNDS - 1}

@@ -14,25 +14,27 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..errors import DSchedulerError, StoreError, tail
-from ..graph.explain import explain_plan
+from ..errors import DSchedulerError, tail
+from ..graph.explain import explain_plan, explain_stored
 from ..graph.plan import flatten
 from ..graph.recipe import load_nodes
 from ..run.clusters import close_local, local_running
 from ..run.rerun import rerun as rerun_nodes
 from ..store import Store
 from ..store.runs import find, lineage, node_summary, runs_frame
-from .common import ModelOption, RecipeOption, StoreOption, console, errors, fail, say
+from .common import (
+    ModelOption,
+    RecipeOption,
+    StoreOption,
+    console,
+    existing_store,
+    exit_on_failures,
+    fail,
+    say,
+)
 
 RefArgument = Annotated[str, typer.Argument(help="run_id (or 8+ characters of one), label, "
                                                  "node name or key")]
-
-
-def _store(store: Path | None) -> Store:
-    st = Store(store)
-    if not st.root.is_dir():
-        fail(StoreError(f"no store at {st.root}; run something first or pass --store"))
-    return st
 
 
 def _cell(value: Any) -> str:
@@ -65,7 +67,7 @@ def runs(
     """List runs (or nodes) with their state, params, metrics and tags."""
     if format not in ("table", "csv", "json"):
         fail(DSchedulerError(f"--format {format!r}: use table, csv or json"))
-    st = _store(store)
+    st = existing_store(store)
     try:
         frame = st.runs(filter=filter, order_by=sort, state=state, by=by)
     except DSchedulerError as err:
@@ -137,7 +139,7 @@ def show(
     log_lines: Annotated[int, typer.Option(help="lines of the log tail to show")] = 20,
 ) -> None:
     """Show a run or node: config, state, metrics, attempts, log tail, outputs, lineage."""
-    st = _store(store)
+    st = existing_store(store)
     try:
         found = find(st, ref)
     except DSchedulerError as err:
@@ -167,7 +169,7 @@ def compare(
     """Compare runs or nodes side by side: only the fields that differ (unless --all)."""
     if len(refs) < 2:
         fail(DSchedulerError("compare needs two or more runs or nodes"))
-    st = _store(store)
+    st = existing_store(store)
     rows: list[dict[str, Any]] = []
     try:
         for ref in refs:
@@ -194,17 +196,40 @@ def compare(
     say(f"{shown} of {len(fields)} fields shown" + ("" if all_fields else " (those that differ)"))
 
 
+def _is_recipe(what: str, recipe: str | None, model: str | None) -> bool:
+    """Whether ``explain``'s argument is an experiment or recipe file rather than a REF."""
+    path = Path(what)
+    return bool(recipe or model) or path.is_file() or path.suffix in (".yaml", ".yml", ".py")
+
+
 def explain(
-    path: Annotated[Path, typer.Argument(help="experiment YAML or recipe .py")],
+    what: Annotated[str, typer.Argument(
+        metavar="NODE|RUN|PATH", help="a stored run or node (run_id or 8+ characters of "
+        "one, label, node name or key), or an experiment YAML or recipe .py")],
     select: Annotated[list[str] | None, typer.Argument(
-        help="node names, tasks, labels or run_ids to explain (default: every node that "
-             "would run)")] = None,
+        help="with a PATH: node names, tasks, labels or run_ids to explain (default: every "
+             "node that would run); with a run or node: more runs or nodes")] = None,
     store: StoreOption = None,
     recipe: RecipeOption = None,
     model: ModelOption = None,
 ) -> None:
-    """Why nodes would run again: which identity input differs from the stored record."""
+    """Why nodes would run again: which identity input differs from the stored record.
+
+    A stored run or node is rebuilt from its record with today's code (as rerun
+    does); a PATH is loaded with today's code and config.
+    """
     st = Store(store)
+    if not _is_recipe(what, recipe, model):
+        try:
+            found = explain_stored([what, *(select or [])], st)
+        except DSchedulerError as err:
+            fail(err)
+        for explanation in found:
+            say(explanation.text())
+        would = sum(1 for e in found if e.reason or e.drift)
+        say(f"{would} of {len(found)} node(s) would run or changed code")
+        return
+    path = Path(what)
     try:
         nodes = flatten([load_nodes(path, recipe, model)])
         every = {n.key: n for root in nodes for n in root.walk()}.values()
@@ -230,7 +255,7 @@ def rerun(
         "--force", help="run today's code even when it is not the recorded call")] = False,
 ) -> None:
     """Run the recorded calls of a run or node again, into new attempts."""
-    st = _store(store)
+    st = existing_store(store)
     owned = not local_running()
     try:
         results = rerun_nodes(ref, store=st, cluster=cluster, force=force, progress=False)
@@ -240,8 +265,4 @@ def rerun(
         if owned:
             close_local()
     say(repr(results))
-    try:
-        results.raise_for_status()
-    except DSchedulerError as err:
-        errors.print(str(err), highlight=False, soft_wrap=True, markup=False)
-        raise typer.Exit(1) from None
+    exit_on_failures(results)

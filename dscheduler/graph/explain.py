@@ -10,6 +10,11 @@ else, among the task's records in the same case, those of runs with the
 same label; else those of any run; the one with the fewest differences wins
 (the newest on a tie).  A node that would not run is still checked for code
 drift (:mod:`dscheduler.graph.drift`).
+
+:func:`explain_stored` explains stored runs or nodes by name: each is rebuilt
+from its record with today's code (:func:`~.calls.rebuild`, as ``rerun``
+does), so what can differ is what the code and the files decide: the task's
+version or code, its function, an env, a file an argument names.
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..store import Store, store_of
 from ..store.records import read_record
-from ..store.runs import node_summaries
+from ..store.runs import find, node_summaries
 from . import drift
-from .calls import CONFIG, ENV, JSON, NODE, PATH, TIMES, TUPLE, describe
+from .calls import CONFIG, ENV, JSON, NODE, PATH, TIMES, TUPLE, describe, rebuild
 from .node import Node
 from .plan import plan
 
@@ -149,14 +154,15 @@ def _candidates(store: Store, node: Node) -> list[tuple[str, Path]]:
 
 
 def explain(node: Node, store: Store | str | os.PathLike[str] | None = None,
-            reason: str | None = None) -> Explanation:
+            reason: str | None = None, *, planned: bool = False) -> Explanation:
     """Why ``node`` would run, and which identity inputs differ from its stored record.
 
     ``reason``: the plan's reason, when the caller planned already (else one plan
-    of ``node`` is made).
+    of ``node`` is made); ``planned``: the caller planned, and None means it would
+    not run.
     """
     store = store_of(store)
-    if reason is None:
+    if reason is None and not planned:
         reason = plan(node, store=store).reason(node)
     current_info = describe(node, store, None)
     current_info.update(version=node.task.version, env_id=node.env_id)
@@ -195,11 +201,37 @@ def explain(node: Node, store: Store | str | os.PathLike[str] | None = None,
     return out
 
 
-def explain_plan(nodes: list[Node], store: Store | str | os.PathLike[str] | None = None
-                 ) -> list[Explanation]:
-    """:func:`explain` for ``nodes`` that would run or whose code drifted (one plan)."""
+def explain_plan(nodes: list[Node], store: Store | str | os.PathLike[str] | None = None,
+                 *, every: bool = False) -> list[Explanation]:
+    """:func:`explain` for ``nodes`` that would run or whose code drifted (one plan);
+    ``every``: for all of ``nodes``, those that would not run too."""
     store = store_of(store)
     p = plan(nodes, store=store)
     chosen = {n.key for n in nodes}
-    return [explain(n, store, p.reason(n)) for n in p.nodes
-            if n.key in chosen and (n.key in p.reasons or n.key in p.drift)]
+    return [explain(n, store, p.reason(n), planned=True) for n in p.nodes
+            if n.key in chosen and (every or n.key in p.reasons or n.key in p.drift)]
+
+
+def explain_stored(refs: list[str], store: Store | str | os.PathLike[str] | None = None
+                   ) -> list[Explanation]:
+    """Why the stored runs or nodes ``refs`` name (run_ids, labels, node names or keys)
+    would run again: each rebuilt from its record with today's code, then explained,
+    whether it would run or not.
+
+    Raises
+    ------
+    ConfigError
+        a ref names nothing, or a record cannot be rebuilt (no call recorded, its
+        task no longer importable).
+    """
+    store = store_of(store)
+    built: dict[str, Node] = {}
+    nodes: dict[str, Node] = {}
+    for ref in refs:
+        for _path, record in find(store, ref):
+            if record.get("task"):  # not a run without a node record yet
+                node = rebuild(store, record, built)
+                nodes.setdefault(node.key, node)
+    if not nodes:
+        raise ConfigError(f"{', '.join(map(repr, refs))} names no node record to explain")
+    return explain_plan(list(nodes.values()), store, every=True)

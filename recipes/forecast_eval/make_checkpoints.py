@@ -6,19 +6,31 @@ Training data is one long truth trajectory (seed 1, after spin-up), 6-hourly.
 Each checkpoint ``{name}.npz`` carries its weights, and a sidecar
 ``{name}.npz.dscheduler-env.json`` the environment it needs, with different
 pins on purpose: ``linear`` was "trained" under numpy 1.26, ``mlp`` under
-numpy 2, ``stencil`` also needs scipy.  The ``.npz`` files are written with
-fixed zip timestamps, so the same weights give the same bytes.
+numpy 2, ``stencil`` also needs scipy.
+
+Running it again gives the same bytes: the ``.npz`` files are written with
+fixed zip timestamps, and the fitted weights are stored as float32.  Least
+squares through BLAS sums in an order that depends on the thread count and
+the CPU's kernels, so the float64 weights differ between runs and machines
+in their last bits (about 1e-15); rounded to float32 (7 significant digits)
+they agree.  BLAS is also pinned to one thread (before numpy loads it, so when
+this runs as a script): on one machine the unrounded weights agree as well.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
+# Before numpy loads BLAS: one thread, one summation order (see the docstring).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -47,6 +59,14 @@ def noisy_tendencies(x: np.ndarray, noise: float = 4.0) -> np.ndarray:
     return lorenz96.tendency(x) + rng.normal(0.0, noise, x.shape)
 
 
+def as_float32(weights: dict[str, np.ndarray], keep: tuple[str, ...] = ("dt",)
+               ) -> dict[str, np.ndarray]:
+    """The fitted float weights rounded to float32 (``keep``: settings, left exact)."""
+    return {name: value.astype(np.float32)
+            if value.dtype.kind == "f" and name not in keep else value
+            for name, value in ((n, np.asarray(v)) for n, v in weights.items())}
+
+
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez, but with fixed timestamps (np.savez stamps each member with the time)."""
     buffer = io.BytesIO()
@@ -72,7 +92,8 @@ def make(out: Path) -> list[Path]:
                                          dt=lorenz96.DT, substeps=lorenz96.SUBSTEPS),
     }
     written = []
-    for name, weights in models.items():
+    for name, fitted in models.items():
+        weights = as_float32(fitted)
         path = out / f"{name}.npz"
         write_npz(path, weights)
         meta = {"python": "3.11", "requirements": ENVS[name]}
