@@ -190,8 +190,11 @@ def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]],
     return record, attempt
 
 
-def _mark_running(spec: NodeSpec, record: dict[str, Any], first: bool) -> _Later:
-    """Write the record "running": the marker a killed attempt leaves.
+def _mark_running(spec: NodeSpec, record: dict[str, Any], first: bool, announce: bool
+                  ) -> _Later:
+    """Write the record "running": the marker a killed attempt leaves; with
+    ``announce``, its index entry too (for listings; a dropped result's entry was
+    appended already, before its link went: :func:`_drop_result`).
 
     The first attempt of a node without an env writes it only once it has run
     ``task.running_record_after`` seconds: a tiny task then writes its record
@@ -201,10 +204,12 @@ def _mark_running(spec: NodeSpec, record: dict[str, Any], first: bool) -> _Later
     other attempt writes it at once, before any output moves: a stored
     record must never say "succeeded" over another attempt's value.
     """
-    text = record_text(record)  # as it is now: the attempt goes on changing it
-
     def write() -> None:
-        write_record_text(spec.paths, text, final=False)  # lives while the attempt runs
+        # Nothing changes the record while the task's function runs, and the attempt
+        # cancels this call (waiting for it, if it runs) before it goes on.
+        write_record_text(spec.paths, record_text(record), final=False)
+        if announce:
+            spec.store.index.note(spec.paths, record)
 
     delay = float(settings.get("task.running_record_after")) if first and spec.env is None \
         else 0.0
@@ -271,21 +276,19 @@ def _run_later() -> None:
 
 def _drop_result(spec: NodeSpec, record: dict[str, Any],
                  previous: dict[str, Any] | None) -> None:
-    """Before an attempt: its index entry ("running", for listings); and the stored
-    result, if any, is no longer this node's (a rerun, or another key at this path
-    since a version bump or a changed input).
+    """Before an attempt: the stored result, if any, is no longer this node's (a
+    rerun, or another key at this path since a version bump or a changed input).
 
     The index hears of a dropped result first, durably, then the .done link
     goes, before any output moves (docs/design.md §14).  A node never run
-    before has no link, result or partial files: nothing more is touched.
+    before has no link, result or partial files: nothing is touched, and its
+    "running" entry goes with its running record (:func:`_mark_running`).
     """
     record["seq"] = next_seq(previous)
     if previous is not None and previous.get("state") == SUCCEEDED:
         spec.store.index.undone(spec.paths, record)
-    else:
-        spec.store.index.note(spec.paths, record)
-        if previous is not None:
-            clear_done(spec.paths)  # a link a damaged or edited record may have left
+    elif previous is not None:
+        clear_done(spec.paths)  # a link a damaged or edited record may have left
     if previous is not None:
         remove_partials(spec.paths)
 
@@ -371,7 +374,8 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> Outcome:
         fresh = previous is None and lease.broken is None
         if previous is None and not fresh:
             remove_partials(spec.paths)  # of a first attempt killed before its record
-        running = _mark_running(spec, record, first=fresh)
+        running = _mark_running(spec, record, first=fresh,
+                                announce=previous is None or previous.get("state") != SUCCEEDED)
         started = time.monotonic()
         try:
             output = tracking.save(spec.paths, _call(spec, built, attempt), fresh=fresh,

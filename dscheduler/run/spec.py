@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,13 @@ class NodeSpec:
     def key16(self) -> str:
         return self.key[:16]
 
-    @property
+    @cached_property
     def cancel_path(self) -> Path:
         return self.store.cancel_path(self.submission)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Made where the spec is used (a tiny task asks for it several times).
+        return {k: v for k, v in self.__dict__.items() if k != "cancel_path"}
 
 
 def _refs(value: Any, store: Store) -> Any:

@@ -12,6 +12,7 @@ tracked params, metrics, tags and artifacts into the record
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,12 @@ __all__ = ["begin", "end", "log_artifact", "log_metric", "log_param", "output", 
 def begin(paths: NodePaths) -> _runner.Tracker:
     """A Tracker for the attempt starting now in this thread, with temporary output dirs
     beside the node's outputs (their names are those :func:`remove_partials` sweeps)."""
-    tracker = _runner.Tracker(
-        None, str(atomic.temp_sibling(paths.zarr)), str(atomic.temp_sibling(paths.files)),
-        str(atomic.temp_sibling(paths.artifacts)))
+    # The names atomic.temp_sibling gives, spelled as strings with one token: a tiny
+    # task makes these three and uses none of them.
+    where, token = f"{paths.dir}/.{paths.task}", os.urandom(6).hex()
+    tracker = _runner.Tracker(None, f"{where}.zarr.{token}.partial",
+                              f"{where}.files.{token}.partial",
+                              f"{where}.artifacts.{token}.partial")
     _runner.CURRENT.set(tracker)
     return tracker
 

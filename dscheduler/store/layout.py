@@ -32,7 +32,9 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from .. import settings
 from ..errors import ConfigError
@@ -169,28 +171,35 @@ class NodePaths:
     task: str
     root: Path | None = field(default=None, compare=False)
 
-    @property
+    # The paths below are made once per object: a tiny task asks for them a few
+    # dozen times, and each Path join costs more than the write it names.  Only the
+    # fields travel in a pickle.
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"dir": self.dir, "task": self.task, "root": self.root}
+
+    @cached_property
     def record(self) -> Path:
         return self.dir / f"{self.task}.json"
 
-    @property
+    @cached_property
     def zarr(self) -> Path:
         return self.dir / f"{self.task}.zarr"
 
-    @property
+    @cached_property
     def value(self) -> Path:
         return self.dir / f"{self.task}.value.json"
 
-    @property
+    @cached_property
     def log(self) -> Path:
         return self.dir / LOGS_DIR / f"{self.task}.log"
 
-    @property
+    @cached_property
     def files(self) -> Path:
         """Files a task wrote through ``ds.output("dir")``, committed when it succeeded."""
         return self.dir / f"{self.task}.files"
 
-    @property
+    @cached_property
     def artifacts(self) -> Path:
         """Files a task logged with ``ds.log_artifact``, committed when it succeeded."""
         return self.dir / f"{self.task}.artifacts"
@@ -200,7 +209,7 @@ class NodePaths:
         """Every output a node may have besides its record and log."""
         return (self.zarr, self.value, self.files, self.artifacts)
 
-    @property
+    @cached_property
     def done(self) -> Path:
         """A symlink whose target is the key of the succeeded record, written after it."""
         return self.dir / done_name(self.task)
@@ -285,6 +294,9 @@ class Layout:
 
     def node_id(self, paths: NodePaths) -> str:
         """A node's name in the index: its ``.done`` link relative to the root."""
+        done, root = str(paths.done), str(self.root)
+        if done.startswith(root) and done[len(root):len(root) + 1] == "/":
+            return done[len(root) + 1:]  # the common case, without Path's parsing
         return paths.done.relative_to(self.root).as_posix()
 
     def run_id_path(self, run_id: str) -> str:
