@@ -306,6 +306,8 @@ class Layout:
     @staticmethod
     def run_of_id(path: str) -> str | None:
         """The run_id whose index name (:meth:`run_id_path`) is ``path``; None for a node."""
+        if not path.endswith(RUN_RECORD):  # nodes, nearly every path: no split
+            return None
         parts = path.split("/")
         if len(parts) == 4 and parts[0] == RUNS_DIR and parts[3] == RUN_RECORD:
             return f"{parts[1]}/{parts[2]}"

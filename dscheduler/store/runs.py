@@ -143,14 +143,13 @@ def _node_frame(summaries: Iterable[dict[str, Any]]) -> pd.DataFrame:
     import pandas as pd
 
     rows = list(summaries)
-    data: dict[str, list[Any]] = {c: [s[c] for s in rows] for c in NODE_COLUMNS}
-    for group in _GROUPS:
-        names: set[str] = set()
-        for s in rows:
-            names.update(s[group])
-        for name in sorted(names):
-            data[f"{group}.{name}"] = [s[group].get(name) for s in rows]
-    return pd.DataFrame(data)
+    parts = [pd.DataFrame.from_records(rows, columns=NODE_COLUMNS)]
+    for group in _GROUPS:  # pandas makes the union of the names, in C
+        part = pd.DataFrame.from_records([s[group] for s in rows], index=parts[0].index)
+        part = part[sorted(part.columns)]
+        part.columns = [f"{group}.{name}" for name in part.columns]
+        parts.append(part)
+    return pd.concat(parts, axis=1)
 
 
 def _run_frame(nodes: pd.DataFrame) -> pd.DataFrame:
@@ -160,10 +159,17 @@ def _run_frame(nodes: pd.DataFrame) -> pd.DataFrame:
     nodes = nodes[nodes["run_id"].notna()]
     nodes = nodes.sort_values("end", na_position="first", kind="stable")  # latest last
     rank = {s: i for i, s in enumerate(_RUN_STATE_ORDER)}
-    ids = nodes["run_id"].str.partition("/")
-    base = pd.DataFrame({"run_id": nodes["run_id"], "env_id": ids[0], "config_hash": ids[2],
+    # run_id is f"{env_id}/{config_hash}" (a node's own env_id may be another: an env
+    # given to its task).  Plain Python: pandas' str.partition took a quarter of the
+    # time of listing 100,000 runs.
+    ids = [r.partition("/") for r in nodes["run_id"]]
+    base = pd.DataFrame({"run_id": nodes["run_id"],
+                         "env_id": pd.Series([i[0] for i in ids], index=nodes.index,
+                                             dtype="str"),
+                         "config_hash": pd.Series([i[2] for i in ids], index=nodes.index,
+                                                  dtype="str"),
                          "label": nodes["label"].replace("", None),
-                         "state": nodes["state"].map(lambda v: rank.get(v, len(rank))),
+                         "state": nodes["state"].map(rank).fillna(len(rank)).astype(int),
                          "start": nodes["start"], "end": nodes["end"]})
     later = [c for c in nodes.columns if c.startswith(("config.", "params.", "tags."))]
     metrics = [c for c in nodes.columns if c.startswith("metrics.")]
@@ -182,8 +188,7 @@ def _run_frame(nodes: pd.DataFrame) -> pd.DataFrame:
         runs["end"] = grouped["end"].max()
         runs[metrics] = grouped[metrics].mean()
         runs = runs.reset_index()
-    runs["state"] = runs["state"].map(
-        lambda i: _RUN_STATE_ORDER[i] if i < len(_RUN_STATE_ORDER) else "unknown")
+    runs["state"] = runs["state"].map(dict(enumerate(_RUN_STATE_ORDER))).fillna("unknown")
     runs["label"] = runs["label"].fillna("")
     runs.loc[runs["state"] == "running", "end"] = None
     return runs

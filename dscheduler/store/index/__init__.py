@@ -67,7 +67,9 @@ class Index:
         found = view.summaries
         if found is None:
             found = snapshot.read_summaries(self.layout, view, skip)
-            if found is None and snapshot.identity(self.layout) == view.ident:
+            if found is not None:
+                return found  # skipped as it was read
+            if snapshot.identity(self.layout) == view.ident:
                 found = self.rebuild().summaries  # its own summaries file is gone
         if found is None or skip is None:
             return found
