@@ -161,3 +161,32 @@ def test_lease_held_means_readable_fresh_and_holder_alive(tmp_path: Path) -> Non
     path.write_text('{"token": ')
     assert not lease_held(path)  # unreadable
     lease.release()
+
+
+def test_an_unreadable_lease_waits_then_is_broken_after_the_ttl(tmp_path: Path) -> None:
+    # A lease is created with its content in one exclusive open: a waiter may find it
+    # empty for a moment (being written), and must wait then; one left empty by a
+    # taker that died between create and write is broken once older than the ttl.
+    path = tmp_path / "x.lease"
+    path.write_bytes(b"")
+    waiter = ds.Lease(path, ttl=5, poll=0.01, break_dead_local=True)
+    assert not waiter.try_acquire()  # being written: not judged
+    old = time.time() - 10
+    os.utime(path, (old, old))
+    assert waiter.try_acquire()  # unreadable for longer than the ttl
+    assert json.loads(path.read_text())["token"] == waiter.token
+    waiter.release()
+
+
+def test_breaking_puts_back_a_lease_taken_meanwhile_even_while_it_is_written(
+        tmp_path: Path) -> None:
+    path = tmp_path / "x.lease"
+    stale = ds.Lease(path, ttl=0.1)
+    assert stale.try_acquire()
+    stale.stop_heartbeat()
+    judged = json.loads(path.read_text())
+    path.unlink()
+    path.write_bytes(b"")  # a new taker's file, not yet written
+    breaker = ds.Lease(path, ttl=0.1)
+    assert not breaker._break(judged)
+    assert path.exists() and path.read_bytes() == b""  # put back, not removed

@@ -117,6 +117,28 @@ def read_json(path: Path) -> Any:
     return json.loads(b"".join(chunks))
 
 
+def create_exclusive(path: Path, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` in one exclusive open; False when it exists.
+
+    One round trip where :func:`create_once` makes three, but a reader may
+    find the file empty or partly written for a moment: only for files whose
+    readers wait when they cannot parse one (leases).  ``O_EXCL`` is atomic on
+    local filesystems, NFSv3 and later, Lustre and GPFS.
+    """
+    try:
+        fd = _create(path, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        _write_all(fd, data, False)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)  # never leave a lease nobody can read
+        raise
+    os.close(fd)
+    return True
+
+
 def create_once(path: Path, data: bytes, *, durable: bool = True) -> bool:
     """Create ``path`` with ``data`` unless it exists; True when this call created it.
 

@@ -2,9 +2,11 @@
 
 Contract (the reasons, and why not ``flock``: docs/design.md §7):
 
-* taking a lease creates its file exclusively (:func:`atomic.create_once`);
-  the file holds a random token, owner, host, pid, the pid's start time, the
-  ttl and a heartbeat time;
+* taking a lease creates its file exclusively, content and all, in one open
+  (:func:`atomic.create_exclusive`); the file holds a random token, owner,
+  host, pid, the pid's start time, the ttl and a heartbeat time.  A waiter
+  that finds it unreadable (being written) waits; one unreadable for longer
+  than the waiter's ttl lost its writer and is broken;
 * one daemon thread per process refreshes the heartbeat of every lease the
   process holds, every ``ttl / 4`` s, after checking the token is its own;
 * a waiter may break a lease whose heartbeat is older than its ttl (rename
@@ -226,16 +228,16 @@ class Lease:
         if self.token:
             raise LeaseError(f"lease {self.path} is already held by this object")
         self.token = uuid.uuid4().hex
-        if atomic.create_once(self.path, self._content(), durable=False):
+        if atomic.create_exclusive(self.path, self._content()):
             self._start_heartbeat()
             return True
         info = read_lease(self.path)
-        if (
-            info is not None
-            and (is_stale(info) or (self.break_dead_local and holder_gone(info)))
-            and self._break(info)
-            and atomic.create_once(self.path, self._content(), durable=False)
-        ):
+        stale = info is not None and (
+            is_stale(info) or (self.break_dead_local and holder_gone(info)))
+        if info is None and self._unreadable_for() > self.ttl:
+            info, stale = {}, True  # its taker died between creating and writing it
+        if stale and info is not None and self._break(info) \
+                and atomic.create_exclusive(self.path, self._content()):
             self._start_heartbeat()
             return True
         self.token = ""
@@ -312,6 +314,13 @@ class Lease:
         """Stop refreshing without releasing (tests use it to play a stalled holder)."""
         _heartbeats.remove(self)
 
+    def _unreadable_for(self) -> float:
+        """Seconds since the (unreadable) lease file was last written; 0 when gone."""
+        try:
+            return time.time() - os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return 0.0
+
     def _break(self, judged: dict[str, Any]) -> bool:
         """Move a stale lease aside; True when the stale one was removed."""
         aside = atomic.temp_sibling(self.path, ".broken")
@@ -320,8 +329,10 @@ class Lease:
         except FileNotFoundError:
             return True  # someone else removed it; creating may now succeed
         moved = read_lease(aside)
-        if moved is not None and moved.get("token") != judged.get("token"):
-            # Between our read and our rename a new holder took it: put it back.
+        same = moved.get("token") == judged.get("token") if moved is not None else not judged
+        if not same:
+            # Between our read and our rename a new holder took it (maybe still writing
+            # it, unreadable): put it back.
             with contextlib.suppress(FileExistsError):
                 os.link(aside, self.path)
             aside.unlink(missing_ok=True)
