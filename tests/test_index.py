@@ -285,14 +285,42 @@ def test_finished_but_missing_from_the_index_is_not_run_again(
     monkeypatch.undo()
     view = store.index.load()
     assert not any(view.finished(store.node_id(n.paths(store)), n.key) for n in nodes)
-    assert ds.plan(nodes, store=store).nothing_to_do  # the records and links say finished
-    # A crash between the record and its link: the node runs, finds its record
-    # under its lease, restores link and entry, and is "cached".
+    # Node 1 also lost its link: a crash between its record and its link.
     nodes[1].paths(store).done.unlink()
+    p = ds.plan(nodes, store=store)
+    assert [n.name for n in p.to_run] == [nodes[1].name]  # records and links say the rest
+    # ... and that plan put the lost entries of the finished ones back: the next plan
+    # reads the index alone for them.
+    view = store.index.load()
+    assert [view.finished(store.node_id(n.paths(store)), n.key) for n in nodes] == \
+        [True, False, True]
+    # Node 1 runs, finds its record under its lease, restores link and entry: "cached".
     assert run_inline(nodes, store) == {nodes[1].name: "cached"}
     assert ds.plan(nodes, store=store).nothing_to_do
     assert all(runs_of(log, i) == 1 for i in range(3))
     assert store.index.load().finished(store.node_id(nodes[1].paths(store)), nodes[1].key)
+
+
+def test_a_dead_attempts_newer_entry_is_outranked_only_under_the_nodes_lease(
+        store: ds.Store, log: str) -> None:
+    # A forced rerun killed between its durable "not finished" entry and the removal of
+    # the link: record and link still say finished, the index's newest entry does not.
+    node = step(0, log)
+    run_inline([node], store)
+    paths = node.paths(store)
+    record = store.read_record(paths.record)
+    dead = Entry(store.node_id(paths), record["seq"] + 5, "running", node.key, {})
+    store.index.append([dead], durable=True)
+    done = store.node_id(paths)
+    assert not store.index.load().finished(done, node.key)
+    held = store.lease(f"node-{node.key16}", ttl=60)
+    assert held.try_acquire()  # an attempt runs: planning must not decide for it
+    assert ds.plan([node], store=store).nothing_to_do  # the record and link say finished
+    assert not store.index.load().finished(done, node.key)
+    held.release()
+    assert ds.plan([node], store=store).nothing_to_do
+    assert store.index.load().finished(done, node.key)  # restored, above the dead entry
+    assert runs_of(log, 0) == 1
 
 
 # -- listing, small graphs, compaction -------------------------------------------------

@@ -15,8 +15,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import dask.config
+import pytest
 
 import dscheduler as ds
 from dscheduler.graph.plan import INTERRUPTED
@@ -93,6 +97,16 @@ def worker(argv: list[str]) -> None:
     random.Random(seed).shuffle(order)
     for node in order:
         run_node(specs[node.key])
+
+
+@pytest.fixture(autouse=True)
+def same_index_settings() -> Iterator[None]:
+    """This process writes index entries too (a plan restores missed ones), so it uses
+    the workers' index settings: every process sharing a store must (a compactor seals
+    segments older than its ``seal_after``, which writers leave well before)."""
+    with dask.config.set({f"dscheduler.index.{k.rsplit('__', 1)[1].lower()}": float(v)
+                          for k, v in FAST_INDEX.items()}):
+        yield
 
 
 def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

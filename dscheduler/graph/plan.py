@@ -42,9 +42,10 @@ from .. import identity, settings
 from ..envs import Env
 from ..errors import DSchedulerError, GraphError, LeaseError, StoreError
 from ..store import Store, store_of
-from ..store.index import View, finished
+from ..store.index import SUCCEEDED, View, finished
+from ..store.index.entries import order
 from ..store.lease import lease_held
-from ..store.records import done_key, read_record
+from ..store.records import done_key, next_seq, read_record, record_seq
 from . import drift, html
 from .node import Node
 
@@ -219,9 +220,11 @@ class _Listings:
         return names is not None and node_dir.name not in names
 
 
-def _why(node: Node, store: Store, listings: _Listings) -> str | None:
+def _why(node: Node, store: Store, listings: _Listings,
+         missed: list[tuple[Node, dict[str, Any]]]) -> str | None:
     """Why ``node`` runs, from its record; None when it finished after all (its record
-    says succeeded with its key and its link agrees: the index missed it)."""
+    says succeeded with its key and its link agrees: the index missed it, and
+    ``missed`` gets its paths and record)."""
     paths = node.paths(store)
     if listings.absent(paths.dir):
         return NO_RECORD
@@ -239,6 +242,7 @@ def _why(node: Node, store: Store, listings: _Listings) -> str | None:
             identity.check_collision(node.key, stored, str(paths.record))
         return CHANGED if record.get("state") == "succeeded" else NO_RECORD
     if record.get("state") == "succeeded" and done_key(paths) == node.key:
+        missed.append((node, record))
         return None
     if record.get("state") == "running" and _lease_held(store, node.key16):
         return IN_PROGRESS  # e.g. a detached graph still running it (docs/design.md §13.7)
@@ -290,6 +294,7 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
     values = view.values if view is not None else None
     root = f"{store.root}/"
     listings = _Listings()
+    missed: list[tuple[Node, dict[str, Any]]] = []
     for node in order:
         done = store.done_id(node.cfg.env_id if node.cfg else None,
                              node.cfg.config_hash if node.cfg else None,
@@ -304,9 +309,11 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
             reasons[node.key] = f"{UPSTREAM} ({rerun_upstream.name})"
         elif not (finished(values.get(done), node.key) if values is not None
                   else is_done(root + done, node.key)):
-            why = _why(node, store, listings)
+            why = _why(node, store, listings, missed)
             if why is not None:
                 reasons[node.key] = why
+    if missed and values is not None:
+        _restore_entries(store, missed, values)
     if not force:
         drift.check(result, UPSTREAM)  # code changed, version not (results.code_drift)
     _resolve_envs(result)
@@ -326,6 +333,43 @@ def _index(store: Store, n_nodes: int) -> View | None:
     except (OSError, LeaseError) as err:
         log.warning("planning without the index of %s: %s", store.root, err)
         return None
+
+
+def _restore_entries(store: Store, missed: list[tuple[Node, dict[str, Any]]],
+                     values: dict[str, str]) -> None:
+    """Index entries for nodes found finished without one, so that the next plan reads
+    the index alone for them (docs/design.md §14.1).  A cache, so failing is logged.
+
+    Usually the entry was lost (a worker killed between its .done link and its
+    entry): it is appended again as it was, with the record's seq.  When a newer
+    entry says "not finished" (an attempt announced dropping the result, then died
+    before it did), a newer "finished" is appended only under the node's lease, so no
+    attempt is running, and only if record and link still say finished.
+    """
+    entries = []
+    try:
+        for node, record in missed:
+            paths = node.paths(store)
+            value = values.get(store.node_id(paths))
+            newer = order(value)[0] if value is not None else -1
+            if newer < record_seq(record):
+                entries.append(store.index.entry(paths, record, state=SUCCEEDED))
+                continue
+            lease = store.lease(f"node-{node.key16}", ttl=settings.get("task.lease_ttl"),
+                                break_dead_local=True, owner="plan (restoring an entry)")
+            if not lease.try_acquire():
+                continue  # an attempt runs: its own entries will tell
+            try:
+                again = read_record(paths.record) or {}
+                if again.get("key") == node.key and again.get("state") == SUCCEEDED \
+                        and done_key(paths) == node.key:
+                    entries.append(store.index.entry(
+                        paths, again, seq=max(next_seq(again), newer + 1), state=SUCCEEDED))
+            finally:
+                lease.release()
+        store.index.append(entries)
+    except (OSError, LeaseError, StoreError) as err:
+        log.warning("could not restore index entries of %s: %s", store.root, err)
 
 
 def _compact(store: Store) -> None:
