@@ -1,9 +1,10 @@
 """``ds.plan``: what will run, what is cached, which envs need building, and why.
 
 Planning reads the store and writes only to its index (compaction, entries it
-finds missing): it builds no env and contacts no cluster.  It must be fast on a parallel filesystem too, where every
-metadata operation is a network round trip (docs/design.md §10, §14), so a
-node is decided finished by the store's index (:mod:`dscheduler.store.index`):
+finds missing): it builds no env and contacts no cluster.  It must be fast on
+a parallel filesystem too, where every metadata operation is a network round
+trip (docs/design.md §10, §14), so a node is decided finished by the store's
+index (:mod:`dscheduler.store.index`):
 a few files say, for every node, whether it finished and with which key.
 The truth stays in the store: after writing a succeeded record the executor
 makes the symlink ``.{task}.done`` beside it, whose *target* is the node's
