@@ -225,7 +225,7 @@ def _why(node: Node, store: Store, listings: _Listings,
          missed: list[tuple[Node, dict[str, Any]]]) -> str | None:
     """Why ``node`` runs, from its record; None when it finished after all (its record
     says succeeded with its key and its link agrees: the index missed it, and
-    ``missed`` gets its paths and record)."""
+    ``missed`` gets the node and its record)."""
     paths = node.paths(store)
     if listings.absent(paths.dir):
         return NO_RECORD
@@ -356,8 +356,7 @@ def _restore_entries(store: Store, missed: list[tuple[Node, dict[str, Any]]],
             if newer < record_seq(record):
                 entries.append(store.index.entry(paths, record, state=SUCCEEDED))
                 continue
-            lease = store.lease(f"node-{node.key16}", ttl=settings.get("task.lease_ttl"),
-                                break_dead_local=True, owner="plan (restoring an entry)")
+            lease = store.node_lease(node.key16, owner="plan (restoring an entry)")
             if not lease.try_acquire():
                 continue  # an attempt runs: its own entries will tell
             try:

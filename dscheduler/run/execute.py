@@ -102,10 +102,9 @@ def _take_lease(spec: NodeSpec) -> Lease:
     A worker killed with kill -9 leaves a lease whose process is gone; its
     task, which Dask reschedules at once, should not wait a TTL for it.
     """
-    lease = spec.store.lease(f"node-{spec.key16}", ttl=settings.get("task.lease_ttl"),
-                             break_dead_local=True,
-                             owner=f"{spec.name} {_worker_address() or ''}".strip(),
-                             details={k: v for k, v in _slurm_fields().items() if v})
+    lease = spec.store.node_lease(spec.key16,
+                                  owner=f"{spec.name} {_worker_address() or ''}".strip(),
+                                  details={k: v for k, v in _slurm_fields().items() if v})
     cancelled = spec.cancel_path
 
     def abort() -> str | None:

@@ -36,12 +36,12 @@ __all__ = ["begin", "end", "log_artifact", "log_metric", "log_param", "output", 
 def begin(paths: NodePaths) -> _runner.Tracker:
     """A Tracker for the attempt starting now in this thread, with temporary output dirs
     beside the node's outputs (their names are those :func:`remove_partials` sweeps)."""
-    # The names atomic.temp_sibling gives, spelled as strings with one token: a tiny
-    # task makes these three and uses none of them.
-    where, token = f"{paths.dir}/.{paths.task}", os.urandom(6).hex()
-    tracker = _runner.Tracker(None, f"{where}.zarr.{token}.partial",
-                              f"{where}.files.{token}.partial",
-                              f"{where}.artifacts.{token}.partial")
+    # Strings with one token, not three temp_sibling Paths: a tiny task makes these
+    # names and uses none of them.
+    folder, token = str(paths.dir), os.urandom(6).hex()
+    tracker = _runner.Tracker(
+        None, *(f"{folder}/{atomic.temp_name(f'{paths.task}{suffix}', token)}"
+                for suffix in (".zarr", ".files", ".artifacts")))
     _runner.CURRENT.set(tracker)
     return tracker
 

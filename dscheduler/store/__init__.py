@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import identity
+from .. import identity, settings
 from ..errors import LeaseError, StoreError
 from . import atomic
 from .index import Index, run_entry
@@ -100,6 +100,13 @@ class Store(Layout):
     def lease(self, name: str, ttl: float | None = None, **options: Any) -> Lease:
         """The lease ``locks/{name}.lease`` (options as for :class:`Lease`)."""
         return Lease(self.lease_path(name), ttl=ttl, **options)
+
+    def node_lease(self, key16: str, **options: Any) -> Lease:
+        """A node's lease, as every attempt takes it: ttl ``task.lease_ttl``, and a
+        holder on this host whose process died is broken at once (a killed worker's
+        task, which Dask reschedules at once, must not wait a ttl for it)."""
+        return self.lease(self.node_lease_name(key16), ttl=settings.get("task.lease_ttl"),
+                          break_dead_local=True, **options)
 
     def read_record(self, path: Path) -> dict[str, Any] | None:
         """A record; None when missing; a StoreError naming the file when damaged."""

@@ -16,11 +16,17 @@ from pathlib import Path
 from typing import Any
 
 
-def temp_sibling(path: Path, suffix: str = ".partial") -> Path:
-    """A unique name beside ``path`` for a file or directory in the making."""
+def temp_name(name: str, token: str | None = None, suffix: str = ".partial") -> str:
+    """The hidden name ``.{name}.{token}{suffix}`` of a ``name`` in the making (what
+    cleanups sweep); ``token`` is 12 random hex characters unless given."""
     # os.urandom, not uuid4: the same 48 random bits without building a UUID
     # object, a noticeable part of a tiny task's time (docs/benchmarks.md).
-    return path.with_name(f".{path.name}.{os.urandom(6).hex()}{suffix}")
+    return f".{name}.{token or os.urandom(6).hex()}{suffix}"
+
+
+def temp_sibling(path: Path, suffix: str = ".partial") -> Path:
+    """A unique name beside ``path`` for a file or directory in the making."""
+    return path.with_name(temp_name(path.name, suffix=suffix))
 
 
 def _umask() -> int:

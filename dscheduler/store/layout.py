@@ -393,8 +393,13 @@ class Layout:
         """env_ids of every env lease file present (held or stale)."""
         return [p.name[4:-6] for p in self.locks_dir.glob("env-*.lease")]
 
+    @staticmethod
+    def node_lease_name(key16: str) -> str:
+        """The name of a node's lease, for :meth:`lease_path` and ``Store.node_lease``."""
+        return f"node-{key16}"
+
     def node_lease_path(self, key16: str) -> Path:
-        return self.lease_path(f"node-{key16}")
+        return self.lease_path(self.node_lease_name(key16))
 
     def cancel_path(self, submission: str) -> Path:
         """The file whose existence cancels every task of one submission."""
