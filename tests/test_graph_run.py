@@ -6,6 +6,7 @@ not by records.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,36 @@ def test_damaged_value_is_a_clear_store_error(cluster: Any, graph_store: ds.Stor
     paths.record.write_text('{"state": "succ')
     with pytest.raises(ds.StoreError, match=r"plain\.json is damaged"):
         results.record(node)
+
+
+@ds.task(version="1")
+def nap(i: int, seconds: float) -> int:
+    import time
+
+    time.sleep(seconds)
+    return i
+
+
+def test_local_cluster_does_not_queue_dschedulers_tasks(cluster: Any, graph_store: ds.Store
+                                                        ) -> None:
+    """On the embedded cluster every task asks ``CPU: 1`` of workers that offer one per
+    thread, as on SLURM (docs/design.md §5.2): Dask hands such tasks to workers at once
+    instead of holding them in its scheduler-side queue, which for tiny tasks costs a
+    round trip per task."""
+    handle = ds.submit([nap(i, 0.3) for i in range(10)], store=graph_store, cluster=cluster)
+
+    def placement(dask_scheduler: Any, keys: list[str]) -> list[tuple[str, Any]]:
+        return [(ts.state, ts.resource_restrictions)
+                for ts in map(dask_scheduler.tasks.get, keys) if ts is not None]
+
+    keys = [f.key for f in handle.futures.values()]
+    deadline = time.monotonic() + 30
+    while len(seen := cluster.run_on_scheduler(placement, keys=keys)) < 10:  # graph in transit
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.01)
+    assert all(restrictions == {"CPU": 1} for _, restrictions in seen), seen
+    assert not [state for state, _ in seen if state == "queued"], seen
+    offered = cluster.run_on_scheduler(
+        lambda dask_scheduler: [ws.resources for ws in dask_scheduler.workers.values()])
+    assert offered == [{"CPU": 1}] * 2
+    assert handle.wait(timeout=120, progress=False).counts() == {"succeeded": 10}

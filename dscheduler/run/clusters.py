@@ -13,7 +13,9 @@ driver, even after kill -9.
 The cluster is sized to the machine: one worker process per core (setting
 ``local.n_workers``), one thread each (``local.threads_per_worker``: tasks in
 envs are processes of their own, and one thread per worker keeps a worker's
-memory for one task), everything bound to 127.0.0.1, the dashboard too
+memory for one task), each thread offered as a ``CPU`` resource that every
+dscheduler task asks for, so that Dask does not queue them (docs/design.md
+§5.2), everything bound to 127.0.0.1, the dashboard too
 (``local.dashboard_address``); its link, as ``distributed.dashboard.link``
 makes it (a JupyterHub proxy path, say), is printed once with the link of
 the dscheduler page that :mod:`dscheduler.run.dashboard` adds to it.  An address
@@ -97,6 +99,7 @@ def _local_spec(n_workers: int, threads: int) -> dict[str, Any]:
             "worker_kwargs": {
                 "host": HOST,
                 "nthreads": threads,
+                "resources": {"CPU": threads},
                 "memory_limit": parse_memory_limit("auto", 1, n_workers, logger=log),
                 "preload_nanny": ["dscheduler.run.watchdog"],
                 "silence_logs": logging.WARNING,

@@ -11,11 +11,17 @@
    are small outcomes; values stay in the store.
 4. :class:`~dscheduler.run.results.Handle` waits and collects the states.
 
-On the embedded local cluster, resource annotations are dropped (with a
-warning): its workers declare no resources, and a task that asks for one
-would otherwise wait forever.  Elsewhere they reach the scheduler: on a
-SLURM cluster, ``resources={"GPU": 1}`` sends a task to a GPU job
-(docs/design.md §13.2).
+On the embedded local cluster every task asks ``CPU: 1`` of workers that
+offer one ``CPU`` per thread, as on SLURM.  Dask does not queue tasks with
+resource restrictions on its scheduler: it hands them to workers at once,
+instead of one more per worker each time one finishes, which for tiny tasks
+is a round trip each (docs/benchmarks.md, Throughput).  Holding tasks back
+keeps memory in check when early tasks make large data that later ones
+consume; here values go to the store and outcomes are two short strings.
+Resource asks of the tasks themselves are dropped there (with a warning):
+its workers offer nothing else, and such a task would wait forever.
+Elsewhere they reach the scheduler: on a SLURM cluster,
+``resources={"GPU": 1}`` sends a task to a GPU job (docs/design.md §13.2).
 
 ``detach=True`` hands the graph to the scheduler (distributed's
 ``fire_and_forget``): it keeps running after the driver exits, on a
@@ -41,6 +47,9 @@ from .results import Handle, Results, flush_releases
 from .spec import NodeSpec, make_specs
 
 StoreArg = Store | str | os.PathLike[str] | None
+
+#: What every task asks of the embedded cluster's workers, which offer one ``CPU`` per thread.
+CPU = {"CPU": 1}
 
 
 def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
@@ -133,14 +142,17 @@ def _graph(p: Plan, specs: dict[str, NodeSpec], local: bool
     builds = {f"build_env-{e}": (build_task, store, p.envs[e]) for e in p.build}
     graph: list[dict[str, Any]] = [builds] if builds else []
     annotations: list[dict[str, Any]] = [{"priority": 1_000_000}] if builds else []
+    if local and builds:
+        annotations[0]["resources"] = CPU
     dropped: set[str] = set()
     running = set(specs)
     for node in p.to_run:
         opts = node.task.options_
         resources = opts.resources
-        if resources and local:
-            dropped.add(node.task.name)
-            resources = None
+        if local:
+            if resources:
+                dropped.add(node.task.name)
+            resources = CPU
         retries = opts.retries if opts.retries is not None else retries_default
         group_key = (retries, opts.priority, tuple(sorted((resources or {}).items())))
         if group_key not in groups:
