@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, StoreError
-from .index import Index
+from .index import Index, Table
 from .layout import RUN_RECORD, Layout, record_task, walk_node_dirs
 from .query import apply_filter, apply_order
 from .records import node_summary as node_summary  # kept here too: listings use it
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 NODE_COLUMNS = ["key", "name", "task", "case", "run_id", "env_id", "label", "state",
                 "version", "attempts", "host", "start", "end", "seconds"]
 RUN_COLUMNS = ["run_id", "env_id", "config_hash", "label", "state", "nodes", "start", "end"]
+#: The node columns a listing by run reads (:func:`_run_frame`).
+_RUN_INPUT = ["run_id", "label", "state", "start", "end"]
 #: A run's state from its nodes' states: the first of these that any node has.
 _RUN_STATE_ORDER = ("running", "failed", "damaged", "cancelled", "succeeded", "pending")
 
@@ -89,7 +91,26 @@ def iter_node_records(layout: Layout, run_id: str | None = None
                              "state": "pending", "task": None, "attempts": []}
 
 
-def node_summaries(layout: Layout, run_id: str | None = None) -> Iterator[dict[str, Any]]:
+class Summaries:
+    """Node summaries as listings read them (:func:`node_summaries`): iterating gives
+    one dict per node, by path, then the ``pending`` ones of runs without nodes;
+    :func:`runs_frame` takes their columns instead, without making those dicts."""
+
+    def __init__(self, table: Table, order: list[int] | None = None) -> None:
+        self.table = table
+        self.order = order  # None: the table's own order
+
+    @classmethod
+    def of(cls, summaries: Iterable[dict[str, Any]]) -> Summaries:
+        return summaries if isinstance(summaries, Summaries) else \
+            cls(Table.of((str(i), s) for i, s in enumerate(summaries)))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rows = self.table.summaries()
+        return iter(rows if self.order is None else [rows[i] for i in self.order])
+
+
+def node_summaries(layout: Layout, run_id: str | None = None) -> Summaries:
     """Summaries of every node of the store (or of one run): what listings read.
 
     From the store index (docs/design.md §14), which keeps :func:`node_summary`
@@ -101,34 +122,37 @@ def node_summaries(layout: Layout, run_id: str | None = None) -> Iterator[dict[s
     prefix = f"{layout.run_id_path(run_id).rsplit('/', 1)[0]}/" if run_id else ""
     for _ in range(5):
         view = index.load()
-        summaries = index.summaries(view, _unlisted(layout, prefix, view.values))
-        if summaries is not None:
+        table = index.table(view, _unlisted(layout, prefix, view.values))
+        if table is not None:
             break
     else:
         raise StoreError(f"the index of {layout.root} kept changing while it was read")
-    runs = []
-    for path in sorted(summaries):
-        if layout.run_of_id(path) is not None:
-            runs.append(summaries[path])
-        elif summaries[path]:
-            yield summaries[path]
-    yield from runs
+    paths = table.paths()
+    order = sorted(range(len(paths)), key=paths.__getitem__)
+    runs = {i for i, p in enumerate(paths)
+            if p.endswith(RUN_RECORD) and layout.run_of_id(p) is not None}
+    if runs:
+        order = [i for i in order if i not in runs] + [i for i in order if i in runs]
+    return Summaries(table, order)
 
 
 def _unlisted(layout: Layout, prefix: str, paths: Iterable[str]) -> Callable[[str], bool]:
     """Which index paths a listing skips: those outside ``prefix``, and the entries of
     runs that have nodes (only a run without any is listed, as ``pending``)."""
-    with_nodes = set()
-    for path in paths:
-        run = layout.run_of_node_id(path)
-        if run is not None:
-            with_nodes.add(run)
+    with_nodes: set[str] | None = None  # made when a run's entry is first seen
 
     def skip(path: str) -> bool:
+        nonlocal with_nodes
         if not path.startswith(prefix):
             return True
+        if not path.endswith(RUN_RECORD):  # a node's entry (nearly every one): no split
+            return False
         run = layout.run_of_id(path)
-        return run is not None and run in with_nodes
+        if run is None:
+            return False
+        if with_nodes is None:
+            with_nodes = {r for r in map(layout.run_of_node_id, paths) if r is not None}
+        return run in with_nodes
 
     return skip
 
@@ -136,20 +160,23 @@ def _unlisted(layout: Layout, prefix: str, paths: Iterable[str]) -> Callable[[st
 _GROUPS = ("config", "params", "metrics", "tags")
 
 
-def _node_frame(summaries: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per summary: the node columns, then one column per config field, param,
-    metric and tag.  Built column by column: a DataFrame of 100,000 row dicts costs
-    several times more."""
+def _node_frame(summaries: Summaries, columns: list[str]) -> pd.DataFrame:
+    """One row per summary: ``columns``, then one column per config field, param, metric
+    and tag, in the summaries' order.  Made from the summaries' columns: a DataFrame of
+    100,000 row dicts costs several times more."""
     import pandas as pd
 
-    rows = list(summaries)
-    parts = [pd.DataFrame.from_records(rows, columns=NODE_COLUMNS)]
-    for group in _GROUPS:  # pandas makes the union of the names, in C
-        part = pd.DataFrame.from_records([s[group] for s in rows], index=parts[0].index)
-        part = part[sorted(part.columns)]
-        part.columns = [f"{group}.{name}" for name in part.columns]
-        parts.append(part)
-    return pd.concat(parts, axis=1)
+    table = summaries.table
+    data = {c: table.column(c) for c in columns}
+    names = table.names()
+    for group in _GROUPS:
+        data.update((c, table.column(c)) for c in sorted(n for n in names
+                                                         if n.startswith(f"{group}.")))
+    frame = pd.DataFrame(data)
+    order = summaries.order
+    if order is not None and order != list(range(len(order))):
+        frame = frame.take(order).reset_index(drop=True)
+    return frame
 
 
 def _run_frame(nodes: pd.DataFrame) -> pd.DataFrame:
@@ -162,7 +189,7 @@ def _run_frame(nodes: pd.DataFrame) -> pd.DataFrame:
     # run_id is f"{env_id}/{config_hash}" (a node's own env_id may be another: an env
     # given to its task).  Plain Python: pandas' str.partition took a quarter of the
     # time of listing 100,000 runs.
-    ids = [r.partition("/") for r in nodes["run_id"]]
+    ids = [r.partition("/") for r in nodes["run_id"].tolist()]
     base = pd.DataFrame({"run_id": nodes["run_id"],
                          "env_id": pd.Series([i[0] for i in ids], index=nodes.index,
                                              dtype="str"),
@@ -206,13 +233,14 @@ def runs_frame(summaries: Iterable[dict[str, Any]], *, filter: str | None = None
     """The DataFrame of ``store.runs()`` from node summaries (see :meth:`Store.runs`)."""
     if by not in ("run", "node"):
         raise ConfigError(f"by={by!r}: list by 'run' or by 'node'")
-    frame = _node_frame(summaries)
+    summaries = Summaries.of(summaries)
     if by == "node":
+        frame = _node_frame(summaries, NODE_COLUMNS)
         first = NODE_COLUMNS
         frame = frame[frame["task"].notna()]
     else:
         first = RUN_COLUMNS
-        frame = _run_frame(frame)
+        frame = _run_frame(_node_frame(summaries, _RUN_INPUT))
     frame = frame.reindex(columns=_ordered_columns(frame.columns, first))
     if state:
         wanted = [state] if isinstance(state, str) else list(state)

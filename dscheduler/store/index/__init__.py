@@ -6,7 +6,7 @@ parallel filesystem every stat, open or readlink is a network round trip
 index is a cache of them::
 
     index/snapshot.json            compacted entries, replaced by one rename
-    index/summaries-{gen}.json     the entries' summaries (listing only)
+    index/summaries-{gen}.json     the entries' summaries, in columns (listing only)
     index/segments/{t}-{host}-{pid}-{rand}.log   one append-only file per writer
 
 Writers (workers, drivers) append entries to a segment of their own
@@ -32,12 +32,14 @@ from typing import Any
 from ..layout import Layout, NodePaths
 from ..records import clear_done, next_seq, node_summary, on_write, record_seq, set_done
 from . import snapshot
+from .columns import Table
 from .entries import RUN, RUNNING, SUCCEEDED, UNLINKED, Entry, finished
 from .rebuild import damaged_entry, rebuild, run_entry
 from .segments import writer
 from .snapshot import Corrupt, Missing, View
 
-__all__ = ["RUN", "RUNNING", "SUCCEEDED", "Entry", "Index", "View", "finished", "run_entry"]
+__all__ = ["RUN", "RUNNING", "SUCCEEDED", "Entry", "Index", "Table", "View", "finished",
+           "run_entry"]
 
 log = logging.getLogger("dscheduler.index")
 
@@ -50,30 +52,32 @@ class Index:
 
     # -- reading ----------------------------------------------------------------------
 
-    def load(self, *, summaries: bool = False) -> View:
+    def load(self) -> View:
         """Every entry, merged; rebuilt from the records when the snapshot is missing or bad."""
         try:
-            return snapshot.load(self.layout, summaries=summaries)
+            return snapshot.load(self.layout)
         except (Missing, Corrupt) as err:
             if isinstance(err, Corrupt):
                 log.warning("index of %s unreadable (%s): rebuilding it from the records",
                             self.layout.root, err)
             return self.rebuild()
 
-    def summaries(self, view: View, skip: Callable[[str], bool] | None = None
-                  ) -> dict[str, dict[str, Any]] | None:
-        """The summaries of ``view``'s entries, but those of paths ``skip`` names; None
-        when compactions removed its summaries file meanwhile (load again)."""
-        found = view.summaries
-        if found is None:
-            found = snapshot.read_summaries(self.layout, view, skip)
-            if found is not None:
-                return found  # skipped as it was read
-            if snapshot.identity(self.layout) == view.ident:
-                found = self.rebuild().summaries  # its own summaries file is gone
-        if found is None or skip is None:
-            return found
-        return {p: s for p, s in found.items() if not skip(p)}
+    def table(self, view: View, skip: Callable[[str], bool] | None = None) -> Table | None:
+        """The summaries of ``view``'s entries as columns (:mod:`.columns`), but those of
+        paths ``skip`` names; None when compactions removed its summaries file meanwhile
+        (load again)."""
+        if view.summaries is not None:  # a rebuild's, in memory
+            return Table.of((p, s) for p, s in view.summaries.items()
+                            if skip is None or not skip(p))
+        try:
+            found = snapshot.read_table(self.layout, view, skip)
+        except Corrupt as err:
+            log.warning("index summaries of %s unreadable (%s): rebuilding the index from "
+                        "the records", self.layout.root, err)
+            return self.table(self.rebuild(), skip)
+        if found is None and snapshot.identity(self.layout) == view.ident:
+            return self.table(self.rebuild(), skip)  # its own summaries file is gone
+        return found
 
     def size(self) -> int | None:
         """Entries in the snapshot (its header alone is read); None without one."""

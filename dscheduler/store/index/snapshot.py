@@ -4,8 +4,9 @@
 count, the summaries file, and for each segment the offset up to which its
 entries are in the snapshot), then one JSON object mapping path to
 ``"state seq key"``.  Summaries live in ``index/summaries-{generation}.json``,
-one line ``path<TAB>json`` each, written before the snapshot that names it,
-so planning never reads them.
+in columns (:mod:`.columns`), written before the snapshot that names it, so
+planning never reads them.  A snapshot of another format (1: a line per
+summary) is unreadable here, and so rebuilt from the records.
 
 Reading (:func:`load`): the snapshot, one listing of ``segments/``, each
 segment from its offset (whole lines only), merged by
@@ -40,11 +41,13 @@ from ...errors import StoreError
 from .. import atomic
 from ..layout import Layout
 from ..lease import Lease
+from . import columns
+from .columns import Table
 from .entries import Merged
 from .entries import finished as is_finished
 from .segments import LOG, SEALED, created, names, read_tail
 
-FORMAT = 1
+FORMAT = 2  # 2: summaries in columns (.columns); 1: a line per summary
 RETRIES = 8
 
 
@@ -112,9 +115,11 @@ def parse_header(line: bytes) -> dict[str, Any]:
         header = json.loads(line)
     except (ValueError, UnicodeDecodeError) as err:
         raise Corrupt(f"header: {err}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT \
-            or not isinstance(header.get("segments"), dict):
+    if not isinstance(header, dict) or not isinstance(header.get("segments"), dict):
         raise Corrupt(f"header: not an index of format {FORMAT}")
+    if header.get("format") != FORMAT:
+        raise Corrupt(f"an index of format {header.get('format')!r}; this version of "
+                      f"dscheduler reads format {FORMAT}")
     return header
 
 
@@ -152,7 +157,7 @@ def _read_snapshot(layout: Layout) -> tuple[dict[str, Any], dict[str, str], tupl
     return header, values, ident
 
 
-def load(layout: Layout, *, summaries: bool = False) -> View:
+def load(layout: Layout) -> View:
     """The index: the snapshot with every segment's newer entries (raises Missing, Corrupt)."""
     for _ in range(RETRIES):
         header, values, ident = _read_snapshot(layout)
@@ -160,12 +165,6 @@ def load(layout: Layout, *, summaries: bool = False) -> View:
         if view is None or identity(layout) != ident:
             continue  # a compaction published meanwhile: read the new one
         view.ident = ident
-        if summaries:
-            view.summaries = read_summaries(layout, view)
-            if view.summaries is None:
-                if identity(layout) == ident:
-                    raise Corrupt(f"summaries: {header.get('summaries')} is missing")
-                continue
         return view
     raise StoreError(f"the index {layout.index_dir} kept changing while it was read; "
                      "try again, or run `dscheduler index rebuild`")
@@ -191,32 +190,34 @@ def _with_segments(layout: Layout, header: dict[str, Any], values: dict[str, str
     return view
 
 
-def read_summaries(layout: Layout, view: View, skip: Callable[[str], bool] | None = None
-                   ) -> dict[str, dict[str, Any]] | None:
-    """Every summary (but those of paths ``skip`` names): the snapshot's summaries file
-    with the segments' laid over it; None when that file is gone (a compaction removed
-    it meanwhile)."""
-    paths: list[str] = []
-    texts: list[bytes] = []
+def read_table(layout: Layout, view: View, skip: Callable[[str], bool] | None = None
+               ) -> Table | None:
+    """Every summary (but those of paths ``skip`` names) as columns: the snapshot's
+    summaries file with the segments' laid over it; None when that file is gone (a
+    compaction removed it meanwhile).  Its columns are parsed when asked for."""
+    changed = view.merged.summaries if view.merged is not None else {}
+    extra = [(p, s) for p, s in changed.items() if s and (skip is None or not skip(p))]
+    name = str(view.header.get("summaries") or "")
+    if not name:
+        return Table([], extra)
+    found: list[tuple[columns.Block, list[int] | None]] = []
     try:
-        for path, text in _summary_lines(layout, view.header):
-            if skip is None or not skip(path):
-                paths.append(path)
-                texts.append(text)
-        with paused_gc():  # a collection per thousand dicts made would cost more than the parse
-            out = dict(zip(paths, json.loads(b"[" + b",".join(texts) + b"]"), strict=True))
-    except ValueError as err:
-        raise Corrupt(f"summaries: {err}") from None
+        with open(layout.index_dir / name, "rb", buffering=1 << 20) as f:  # NFS: few reads
+            for block in columns.blocks(f):
+                keep: list[int] | None = None
+                if changed or skip is not None:
+                    keep = [i for i, p in enumerate(block.paths)
+                            if p not in changed and (skip is None or not skip(p))]
+                    if not keep:
+                        continue
+                    if len(keep) == block.rows:
+                        keep = None
+                found.append((block, keep))
     except FileNotFoundError:
         return None
-    for path, summary in (view.merged.summaries if view.merged is not None else {}).items():
-        if skip is not None and skip(path):
-            continue
-        if summary:
-            out[path] = summary
-        else:
-            out.pop(path, None)
-    return out
+    except ValueError as err:
+        raise Corrupt(f"summaries: {err}") from None
+    return Table(found, extra, str(layout.index_dir / name))
 
 
 @contextlib.contextmanager
@@ -232,45 +233,17 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _summary_lines(layout: Layout, header: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
-    """(path, summary's JSON) of each line ``path<TAB>json`` of the snapshot's summaries file.
-
-    Lines, not one JSON object: a compaction copies the lines whose summary
-    did not change without parsing them, so it never holds every summary of
-    a large store in memory at once.  Paths hold no tab (``check_name``).
-    """
-    name = header.get("summaries")
-    if not name:
-        return
-    with open(layout.index_dir / name, "rb", buffering=1 << 20) as f:  # few reads, on NFS too
-        for line in f:
-            path, sep, text = line.rstrip(b"\n").partition(b"\t")
-            if not sep:
-                raise ValueError(f"not a summary line: {line[:100]!r}")
-            yield path.decode(), text
-
-
 def _write_summaries(layout: Layout, view: View, target: Path) -> None:
-    """The summaries file of a new snapshot: the old one's lines, those of paths the
-    segments changed replaced (or dropped), then the segments' new paths."""
+    """The summaries file of a new snapshot (:func:`.columns.write`): the old one's,
+    those of paths the segments changed replaced (or dropped), then the new paths."""
     changed = dict(view.merged.summaries) if view.merged is not None else {}
-
-    def line(path: str, summary: dict[str, Any]) -> bytes:
-        return f"{path}\t{json.dumps(summary, separators=(',', ':'), default=str)}\n".encode()
-
+    name = view.header.get("summaries")
     tmp = atomic.temp_sibling(target)
     try:
-        with open(tmp, "wb") as out:
-            for path, text in _summary_lines(layout, view.header):
-                if path not in changed:
-                    out.write(f"{path}\t".encode() + text + b"\n")
-                elif changed[path]:
-                    out.write(line(path, changed.pop(path)))
-                else:
-                    del changed[path]
-            for path, summary in changed.items():
-                if summary:
-                    out.write(line(path, summary))
+        with open(tmp, "wb") as out, \
+                (open(layout.index_dir / name, "rb", buffering=1 << 20) if name
+                 else contextlib.nullcontext()) as old:
+            columns.write(old, out, changed, lambda p: layout.run_of_id(p) is not None)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
@@ -294,7 +267,7 @@ def publish(layout: Layout, view: View, lease: Lease) -> dict[str, Any]:
     layout.index_dir.mkdir(parents=True, exist_ok=True)
     try:
         _write_summaries(layout, view, summary_file)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         raise Corrupt(f"summaries: {err}") from None
     body = json.dumps(header, separators=(",", ":")) + "\n" + json.dumps(
         view.values, separators=(",", ":")) + "\n"
