@@ -85,7 +85,13 @@ def test_columns_round_trip(tmp_path: Path, small_blocks: int) -> None:
     assert "params.x" in table.names() and table.groups() == ["params", "metrics", "tags"]
 
 
-def test_compaction_copies_unchanged_blocks_and_rewrites_the_rest(
+def listed(blocks: list[columns.Block]) -> dict[str, Any]:
+    """Key by path of what a listing reads of these blocks."""
+    table = columns.Table([(b, b.live()) for b in blocks], [])
+    return dict(zip(table.paths(), table.column("key"), strict=True))
+
+
+def test_compaction_copies_blocks_and_parses_only_those_half_dropped(
     tmp_path: Path, small_blocks: int,
 ) -> None:
     rows = {f"n/{i:02}": summary(i) for i in range(12)}
@@ -98,20 +104,38 @@ def test_compaction_copies_unchanged_blocks_and_rewrites_the_rest(
     with open(tmp_path / "old", "rb") as f, open(tmp_path / "new", "wb") as out:
         columns.write(f, out, changed, is_run)
     new = read(tmp_path / "new")
-    # The blocks without a changed path, byte for byte; the middle one rewritten.
-    assert [b.text() for b in new[:2]] == [old[0].text(), old[2].text()]
-    table = columns.Table([(b, None) for b in new], [])
-    got = dict(zip(table.paths(), table.column("key"), strict=True))
+    # Blocks without a changed path, byte for byte; the middle one with the rows of
+    # n/05 and n/06 dropped in its header, its lines as they were.
+    assert [new[0].text(), new[2].text()] == [old[0].text(), old[2].text()]
+    assert new[1].dropped == [1, 2] and new[1].raw[1:] == old[1].raw[1:]
+    assert new[3].paths == ["n/05", "n/99"]
     want = {p: s["key"] for p, s in rows.items() if p != "n/06"}
     want.update({"n/05": "k50", "n/99": "k99"})
-    assert got == want
-    # A block less than half full is merged into new blocks, not copied.
+    assert listed(new) == want
+    # A block less than half alive is parsed, its live rows written in a new block.
     with open(tmp_path / "new", "rb") as f, open(tmp_path / "third", "wb") as out:
-        columns.write(f, out, {"n/77": summary(77)}, is_run)
-    assert [b.rows for b in read(tmp_path / "third")] == [4, 4, 4, 1]
-    with open(tmp_path / "third", "rb") as f, open(tmp_path / "fourth", "wb") as out:
-        columns.write(f, out, {"n/78": summary(78)}, is_run)
-    assert [b.rows for b in read(tmp_path / "fourth")] == [4, 4, 4, 2]
+        columns.write(f, out, {"n/04": {}}, is_run)
+    third = read(tmp_path / "third")
+    assert [(b.rows, b.dropped) for b in third] == [(4, []), (4, []), (2, []), (1, [])]
+    assert third[3].paths == ["n/07"]
+    del want["n/04"]
+    assert listed(third) == want
+
+
+def test_a_name_only_dropped_rows_have_is_no_column(tmp_path: Path, small_blocks: int) -> None:
+    def node(i: int, params: dict[str, Any]) -> dict[str, Any]:
+        return {"key": f"k{i}", "task": "t", "run_id": f"e/{i}", "params": params}
+
+    with open(tmp_path / "old", "wb") as out:
+        columns.write(None, out, {"a": node(1, {"old": 1}),
+                                  **{p: node(2, {"x": 2}) for p in "bcd"}}, is_run)
+    with open(tmp_path / "old", "rb") as f, open(tmp_path / "new", "wb") as out:
+        columns.write(f, out, {"a": node(1, {"x": 3})}, is_run)
+    blocks = read(tmp_path / "new")
+    assert blocks[0].dropped == [0] and "params.old" in blocks[0].lines
+    summaries = runs_mod.Summaries(columns.Table([(b, b.live()) for b in blocks], []))
+    frame = runs_mod.runs_frame(summaries, by="node")
+    assert "params.old" not in frame and sorted(frame["params.x"]) == [2, 2, 2, 3]
 
 
 def test_listing_and_compaction_in_blocks(

@@ -139,7 +139,7 @@ def node_summaries(layout: Layout, run_id: str | None = None) -> Summaries:
 def _unlisted(layout: Layout, prefix: str, paths: Iterable[str]) -> Callable[[str], bool]:
     """Which index paths a listing skips: those outside ``prefix``, and the entries of
     runs that have nodes (only a run without any is listed, as ``pending``)."""
-    with_nodes: set[str] | None = None  # made when a run's entry is first seen
+    with_nodes: set[str] | None = None  # made once a run's entry is seen
 
     def skip(path: str) -> bool:
         nonlocal with_nodes
@@ -162,16 +162,18 @@ _GROUPS = ("config", "params", "metrics", "tags")
 
 def _node_frame(summaries: Summaries, columns: list[str]) -> pd.DataFrame:
     """One row per summary: ``columns``, then one column per config field, param, metric
-    and tag, in the summaries' order.  Made from the summaries' columns: a DataFrame of
-    100,000 row dicts costs several times more."""
+    and tag that some row has (not null), in the summaries' order.  Made from the
+    summaries' columns: a DataFrame of 100,000 row dicts costs several times more."""
     import pandas as pd
 
     table = summaries.table
     data = {c: table.column(c) for c in columns}
     names = table.names()
     for group in _GROUPS:
-        data.update((c, table.column(c)) for c in sorted(n for n in names
-                                                         if n.startswith(f"{group}.")))
+        for name in sorted(n for n in names if n.startswith(f"{group}.")):
+            values = table.column(name)
+            if any(v is not None for v in values):  # else only dropped rows had it
+                data[name] = values
     frame = pd.DataFrame(data)
     order = summaries.order
     if order is not None and order != list(range(len(order))):

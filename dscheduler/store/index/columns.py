@@ -2,41 +2,47 @@
 
 ``index/summaries-{generation}.json`` is a series of blocks of at most
 :data:`ROWS` summaries each.  A block is a header line
-``{"rows": n, "groups": [...], "columns": [...]}``, then the JSON list of its
-n paths, then one line per column: the JSON list of that column's n values.
-A summary's field is a column of its own name; a field holding a dict
-(``params``, ``metrics``, ``tags``, ``config``: a *group*) is one column
-``{group}.{name}`` per name in it, null where a summary has no such name (so
-a null in a group and a missing name are one; field names hold no dot).
+``{"rows": n, "groups": [...], "columns": [...], "dropped": [...]}``, then
+the JSON list of its n paths, then one line per column: the JSON list of
+that column's n values.  A summary's field is a column of its own name; a
+field holding a dict (``params``, ``metrics``, ``tags``, ``config``: a
+*group*) is one column ``{group}.{name}`` per name in it, null where a
+summary has no such name (so a null in a group and a missing name are one;
+field names hold no dot).  ``dropped`` (optional) lists the rows that are no
+longer summaries: their paths' newer ones are in later blocks, or gone.
 
 Why columns: parsing lists of scalars makes no dict per node (making 100,000
 dicts was most of the cost of listing 100,000 runs), pandas takes lists as
 columns directly, and a listing parses only the columns it shows
-(:class:`Table` parses a column when it is first asked for).  Why blocks:
-compaction (:func:`write`) parses only the paths of a block, and copies a
-block none of whose paths changed as it is, so it holds a few blocks in
-memory, not every summary of a large store.  The summaries of runs' own
-entries (a run without node records) go in blocks of their own: a listing
-skips them once their runs have nodes, without parsing more than their paths.
+(:class:`Table` parses a column when it is first asked for).
+
+Why blocks: compaction (:func:`write`) parses only the paths of each block.
+A block with a changed path is copied with those rows added to ``dropped``
+(its header alone changes), and the new summaries go into new blocks; only a
+block less than half alive is parsed, and its live rows go into new blocks.
+So compaction costs little more than copying the file, and holds a few
+blocks in memory, never every summary of a large store.  The summaries of
+runs' own entries (a run without node records) go in blocks of their own: a
+listing skips them once their runs have nodes, parsing only their paths.
 """
 
 from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import IO, Any
 
 from ...errors import StoreError
 
-#: Rows per block: compaction rewrites the blocks whose paths changed, so a block
-#: is what one changed summary costs it to parse and write again.
+#: Rows per block: compaction parses the blocks less than half alive, a listing skips
+#: a block none of whose rows it lists after parsing its paths.
 ROWS = 10_000
 
 Summary = dict[str, Any]
 
 
-def _dumps(values: list[Any]) -> bytes:
+def _dumps(values: Any) -> bytes:
     return json.dumps(values, separators=(",", ":"), default=str).encode()
 
 
@@ -44,19 +50,31 @@ class Block:
     """One block as read: its header's fields, and its lines (each ending in a newline),
     parsed when asked for."""
 
-    def __init__(self, rows: int, groups: list[str], columns: list[str],
-                 lines: list[bytes]) -> None:
-        self.rows = rows
-        self.groups = groups
+    def __init__(self, head: dict[str, Any], lines: list[bytes]) -> None:
+        self.head = head
+        self.rows: int = head["rows"]
+        self.groups: list[str] = head["groups"]
+        self.dropped: list[int] = head.get("dropped", [])
         self.raw = lines  # the header, the paths, then each column
-        self.lines = dict(zip(columns, lines[2:], strict=True))
+        self.lines = dict(zip(head["columns"], lines[2:], strict=True))
         self._paths: list[str] | None = None
 
     @property
     def paths(self) -> list[str]:
+        """Every row's path, dropped rows' too."""
         if self._paths is None:
             self._paths = self._parse(self.raw[1])
         return self._paths
+
+    def live(self, changed: Container[str] = (), skip: Callable[[str], bool] | None = None
+             ) -> list[int] | None:
+        """The rows not dropped, but those of paths in ``changed`` or that ``skip``
+        names; None for every row."""
+        if not changed and skip is None and not self.dropped:
+            return None
+        dropped = set(self.dropped)
+        return [i for i, p in enumerate(self.paths) if i not in dropped
+                and p not in changed and (skip is None or not skip(p))]
 
     def values(self, column: str) -> list[Any]:
         return self._parse(self.lines[column])
@@ -67,14 +85,17 @@ class Block:
             raise ValueError(f"a column of {self.rows} rows holds {line[:100]!r}")
         return values
 
-    def text(self) -> bytes:
-        """The block as it was read, to be copied as it is."""
-        return b"".join(self.raw)
+    def text(self, dropped: list[int] | None = None) -> bytes:
+        """The block as it was read, to be copied; with ``dropped`` in its header."""
+        if dropped is None or dropped == self.dropped:
+            return b"".join(self.raw)
+        return _dumps(dict(self.head, dropped=dropped)) + b"\n" + b"".join(self.raw[1:])
 
-    def summaries(self) -> Iterator[tuple[str, Summary]]:
-        """(path, summary) of each row: the block made into dicts again."""
+    def summaries(self, rows: list[int]) -> list[Summary]:
+        """Rows made into summary dicts again."""
         columns = {c: self.values(c) for c in self.lines}
-        for i, path in enumerate(self.paths):
+        out = []
+        for i in rows:
             summary: Summary = {g: {} for g in self.groups}
             for column, values in columns.items():
                 group, dot, name = column.partition(".")
@@ -82,7 +103,8 @@ class Block:
                     summary[column] = values[i]
                 elif values[i] is not None:
                     summary[group][name] = values[i]
-            yield path, summary
+            out.append(summary)
+        return out
 
 
 def blocks(f: IO[bytes]) -> Iterator[Block]:
@@ -90,33 +112,16 @@ def blocks(f: IO[bytes]) -> Iterator[Block]:
     while header := f.readline():
         try:
             head = json.loads(header)
-            rows, groups, names = int(head["rows"]), list(head["groups"]), list(head["columns"])
+            columns = len(head["columns"])
+            if not (isinstance(head["rows"], int) and isinstance(head["groups"], list)
+                    and isinstance(head.get("dropped", []), list)):
+                raise TypeError("rows, groups or dropped")
         except (ValueError, TypeError, KeyError) as err:
             raise ValueError(f"not a block header: {header[:100]!r} ({err})") from None
-        lines = [header, *(f.readline() for _ in range(len(names) + 1))]
+        lines = [header, *(f.readline() for _ in range(columns + 1))]
         if not all(line.endswith(b"\n") for line in lines):
             raise ValueError("a block cut short (a torn file)")
-        yield Block(rows, groups, names, lines)
-
-
-def encode(rows: list[tuple[str, Summary]]) -> bytes:
-    """One block of ``rows``, (path, summary) each (see the module's docstring)."""
-    columns: dict[str, None] = {}  # in the order first seen
-    groups: dict[str, None] = {}
-    for _, summary in rows:
-        for field, value in summary.items():
-            if "." in field:
-                raise ValueError(f"summary field {field!r}: a field's name holds no dot")
-            if isinstance(value, dict):
-                groups[field] = None
-                columns.update((f"{field}.{name}", None) for name in value)
-            else:
-                columns[field] = None
-    header = {"rows": len(rows), "groups": list(groups), "columns": list(columns)}
-    lines = [json.dumps(header, separators=(",", ":")).encode(), _dumps([p for p, _ in rows])]
-    for column in columns:
-        lines.append(_dumps([_value(s, column) for _, s in rows]))
-    return b"\n".join(lines) + b"\n"
+        yield Block(head, lines)
 
 
 def _value(summary: Summary, column: str) -> Any:
@@ -128,33 +133,95 @@ def _value(summary: Summary, column: str) -> Any:
     return inner.get(name) if isinstance(inner, dict) else None
 
 
+class Rows:
+    """Rows in columns on their way into blocks: paths, group names, a list per column."""
+
+    def __init__(self, paths: list[str], groups: Iterable[str],
+                 columns: dict[str, list[Any]]) -> None:
+        self.paths = paths
+        self.groups = dict.fromkeys(groups)
+        self.columns = columns
+
+    @classmethod
+    def of_summaries(cls, rows: list[tuple[str, Summary]]) -> Rows:
+        names: dict[str, None] = {}  # in the order first seen
+        groups: dict[str, None] = {}
+        for _, summary in rows:
+            for field, value in summary.items():
+                if "." in field:
+                    raise ValueError(f"summary field {field!r}: a field's name holds no dot")
+                if isinstance(value, dict):
+                    groups[field] = None
+                    names.update((f"{field}.{name}", None) for name in value)
+                else:
+                    names[field] = None
+        return cls([p for p, _ in rows], groups,
+                   {c: [_value(s, c) for _, s in rows] for c in names})
+
+    @classmethod
+    def of_block(cls, block: Block, rows: list[int]) -> Rows:
+        return Rows(block.paths, block.groups,
+                    {c: block.values(c) for c in block.lines}).take(rows)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def take(self, rows: list[int]) -> Rows:
+        return Rows([self.paths[i] for i in rows], self.groups,
+                    {c: [values[i] for i in rows] for c, values in self.columns.items()})
+
+    def extend(self, other: Rows) -> None:
+        before, added = len(self.paths), len(other.paths)
+        for name in other.columns:
+            if name not in self.columns:
+                self.columns[name] = [None] * before
+        for name, values in self.columns.items():
+            values.extend(other.columns[name] if name in other.columns else [None] * added)
+        self.paths.extend(other.paths)
+        self.groups.update(other.groups)
+
+    def encode(self) -> bytes:
+        """One block (see the module's docstring); group columns all null left out."""
+        columns = {c: v for c, v in self.columns.items()
+                   if "." not in c or any(x is not None for x in v)}
+        head = {"rows": len(self.paths), "groups": list(self.groups), "columns": list(columns)}
+        lines = [_dumps(head), _dumps(self.paths), *map(_dumps, columns.values())]
+        return b"\n".join(lines) + b"\n"
+
+
 class Writer:
-    """Writes blocks to ``out``: blocks copied as they are, and rows gathered into
-    blocks of :data:`ROWS` (runs' rows, which ``is_run`` names, apart)."""
+    """Writes blocks to ``out``: blocks copied, and rows gathered into new blocks of
+    :data:`ROWS`, each sorted by path (runs' rows, which ``is_run`` names, in blocks
+    of their own)."""
 
     def __init__(self, out: IO[bytes], is_run: Callable[[str], bool]) -> None:
         self.out = out
         self.is_run = is_run
-        self.pending: dict[bool, list[tuple[str, Summary]]] = {False: [], True: []}
+        self.pending = {False: Rows([], [], {}), True: Rows([], [], {})}
 
-    def copy(self, block: Block) -> None:
-        self.out.write(block.text())
+    def copy(self, block: Block, dropped: list[int]) -> None:
+        self.out.write(block.text(dropped))
 
-    def add(self, path: str, summary: Summary) -> None:
-        rows = self.pending[self.is_run(path)]
-        rows.append((path, summary))
-        if len(rows) >= ROWS:
-            self._flush(rows)
+    def add(self, rows: Rows) -> None:
+        kinds = [self.is_run(p) for p in rows.paths]
+        for kind, pending in self.pending.items():
+            if kind in kinds:
+                pending.extend(rows if all(k == kind for k in kinds) else
+                               rows.take([i for i, k in enumerate(kinds) if k == kind]))
+                if len(pending) >= ROWS:
+                    self.pending[kind] = self._flush(pending)
 
     def close(self) -> None:
-        for rows in self.pending.values():
-            self._flush(rows)
+        for pending in self.pending.values():
+            self._flush(pending, everything=True)
 
-    def _flush(self, rows: list[tuple[str, Summary]]) -> None:
-        if rows:
-            rows.sort(key=operator.itemgetter(0))
-            self.out.write(encode(rows))
-            rows.clear()
+    def _flush(self, rows: Rows, everything: bool = False) -> Rows:
+        """Write ``rows`` in blocks of ROWS, sorted; what is left for a block to come."""
+        order = sorted(range(len(rows)), key=rows.paths.__getitem__)
+        cut = len(order) if everything else len(order) // ROWS * ROWS
+        for start in range(0, cut, ROWS):
+            self.out.write(rows.take(order[start:min(start + ROWS, cut)]).encode())
+        return rows.take(order[cut:])
 
 
 def write(old: IO[bytes] | None, out: IO[bytes], changed: dict[str, Summary],
@@ -162,28 +229,26 @@ def write(old: IO[bytes] | None, out: IO[bytes], changed: dict[str, Summary],
     """The summaries of a new snapshot: ``old``'s, those of paths in ``changed``
     replaced (an empty summary: dropped), then ``changed``'s new paths.
 
-    A block of ``old`` none of whose paths changed is copied as it is, unless it
-    is less than half full (then its rows go into new blocks, so that blocks stay
-    few); the rows of the others are gathered into new blocks.
+    A block of ``old`` at least half alive is copied, its rows whose paths
+    changed added to its ``dropped``; the live rows of the others go into new
+    blocks with ``changed``'s summaries (see the module's docstring).
     """
     writer = Writer(out, is_run)
     for block in blocks(old) if old is not None else ():
-        if block.rows >= ROWS // 2 and not any(p in changed for p in block.paths):
-            writer.copy(block)
-            continue
-        for path, summary in block.summaries():
-            if path not in changed:
-                writer.add(path, summary)
-    for path, summary in changed.items():
-        if summary:
-            writer.add(path, summary)
+        dropped = set(block.dropped)
+        dropped.update(i for i, p in enumerate(block.paths) if p in changed)
+        if block.rows - len(dropped) >= ROWS // 2:
+            writer.copy(block, sorted(dropped))
+        elif len(dropped) < block.rows:
+            writer.add(Rows.of_block(block, [i for i in range(block.rows) if i not in dropped]))
+    writer.add(Rows.of_summaries([(p, s) for p, s in changed.items() if s]))
     writer.close()
 
 
 class Table:
-    """Summaries as columns: the rows ``keep`` leaves of each block (None: all), then
-    ``extra`` (path, summary) rows.  A column is parsed when first asked for; a column
-    a row does not have is None there."""
+    """Summaries as columns: the rows ``keep`` leaves of each block (None: all; never a
+    dropped one), then ``extra`` (path, summary) rows.  A column is parsed when first
+    asked for; a column a row does not have is None there."""
 
     def __init__(self, blocks: list[tuple[Block, list[int] | None]],
                  extra: list[tuple[str, Summary]], source: str = "") -> None:
@@ -254,10 +319,9 @@ class Table:
         out: list[Summary] = []
         for block, keep in self.blocks:
             try:
-                rows = [s for _, s in block.summaries()]
+                out.extend(block.summaries(list(range(block.rows)) if keep is None else keep))
             except ValueError as err:
                 raise self._damaged(err) from None
-            out.extend(rows if keep is None else [rows[i] for i in keep])
         out.extend(s for _, s in self.extra)
         return out
 

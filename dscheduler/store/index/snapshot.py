@@ -204,15 +204,12 @@ def read_table(layout: Layout, view: View, skip: Callable[[str], bool] | None = 
     try:
         with open(layout.index_dir / name, "rb", buffering=1 << 20) as f:  # NFS: few reads
             for block in columns.blocks(f):
-                keep: list[int] | None = None
-                if changed or skip is not None:
-                    keep = [i for i, p in enumerate(block.paths)
-                            if p not in changed and (skip is None or not skip(p))]
-                    if not keep:
-                        continue
-                    if len(keep) == block.rows:
-                        keep = None
-                found.append((block, keep))
+                keep = block.live(changed, skip)
+                if keep is not None and len(keep) < block.rows:
+                    if keep:
+                        found.append((block, keep))
+                else:
+                    found.append((block, None))
     except FileNotFoundError:
         return None
     except ValueError as err:
