@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 from test_build import MakeEnv, sha256, squashfs_tools
-from wheelhouse import STRAY_BYTES, STRAY_PYC
+from wheelhouse import STRAY_BYTES, STRAY_PYC, write_wheel
 
 import dscheduler as ds
 from dscheduler.envs.build import build_env
+from dscheduler.envs.compile_worker import entry_name
+from dscheduler.envs.compiling import cores
 from dscheduler.envs.reproducible import PycCache
 
 pytestmark = pytest.mark.squashfs
@@ -76,6 +78,46 @@ def test_a_pyc_shipped_in_a_wheel_is_replaced_as_compileall_would(
         assert pyc.read_bytes() != STRAY_BYTES and b"__version__" in pyc.read_bytes()
 
 
+def many_modules(directory: Path, version: str) -> Path:
+    """dstest-many: 40 modules, one that changes with the version, and one (Python 2) that
+    never compiles."""
+    modules = {f"dstest_many/m{i:02d}.py": f"def f{i}(x):\n    return x + {i}\n".encode()
+               for i in range(40)}
+    modules["dstest_many/m07.py"] = f"VERSION = {version!r}\n".encode()
+    modules["dstest_many/legacy.py"] = b"print 'Python 2'\n"
+    directory.mkdir(exist_ok=True)
+    return write_wheel(directory, "dstest-many", version, [], "", extra=modules)
+
+
+def test_files_are_spread_over_workers_and_bad_ones_kept_as_compileall_keeps_them(
+    tmp_path: Path, node_dirs: dict[str, Path], squashfs_tools: None,
+) -> None:
+    wheels = tmp_path / "wheels"
+    many_modules(wheels, "1.0")
+    many_modules(wheels, "1.1")
+    cache = tmp_path / "cache"
+    build_env(ds.Store(tmp_path / "a"), ds.Env(requirements=["dstest-many==1.0"],
+                                               find_links=[wheels], offline=True),
+              pyc_cache=cache)
+    env = ds.Env(requirements=["dstest-many==1.1"], find_links=[wheels], offline=True)
+    warm = build_env(ds.Store(tmp_path / "warm"), env, pyc_cache=cache)
+    cold = build_env(ds.Store(tmp_path / "cold"), env, pyc_cache=False)  # compileall itself
+
+    used = warm.record["bytecode_cache"]
+    # Of the 42 sources, m07.py changed and legacy.py never compiles: both looked up in vain.
+    assert (used["sources"], used["cached"], used["stored"]) == (42, 40, 1)
+    log = warm.paths.log.read_text()
+    assert "40 of 42 .py files compiled before, 2 to compile" in log
+    assert log.count("compile_worker.py") == cores()  # one worker a core
+    assert "legacy.py" in log and "some files did not compile" in log
+    assert warm.image is not None and cold.image is not None
+    assert sha256(warm.image) == sha256(cold.image)
+    with ds.mount(warm) as prefix:
+        pycs = (prefix / "lib").rglob("dstest_many/__pycache__/*")
+        compiled = {p.name.split(".")[0] for p in pycs}
+    assert compiled == {"__init__", *(f"m{i:02d}" for i in range(40))}  # no legacy
+
+
 def test_dir_envs_compile_in_full_with_their_own_path(
     tmp_path: Path, make_env: MakeEnv,
 ) -> None:
@@ -89,18 +131,12 @@ def test_dir_envs_compile_in_full_with_their_own_path(
 
 
 def test_cache_entries_name_interpreter_prefix_path_and_source(tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
-    source = venv / "lib" / "python3.11" / "site-packages" / "m.py"
-    source.parent.mkdir(parents=True)
-    source.write_text("x = 1\n")
     one = PycCache(tmp_path / "c", tag="cpython-311", magic="a70d0d0a", version="3.11.7",
                    prefix="/env", mode="unchecked-hash")
     other_prefix = PycCache(tmp_path / "c", tag="cpython-311", magic="a70d0d0a",
                             version="3.11.7", prefix="/elsewhere", mode="unchecked-hash")
     assert one.dir != other_prefix.dir
-    entry = one._entry(venv, source)
-    source.write_text("x = 2\n")
-    assert one._entry(venv, source) != entry
-    moved = venv / "lib" / "python3.11" / "site-packages" / "n.py"
-    moved.write_text("x = 2\n")
-    assert one._entry(venv, moved) != one._entry(venv, source)
+    path = b"lib/python3.11/site-packages/m.py"
+    entry = entry_name(path, b"x = 1\n")
+    assert entry_name(path, b"x = 2\n") != entry
+    assert entry_name(b"lib/python3.11/site-packages/n.py", b"x = 1\n") != entry

@@ -41,11 +41,13 @@ import dataclasses
 import datetime as dt
 import errno
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import shlex
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -61,6 +63,7 @@ from ..store import atomic
 from ..store.lease import process_alive
 from . import commands, smoke
 from .buildlog import BuildLog, Running
+from .compiling import Compilers, cores, sources
 from .interpreters import Interpreter, find_interpreter
 from .published import RECORD_FORMAT, BuiltEnv, from_record, published_env
 from .reproducible import (
@@ -210,7 +213,6 @@ class _Builder:
         self.scratch = scratch
         self.pyc_cache = pyc_cache
         self.compile_stats = CompileStats()
-        self._storing: threading.Thread | None = None
         self.smoking: Running | None = None  # the smoke test, when started early
         self.lease = lease
         self.paths = store.env(env.env_id)
@@ -233,6 +235,7 @@ class _Builder:
 
     def run(self) -> BuiltEnv:
         start = time.perf_counter()
+        published = False
         self._remove_leftovers()
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(
@@ -254,6 +257,7 @@ class _Builder:
                     # env.json last: it says "published".
                     atomic.write_json(out / self.paths.record.name, record)
                     self.lease.check()  # never publish after losing the lease
+                    published = True
                 except BaseException as err:
                     blog.close()
                     failure = self._failure(err, out / self.paths.log.name)
@@ -261,7 +265,10 @@ class _Builder:
                         raise
                     raise failure from err
         finally:
-            shutil.rmtree(self.work, ignore_errors=True)
+            if published:
+                _remove_aside(self.work)
+            else:
+                shutil.rmtree(self.work, ignore_errors=True)
         log.info("env %s: published (%s s)", self.env.env_id, record["timings"]["total"])
         built = from_record(self.store, self.paths, atomic.read_json(self.paths.record),
                             built=True)
@@ -279,8 +286,6 @@ class _Builder:
             if self.smoking is not None:  # started early, beside the compile
                 self.smoking.kill()
             raise
-        if self._storing is not None:
-            self._storing.join()
         image, reused, image_bytes = self._publish_image()
         return self._record(stats, image, reused, image_bytes)
 
@@ -336,25 +341,28 @@ class _Builder:
         if cache is None:
             self._compileall(blog, [self.venv / "lib"])
             return
+        # Workers, one a core, link the cached .pyc of each source in place and
+        # compile (and cache) the others: the lookups are spread over the cores too.
         stats = self.compile_stats
-        found, missing = cache.lookup(self.venv, stats)
-        blog.write(f"bytecode cache {cache.dir}: {len(found)} of {stats.sources} .py files "
-                   f"compiled before, {len(missing)} to compile\n")
-        if len(missing) * 2 > stats.sources:
-            self._compileall(blog, [self.venv / "lib"])  # all of it, in parallel (-j0)
-        else:
-            # What is missing compiles while the rest is linked in place; then most
-            # modules import from their .pyc: the smoke test (-B, it writes none)
-            # runs beside the rest of the compile, at a lower priority, not after it.
-            compiling = self._start_compile(blog, [source for source, _ in missing])
-            try:
-                cache.restore(found, stats)
+        compilers = Compilers(blog, self.python, self.venv, self.prefix, cache.dir,
+                              self.work, {**self.subenv, "SOURCE_DATE_EPOCH": "0"}, cores())
+        try:
+            for source, size in sources(self.venv):
+                compilers.send(source, size)
+            found = compilers.looked_up()
+            stats.sources, stats.cached = found.sources, found.restored
+            blog.write(f"bytecode cache {cache.dir}: {found.restored} of {found.sources} .py "
+                       f"files compiled before, {found.missing} to compile\n")
+            if found.missing * 2 <= found.sources:
+                # Most modules import from their .pyc now: the smoke test (-B, it writes
+                # none) runs beside the rest of the compile, at a lower priority.
                 self.smoking = self._start_smoke(blog, early=True)
-            finally:
-                self._finish_compile(blog, compiling)
-        self._storing = threading.Thread(target=self._store_pycs, args=(cache, missing),
-                                         name="dscheduler-pyc-cache", daemon=True)
-        self._storing.start()
+            stats.stored, failed = compilers.finish()
+        except BaseException:
+            compilers.kill()
+            raise
+        for err in failed:
+            self._compile_failed(blog, err)
 
     def _pyc_cache(self, blog: BuildLog) -> PycCache | None:
         """The bytecode cache for this env's interpreter (None: the setting ``env.pyc_cache``
@@ -362,6 +370,8 @@ class _Builder:
         if self.pyc_cache is None:
             return None
         found = _bytecode_tags.get(str(self.interp.path))
+        if found is None and self.interp.path == _running_interpreter():
+            found = (sys.implementation.cache_tag, importlib.util.MAGIC_NUMBER.hex())
         if found is None:
             script = ("import importlib.util, sys; "
                       "print(sys.implementation.cache_tag, importlib.util.MAGIC_NUMBER.hex())")
@@ -374,12 +384,6 @@ class _Builder:
         return PycCache(self.pyc_cache, tag=found[0], magic=found[1],
                         version=self.interp.version, prefix=self.prefix, mode=INVALIDATION)
 
-    def _store_pycs(self, cache: PycCache, compiled: list[tuple[Path, Path]]) -> None:
-        try:
-            cache.store(compiled, self.compile_stats)
-        except OSError as err:  # a cache: a full disk there must not fail the build
-            log.warning("env %s: bytecode cache not updated: %s", self.env.env_id, err)
-
     def _compileall_cmd(self, what: list[str | os.PathLike[str]]
                         ) -> list[str | os.PathLike[str]]:
         return [self.python, "-I", "-m", "compileall", "-q", "-j0", "-s", self.venv,
@@ -391,33 +395,6 @@ class _Builder:
                      env={**self.subenv, "SOURCE_DATE_EPOCH": "0"})
         except CommandError as err:
             self._compile_failed(blog, err)
-
-    def _start_compile(self, blog: BuildLog, files: list[Path]) -> list[Running]:
-        """compileall of a list of files, split over the cores (it compiles listed files
-        one by one: ``-j`` spreads only a directory's); :meth:`_finish_compile` waits."""
-        parts = max(1, min(os.cpu_count() or 1, len(files) // 50))
-        shares: list[list[Path]] = [[] for _ in range(parts)]
-        size = {f: f.stat().st_size for f in files}
-        totals = [0] * parts
-        for f in sorted(files, key=size.__getitem__, reverse=True):
-            i = totals.index(min(totals))  # by bytes: one huge module can make a part late
-            shares[i].append(f)
-            totals[i] += size[f]
-        running = []
-        for i, share in enumerate(s for s in shares if s):
-            listing = self.work / f"compile-{i}.list"
-            listing.write_text("".join(f"{f}\n" for f in share))
-            running.append(blog.start("compile", self._compileall_cmd(["-i", listing]),
-                                      output=self.work / f"compile-{i}.out", cwd=self.work,
-                                      env={**self.subenv, "SOURCE_DATE_EPOCH": "0"}))
-        return running
-
-    def _finish_compile(self, blog: BuildLog, running: list[Running]) -> None:
-        for started in running:
-            try:
-                blog.finish(started)
-            except CommandError as err:
-                self._compile_failed(blog, err)
 
     def _compile_failed(self, blog: BuildLog, err: CommandError) -> None:
         # Packages do ship files that do not compile (Python 2 leftovers, test
@@ -568,6 +545,33 @@ class _Builder:
             pid = stale.name.split("-")[3]
             if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
+        # Scratch dirs being removed after their build (_remove_aside), by dead processes.
+        for stale in self.scratch.glob("." + pattern) if self.scratch.is_dir() else []:
+            pid = stale.name.split("-")[3]
+            if pid.isdigit() and not process_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _running_interpreter() -> Path:
+    """This process's interpreter (a venv's base), symlinks resolved as interpreters.py does."""
+    return Path(getattr(sys, "_base_executable", "") or sys.executable).resolve()
+
+
+def _remove_aside(work: Path) -> None:
+    """Remove a published build's scratch dir in a thread, renamed out of the way first.
+
+    The env is published already; deleting the thousands of files of its venv
+    took a tenth of a second that the caller need not wait for.  The thread is
+    not a daemon: the interpreter waits for it at exit.
+    """
+    aside = work.with_name("." + work.name)
+    try:
+        os.rename(work, aside)
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    threading.Thread(target=shutil.rmtree, args=(aside,), kwargs={"ignore_errors": True},
+                     name="dscheduler-scratch-removal").start()
 
 
 def lock_digest_of(interp: Interpreter, lock: str) -> str:

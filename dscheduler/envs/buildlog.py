@@ -109,16 +109,21 @@ class BuildLog:
 
     def start(
         self, phase: str, cmd: Sequence[str | os.PathLike[str]], *, output: Path,
-        env: Mapping[str, str], cwd: Path,
+        env: Mapping[str, str], cwd: Path, stdin: bool = False, pass_fds: Sequence[int] = (),
     ) -> Running:
-        """Start ``cmd`` in the background (stdout to ``output``); see :meth:`finish`."""
+        """Start ``cmd`` in the background (stdout to ``output``); see :meth:`finish`.
+
+        ``stdin``: give it a pipe to write to (``running.proc.stdin``), else nothing;
+        ``pass_fds``: file descriptors it inherits.
+        """
         args = [os.fspath(c) for c in cmd]
         self.write(f"$ {shlex.join(args)}\n(runs alongside the next phase; output below)\n")
         errors = output.with_name(output.name + ".err")
         try:
             with open(output, "wb") as out, open(errors, "wb") as err:
-                proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                        env=dict(env), cwd=cwd)
+                proc = subprocess.Popen(
+                    args, stdout=out, stderr=err, env=dict(env), cwd=cwd, pass_fds=pass_fds,
+                    stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
         except OSError as err:
             raise CommandError(phase, args, -1, f"cannot run {args[0]}: {err}") from err
         return Running(phase, args, proc, output, errors)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import errno
 import hashlib
 import io
 import json
@@ -37,22 +36,26 @@ def normalise_tree(root: Path) -> TreeStats:
     """
     stats = TreeStats()
     os.chmod(root, 0o755)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if not os.path.islink(path) and st.st_mode & 0o7777 != 0o755:
-                os.chmod(path, 0o755)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            stats.files += 1
-            if (st.st_mode & 0o170000) != 0o100000:
-                continue  # symlinks keep their own (ignored) mode
-            stats.bytes += st.st_size
-            want = 0o755 if st.st_mode & 0o111 else 0o644
-            if st.st_mode & 0o7777 != want:
-                os.chmod(path, want)
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():  # it keeps its own (ignored) mode
+                    if not entry.is_dir():  # one to a folder counts as a folder, not a file
+                        stats.files += 1
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    want = 0o755
+                else:
+                    stats.files += 1
+                    if (st.st_mode & 0o170000) != 0o100000:
+                        continue  # not a regular file (a fifo, a socket): left as it is
+                    stats.bytes += st.st_size
+                    want = 0o755 if st.st_mode & 0o111 else 0o644
+                if st.st_mode & 0o7777 != want:
+                    os.chmod(entry.path, want)
     return stats
 
 
@@ -120,8 +123,11 @@ class PycCache:
     ``compileall`` would write for another: the image does not depend on
     whether the cache was warm.  Entries are
     ``{root}/{namespace}/{h[:2]}/{h}.pyc``, ``h`` the sha256 of the path and
-    the source; each appears in one ``link``, so builders on one node can
-    share the cache, and never changes.
+    the source (``compile_worker.entry_name``); each appears in one ``link``,
+    so builders on one node can share the cache, and never changes.  The
+    compile workers (``compiling.py``) read and fill it; this class names the
+    namespace: the interpreter's tag, magic number and version, the prefix
+    and the invalidation mode.
     """
 
     def __init__(self, root: Path, *, tag: str, magic: str, version: str, prefix: str,
@@ -129,85 +135,3 @@ class PycCache:
         digest = hashlib.sha256(f"{version}\0{prefix}\0{mode}".encode()).hexdigest()[:16]
         self.dir = root / f"{tag}-{magic}-{digest}"
         self.tag = tag
-
-    @staticmethod
-    def sources(venv: Path) -> list[Path]:
-        """The files ``compileall venv/lib`` compiles: ``*.py``, symlinked dirs not followed."""
-        found = []
-        for dirpath, dirnames, filenames in os.walk(venv / "lib"):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-            found += [Path(dirpath, f) for f in sorted(filenames) if f.endswith(".py")]
-        return found
-
-    def _pyc(self, source: Path) -> Path:
-        return source.parent / "__pycache__" / f"{source.stem}.{self.tag}.pyc"
-
-    def _entry(self, venv: Path, source: Path) -> Path:
-        h = hashlib.sha256(source.relative_to(venv).as_posix().encode() + b"\0")
-        h.update(source.read_bytes())
-        name = h.hexdigest()
-        return self.dir / name[:2] / f"{name}.pyc"
-
-    def lookup(self, venv: Path, stats: CompileStats
-               ) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
-        """(source, cache entry) of the venv's sources: those the cache has, those it lacks.
-
-        Only reads: the build starts compiling what is missing before it
-        puts the rest in place (:meth:`restore`).
-        """
-        found: list[tuple[Path, Path]] = []
-        missing: list[tuple[Path, Path]] = []
-        sources = self.sources(venv)
-        stats.sources = len(sources)
-        for source in sources:
-            entry = self._entry(venv, source)
-            (found if entry.exists() else missing).append((source, entry))
-        return found, missing
-
-    def restore(self, found: list[tuple[Path, Path]], stats: CompileStats) -> None:
-        """Put the cached ``.pyc`` of each (source, entry) of :meth:`lookup` in place.
-
-        Entries are hard-linked, not copied, when the cache and the venv share a
-        filesystem: a build restores thousands of them.
-        """
-        for folder in {source.parent for source, _ in found}:
-            (folder / "__pycache__").mkdir(exist_ok=True)
-        for source, entry in found:
-            pyc = self._pyc(source)
-            try:
-                _link_or_copy(entry, pyc)
-            except FileExistsError:
-                # The wheel shipped a .pyc of its own (numpy 2.2.6 does): compileall
-                # would write over it, so the cached one takes its place.
-                pyc.unlink()
-                _link_or_copy(entry, pyc)
-            stats.cached += 1
-
-    def store(self, compiled: list[tuple[Path, Path]], stats: CompileStats) -> None:
-        """Put the ``.pyc`` files just compiled for ``compiled`` sources into the cache."""
-        made: set[Path] = set()
-        for source, entry in compiled:
-            pyc = self._pyc(source)
-            if not pyc.exists():
-                continue  # did not compile (a Python 2 leftover, test data)
-            if entry.parent not in made:
-                entry.parent.mkdir(parents=True, exist_ok=True)
-                made.add(entry.parent)
-            try:
-                _link_or_copy(pyc, entry)
-            except FileExistsError:
-                continue  # another build on this node stored it meanwhile
-            stats.stored += 1
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link ``source`` to the new name ``target`` (a copy, written aside and renamed,
-    across filesystems).  FileExistsError when ``target`` exists."""
-    try:
-        os.link(source, target)
-    except OSError as err:
-        if err.errno != errno.EXDEV:
-            raise
-        if target.exists():
-            raise FileExistsError(target) from None
-        atomic.write_bytes(target, source.read_bytes(), durable=False)
