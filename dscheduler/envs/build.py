@@ -214,6 +214,8 @@ class _Builder:
         self.pyc_cache = pyc_cache
         self.compile_stats = CompileStats()
         self.smoking: Running | None = None  # the smoke test, when started early
+        self.cache: PycCache | None = None  # the node's bytecode cache, for an image
+        self.compilers: Compilers | None = None  # its compile workers
         self.lease = lease
         self.paths = store.env(env.env_id)
         self.timings: dict[str, float] = {}
@@ -278,11 +280,14 @@ class _Builder:
 
     def _build(self, blog: BuildLog) -> dict[str, Any]:
         self._make_venv(blog)
-        self._install(blog)
         try:
+            self._start_compilers(blog)  # they need the interpreter alone: beside the install
+            self._install(blog)
             stats = self._compile_and_lock(blog)
             self._check_and_squash(blog)
         except BaseException:
+            if self.compilers is not None:
+                self.compilers.kill()
             if self.smoking is not None:  # started early, beside the compile
                 self.smoking.kill()
             raise
@@ -332,35 +337,35 @@ class _Builder:
             self.lock_digest = lock_digest_of(self.interp, self.lock)
             return normalise_tree(self.venv)
 
+    def _start_compilers(self, blog: BuildLog) -> None:
+        """Images take what they can from the node's bytecode cache (docs/design.md §14.3):
+        workers, one a core, link the cached .pyc of each source into place and compile
+        (and cache) the others, so the lookups are spread over the cores too."""
+        self.cache = self._pyc_cache(blog) if self.kind == "squashfs" else None
+        if self.cache is not None:
+            self.compilers = Compilers(blog, self.python, self.venv, self.prefix, self.cache.dir,
+                                       self.work, {**self.subenv, "SOURCE_DATE_EPOCH": "0"},
+                                       cores())
+
     def _compile(self, blog: BuildLog) -> None:
         # docs/design.md §6: a fixed prefix, hash-based invalidation and
         # SOURCE_DATE_EPOCH make the .pyc files reproducible; -j0 spreads the work.
-        # Images take what they can from the node's bytecode cache (§14.3); a dir
-        # env's .pyc files name its own path, so no other env could use them.
-        cache = self._pyc_cache(blog) if self.kind == "squashfs" else None
-        if cache is None:
+        # A dir env's .pyc files name its own path, so no other env could use them.
+        compilers, cache, stats = self.compilers, self.cache, self.compile_stats
+        if compilers is None or cache is None:
             self._compileall(blog, [self.venv / "lib"])
             return
-        # Workers, one a core, link the cached .pyc of each source in place and
-        # compile (and cache) the others: the lookups are spread over the cores too.
-        stats = self.compile_stats
-        compilers = Compilers(blog, self.python, self.venv, self.prefix, cache.dir,
-                              self.work, {**self.subenv, "SOURCE_DATE_EPOCH": "0"}, cores())
-        try:
-            for source, size in sources(self.venv):
-                compilers.send(source, size)
-            found = compilers.looked_up()
-            stats.sources, stats.cached = found.sources, found.restored
-            blog.write(f"bytecode cache {cache.dir}: {found.restored} of {found.sources} .py "
-                       f"files compiled before, {found.missing} to compile\n")
-            if found.missing * 2 <= found.sources:
-                # Most modules import from their .pyc now: the smoke test (-B, it writes
-                # none) runs beside the rest of the compile, at a lower priority.
-                self.smoking = self._start_smoke(blog, early=True)
-            stats.stored, failed = compilers.finish()
-        except BaseException:
-            compilers.kill()
-            raise
+        for source, size in sources(self.venv):
+            compilers.send(source, size)
+        found = compilers.looked_up()
+        stats.sources, stats.cached = found.sources, found.restored
+        blog.write(f"bytecode cache {cache.dir}: {found.restored} of {found.sources} .py "
+                   f"files compiled before, {found.missing} to compile\n")
+        if found.missing * 2 <= found.sources:
+            # Most modules import from their .pyc now: the smoke test (-B, it writes
+            # none) runs beside the rest of the compile, at a lower priority.
+            self.smoking = self._start_smoke(blog, early=True)
+        stats.stored, failed = compilers.finish()
         for err in failed:
             self._compile_failed(blog, err)
 

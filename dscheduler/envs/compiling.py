@@ -81,7 +81,8 @@ class Compilers:
                 self.signals.append(signal)
                 try:
                     self.running.append(blog.start(
-                        "compile", [python, "-I", WORKER, venv, prefix, cache, str(theirs)],
+                        # -S: no site, no .pth files run; the stdlib is all it needs.
+                        "compile", [python, "-I", "-S", WORKER, venv, prefix, cache, str(theirs)],
                         output=work / f"compile-{i}.out", env=env, cwd=work, stdin=True,
                         pass_fds=(theirs,)))
                 finally:
