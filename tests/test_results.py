@@ -136,6 +136,76 @@ def test_open_a_json_value_returns_the_plain_value(cluster: Any,
         "c0": expected, "c1": dict(expected, case="c1")}
 
 
+@ds.task(version="1", env=None)
+def ramp(rows: int) -> Any:
+    return np.arange(rows * 1000, dtype="float32").reshape(rows, 1000)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_large_values_are_written_from_a_reused_heap_in_workers(
+        cluster: Any, graph_store: ds.Store) -> None:
+    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ set, so glibc maps every
+    buffer of 128 KiB or more afresh and unmaps it when freed: a Zarr write faulted its
+    chunk buffers in again and again (2.4 page faults per page of a 12 MB value, 1 or
+    less in a driver).  While a large value is written freed buffers are reused;
+    before, after, and around small values, the worker's settings hold."""
+    def in_worker() -> dict[str, Any]:
+        import ctypes
+        import os
+        import resource
+        import tempfile
+        from pathlib import Path
+
+        from dscheduler.store.layout import NodePaths
+        from dscheduler.store.values import reused_heap, save_value
+
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+
+        def faults(who: int = resource.RUSAGE_THREAD) -> int:
+            return resource.getrusage(who).ru_minflt
+
+        def churn() -> int:
+            """Page faults of making, filling and freeing a 1 MiB buffer 16 times."""
+            start = faults()
+            for _ in range(16):
+                block = libc.malloc(2**20)
+                ctypes.memset(block, 1, 2**20)
+                libc.free(block)
+            return faults() - start
+
+        outside = churn()
+        with reused_heap(64 * 2**20):
+            with reused_heap(64 * 2**20):
+                pass  # a writer in another thread that ends first
+            inside = churn()
+        with reused_heap(1000):
+            small = churn()  # a small value: the worker's settings as they are
+        after = churn()
+        value = np.random.default_rng(0).standard_normal((3000, 1000), dtype="float32")
+        saves = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(4):  # the first one grows the heap
+                start = faults(resource.RUSAGE_SELF)  # zarr's threads too
+                save_value(NodePaths(Path(tmp), f"v{i}"), value, fresh=True)
+                saves.append(faults(resource.RUSAGE_SELF) - start)
+        return {"trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                "page": resource.getpagesize(), "outside": outside, "inside": inside,
+                "small": small, "after": after, "saves": saves}
+
+    node = ramp(3000)  # 12 MB, two chunks
+    ds.compute(node, store=graph_store, cluster=cluster, progress=False).raise_for_status()
+    np.testing.assert_array_equal(
+        graph_store.open(node), np.arange(3_000_000, dtype="float32").reshape(3000, 1000))
+    for worker, got in cluster.run(in_worker).items():
+        pages = 16 * 2**20 // got["page"]  # each of the 16 buffers faulted in afresh
+        assert got["trim"] == "65536", (worker, got)
+        assert min(got["outside"], got["small"], got["after"]) > 0.9 * pages, (worker, got)
+        assert got["inside"] < pages / 4, (worker, got)
+        assert min(got["saves"][1:]) < 12e6 / got["page"], (worker, got)
+
+
 def test_explain_names_the_changed_config_field(cluster: Any, graph_store: ds.Store,
                                                 tmp_path: Path) -> None:
     log = str(tmp_path / "log")
