@@ -1,7 +1,8 @@
 """Listing run records through the store index, and writing Zarr results, each next to
 a baseline, in one invocation.
 
-Run:  .venv/bin/python bench/records.py [--runs 100000] [--repeat 3]
+Run:  .venv/bin/python bench/records.py [--runs 100000] [--repeat 3] [--run-json]
+                                        [--reruns 1000]
                                         [--arrays 16] [--mb 100] [--no-compute]
 
 1. Listing (issue 9's target: 100,000 run records listed and filtered in under
@@ -22,7 +23,14 @@ Run:  .venv/bin/python bench/records.py [--runs 100000] [--repeat 3]
      this process, and once in a fresh process (imports not timed, nothing
      in memory: what ``dscheduler runs --filter`` pays); then without a
      filter, and by node ordered by a metric.  This is what the target is
-     about.
+     about;
+   * the index compaction that folds in ``--reruns`` scattered reruns (an
+     entry each, with a new summary, as workers append them), next to a
+     plain copy of the index files (read, write, fsync) as its baseline.
+
+   With ``--run-json`` each run also has its ``run.json`` (as
+   ``Store.write_run`` writes it), so the index holds an entry per run as
+   well as per node, as in a store made by ``ds.compute``.
 
 2. Zarr writes (target: raw / dscheduler >= 0.8).  ``--arrays`` arrays of
    ``--mb`` MB (float32, smooth values, so zstd has work to do), each
@@ -98,13 +106,42 @@ def record(i: int) -> dict[str, object]:
     }
 
 
-def write_records(store: Store, n: int) -> None:
+def run_json(i: int) -> dict[str, object]:
+    """What ``Store.write_run`` writes for the run of ``record(i)``."""
+    rec = record(i)
+    return {"run_id": rec["run_id"], "env_id": rec["env_id"], "config_hash": f"{i:016x}",
+            "env_digest": "e" * 64, "config_digest": f"{i:064x}", "model": rec["model"],
+            "label": rec["label"], "config": rec["config"]}
+
+
+def write_records(store: Store, n: int, runs: bool) -> None:
     """Plain files, no index entries (see the module docstring)."""
     for i in range(n):
         rec = record(i)
         folder = store.run(str(rec["run_id"])).dir / "c0"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "forecast.json").write_text(json.dumps(rec, separators=(",", ":")))
+        if runs:
+            store.run(str(rec["run_id"])).record.write_text(json.dumps(run_json(i)))
+
+
+def rerun(store: Store, n: int, reruns: int) -> None:
+    """Index entries of ``reruns`` nodes spread over the store, each with a new rmse of 9."""
+    entries = []
+    for i in range(0, n, max(1, n // reruns))[:reruns]:
+        rec = dict(record(i), seq=time.time_ns() // 1000, metrics={"rmse": 9.0, "mae": 0.0})
+        entries.append(store.index.entry(store.run(str(rec["run_id"])).node("c0", "forecast"),
+                                         rec))
+    store.index.append(entries)
+
+
+def copy_index(store: Store, into: Path) -> None:
+    """The baseline of a compaction: the index files read, written and fsynced."""
+    for f in store.index_dir.glob("*.json"):
+        with open(into / f.name, "wb") as out:
+            out.write(f.read_bytes())
+            out.flush()
+            os.fsync(out.fileno())
 
 
 def timed(fn: Any) -> tuple[float, Any]:
@@ -128,11 +165,12 @@ def expected_rows(n: int) -> int:
     return sum(1 for i in range(n) if (i % 1000) / 1000 < 0.5 and (i % 3 == 0 or i % 2 == 0))
 
 
-def listing(n: int, repeat: int) -> None:
+def listing(n: int, repeat: int, runs: bool, reruns: int) -> None:
     with tempfile.TemporaryDirectory(prefix="dscheduler-bench-records-") as tmp:
         store = Store(Path(tmp) / "data")
-        t, _ = timed(lambda: write_records(store, n))
-        print(f"wrote {n:,} records (plain files, no index) in {t:.1f} s")
+        t, _ = timed(lambda: write_records(store, n, runs))
+        print(f"wrote {n:,} records{' and run.json files' if runs else ''} "
+              f"(plain files, no index) in {t:.1f} s")
         if store.index.size() is not None:
             raise SystemExit("the store has an index already: the rebuild would not be timed")
         t_floor, count = timed(lambda: floor(store))
@@ -165,6 +203,17 @@ def listing(n: int, repeat: int) -> None:
         row("by node, filtered, ordered by metrics.rmse desc", t_nodes)
         print(f"  target < 2 s for list + filter on the index: "
               f"{'met' if worst < 2 else 'NOT met'} (best {best:.2f} s, worst {worst:.2f} s)")
+        if reruns:
+            (Path(tmp) / "copy").mkdir()
+            t_copy, _ = timed(lambda: copy_index(store, Path(tmp) / "copy"))
+            rerun(store, n, reruns)
+            t_compact, done = timed(store.index.compact)
+            rerun_rows = len(store.runs(filter="metrics.rmse = 9"))
+            if not done or rerun_rows != min(reruns, n):
+                raise SystemExit(f"compaction lost reruns: {rerun_rows} of {reruns} listed")
+            row("copy of the index files (compaction's baseline)", t_copy)
+            row(f"compaction folding in {reruns:,} scattered reruns", t_compact,
+                f"ratio to the copy {t_compact / t_copy:.1f}")
 
 
 def row(label: str, seconds: float, note: str = "", mb: float | None = None) -> None:
@@ -277,6 +326,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--run-json", action="store_true",
+                        help="give each run its run.json too (an index entry per run)")
+    parser.add_argument("--reruns", type=int, default=1000,
+                        help="scattered reruns folded in by the timed compaction (0: none)")
     parser.add_argument("--arrays", type=int, default=16)
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--no-compute", action="store_true",
@@ -285,7 +338,7 @@ def main() -> None:
     print(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"({os.cpu_count()} CPUs)")
     if args.runs:
-        listing(args.runs, args.repeat)
+        listing(args.runs, args.repeat, args.run_json, args.reruns)
     if args.arrays:
         writes(args.arrays, args.mb)
         if not args.no_compute:

@@ -102,7 +102,7 @@ class Block:
                 if not dot:
                     summary[column] = values[i]
                 elif values[i] is not None:
-                    summary[group][name] = values[i]
+                    summary.setdefault(group, {})[name] = values[i]
             out.append(summary)
         return out
 
