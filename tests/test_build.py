@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -94,6 +95,24 @@ def test_build_publishes_image_and_record(
     again = store.build_env(env)
     assert not again.built and again.record == built.record and again.image == built.image
     assert published_env(store, env.env_id) == again
+
+
+@needs_squashfs
+def test_scratch_is_removed_after_publishing_and_after_a_killed_remover(
+    tmp_path: Path, make_env: MakeEnv, squashfs_tools: None
+) -> None:
+    env = make_env("dstest-app")
+    scratch = tmp_path / "scratch"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    # What a builder killed while it removed its scratch dir after publishing leaves.
+    stale = scratch / f".dscheduler-build-{env.env_id}-{dead.pid}-x1z2" / "env"
+    stale.mkdir(parents=True)
+    build_env(ds.Store(tmp_path / "s"), env, scratch=scratch)
+    for thread in threading.enumerate():
+        if thread.name == "dscheduler-scratch-removal":  # removes the build's own, once done
+            thread.join()
+    assert list(scratch.iterdir()) == []
 
 
 def test_dir_env_keeps_the_venv(store: ds.Store, make_env: MakeEnv) -> None:
