@@ -196,3 +196,31 @@ def test_cluster_up_options_parse_as_yaml_values() -> None:
         assert "#SBATCH -A" not in script and "#SBATCH -t" not in script, script
     with pytest.raises(ds.ConfigError, match="'max_jobs' is not KEY=VALUE"):
         parse_options(["max_jobs"])
+
+
+_IMPORT_OFF_THE_MAIN_THREAD = """
+import signal, threading
+before = signal.getsignal(signal.SIGINT)
+errors = []
+
+def load():
+    try:
+        import dscheduler.run.slurm
+    except Exception as err:
+        errors.append(repr(err))
+
+thread = threading.Thread(target=load)
+thread.start()
+thread.join()
+assert not errors, errors
+assert signal.getsignal(signal.SIGINT) is before, signal.getsignal(signal.SIGINT)
+import dask_jobqueue  # imported, and still loaded for the SLURM cluster
+"""
+
+
+def test_import_works_off_the_main_thread_and_keeps_ctrl_c() -> None:
+    """dask-jobqueue 0.9.0 sets SIGINT to sys.exit as it is imported: importing dscheduler
+    in a thread failed, and Ctrl-C in a driver raised SystemExit, not KeyboardInterrupt."""
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_OFF_THE_MAIN_THREAD],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
