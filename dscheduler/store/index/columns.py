@@ -100,7 +100,8 @@ class Block:
             for column, values in columns.items():
                 group, dot, name = column.partition(".")
                 if not dot:
-                    summary[column] = values[i]
+                    if values[i] is not None or column not in summary:  # not a group's
+                        summary[column] = values[i]
                 elif values[i] is not None:
                     summary.setdefault(group, {})[name] = values[i]
             out.append(summary)
@@ -144,19 +145,32 @@ class Rows:
 
     @classmethod
     def of_summaries(cls, rows: list[tuple[str, Summary]]) -> Rows:
-        names: dict[str, None] = {}  # in the order first seen
-        groups: dict[str, None] = {}
-        for _, summary in rows:
+        # One pass, each value put in its place (a lookup per column and row cost
+        # four times as much: it was most of a rebuild's writing).
+        fields: dict[str, list[Any]] = {}
+        groups: dict[str, dict[str, list[Any]]] = {}
+        for i, (_, summary) in enumerate(rows):
             for field, value in summary.items():
-                if "." in field:
-                    raise ValueError(f"summary field {field!r}: a field's name holds no dot")
                 if isinstance(value, dict):
-                    groups[field] = None
-                    names.update((f"{field}.{name}", None) for name in value)
+                    group = groups.get(field)
+                    if group is None:
+                        group = groups[field] = {}
+                    for name, v in value.items():
+                        column = group.get(name)
+                        if column is None:
+                            column = group[name] = [None] * len(rows)
+                        column[i] = v
                 else:
-                    names[field] = None
-        return cls([p for p, _ in rows], groups,
-                   {c: [_value(s, c) for _, s in rows] for c in names})
+                    column = fields.get(field)
+                    if column is None:
+                        column = fields[field] = [None] * len(rows)
+                    column[i] = value
+        for field in [*fields, *groups]:
+            if "." in field:
+                raise ValueError(f"summary field {field!r}: a field's name holds no dot")
+        fields.update((f"{g}.{name}", column) for g, group in groups.items()
+                      for name, column in group.items())
+        return cls([p for p, _ in rows], groups, fields)
 
     @classmethod
     def of_block(cls, block: Block, rows: list[int]) -> Rows:
