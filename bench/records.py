@@ -43,7 +43,9 @@ Run:  .venv/bin/python bench/records.py [--runs 100000] [--repeat 3] [--run-json
    returns it, so that the worker stores it and writes its record, on a
    local cluster of one worker with one thread started (and one small
    compute run) beforehand; next to it raw zarr of the same ``np.load`` +
-   write.
+   write in this process, and the same raw write in a plain Dask task
+   (``client.submit``) on the same worker, so that what a Dask worker costs
+   any write shows apart from what dscheduler adds.
 """
 
 from __future__ import annotations
@@ -244,6 +246,10 @@ def _load_and_write(source: Path, path: Path, chunks: tuple[int, ...]) -> None:
     raw_write(path, _load(str(source)), chunks)
 
 
+def _in_worker(client: Any, source: Path, path: Path, chunks: tuple[int, ...]) -> None:
+    client.submit(_load_and_write, source, path, chunks, pure=False).result()
+
+
 def _compute(node: Any, store: Any, client: Any) -> None:
     import dscheduler as ds
 
@@ -253,7 +259,7 @@ def _compute(node: Any, store: Any, client: Any) -> None:
 
 
 def writes(arrays: int, mb: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="dscheduler-bench-zarr-", dir=".") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dscheduler-bench-zarr-") as tmp:
         root = Path(tmp)
         t_raw = t_ds = 0.0
         for i in range(arrays):
@@ -284,7 +290,7 @@ def writes_through_compute(arrays: int, mb: int) -> None:
     from dscheduler.run import clusters
 
     load = ds.task(version="1", env=None, name="load")(_load)
-    with tempfile.TemporaryDirectory(prefix="dscheduler-bench-compute-", dir=".") as tmp, \
+    with tempfile.TemporaryDirectory(prefix="dscheduler-bench-compute-") as tmp, \
             dask.config.set({"dscheduler.local.n_workers": 1,
                              "dscheduler.local.threads_per_worker": 1}):
         root = Path(tmp)
@@ -293,7 +299,7 @@ def writes_through_compute(arrays: int, mb: int) -> None:
         client.wait_for_workers(1, timeout=120)
         np.save(root / "warm.npy", smooth(1000, 0))  # first-call costs (imports), not timed
         _compute(load(str(root / "warm.npy")), store, client)
-        t_raw = t_ds = 0.0
+        t_raw = t_ds = t_worker = 0.0
         for i in range(arrays):
             data = smooth(mb * 10**6 // 4, i)
             source = root / f"a{i}.npy"
@@ -303,12 +309,17 @@ def writes_through_compute(arrays: int, mb: int) -> None:
             node = load(str(source))  # a str: a Path would hash the file into the key
             jobs = [("raw", functools.partial(_load_and_write, source, root / "raw.zarr",
                                               chunks)),
-                    ("ds", functools.partial(_compute, node, store, client))]
-            for name, job in (jobs if i % 2 == 0 else jobs[::-1]):
+                    ("ds", functools.partial(_compute, node, store, client)),
+                    ("worker", functools.partial(_in_worker, client, source,
+                                                 root / "worker.zarr", chunks))]
+            for name, job in jobs[i % 3:] + jobs[:i % 3]:
                 t, _ = timed(job)
                 if name == "raw":
                     t_raw += t
                     shutil.rmtree(root / "raw.zarr")
+                elif name == "worker":
+                    t_worker += t
+                    shutil.rmtree(root / "worker.zarr")
                 else:
                     t_ds += t
                     shutil.rmtree(node.paths(store).zarr)
@@ -320,6 +331,10 @@ def writes_through_compute(arrays: int, mb: int) -> None:
         row("raw zarr: np.load + create_array + assign", t_raw, mb=total)
         row("ds.compute of the task: plan, run, store, record", t_ds, mb=total)
         print(f"  ratio raw / dscheduler: {t_raw / t_ds:.2f} (target >= 0.8)")
+        row("the raw write in a plain Dask task on the same worker (client.submit)", t_worker,
+            mb=total)
+        print(f"  ratio worker raw / dscheduler: {t_worker / t_ds:.2f} (Dask's worker's own "
+              "costs on both sides)")
 
 
 def main() -> None:
