@@ -357,6 +357,8 @@ class _Builder:
             return
         for source, size in sources(self.venv):
             compilers.send(source, size)
+        compilers.sent()
+        self._smoke_modules()  # while the workers look up
         found = compilers.looked_up()
         stats.sources, stats.cached = found.sources, found.restored
         blog.write(f"bytecode cache {cache.dir}: {found.restored} of {found.sources} .py "
@@ -424,12 +426,15 @@ class _Builder:
         if running is not None:
             blog.finish(running)  # the image is published only once this passed
 
-    def _start_smoke(self, blog: BuildLog, early: bool = False) -> Running | None:
-        modules = self.smoke_imports
-        if modules is None:
+    def _smoke_modules(self) -> list[str]:
+        """The modules the smoke test imports (default: the requirements' top-level ones)."""
+        if self.smoke_imports is None:
             names = [Requirement(r).name for r in self.env.requirements]
-            modules = smoke.top_level_modules(smoke.site_packages(self.venv), names)
-        self.smoke_imports = modules
+            self.smoke_imports = smoke.top_level_modules(smoke.site_packages(self.venv), names)
+        return self.smoke_imports
+
+    def _start_smoke(self, blog: BuildLog, early: bool = False) -> Running | None:
+        modules = self._smoke_modules()
         if not modules:
             return None
         script = self.work / "dscheduler_smoke.py"  # scratch: never published

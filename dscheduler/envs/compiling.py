@@ -26,6 +26,7 @@ from .buildlog import BuildLog, Running
 from .compile_worker import SOME_FAILED
 
 WORKER = Path(__file__).with_name("compile_worker.py")
+CHUNK = 16384  # bytes of file names written to a worker at a time
 _STORED = re.compile(r"^dscheduler-compile: stored=(\d+)$", re.MULTILINE)
 _NOT_STORED = re.compile(r"^dscheduler-compile: (bytecode cache not updated: .*)$", re.MULTILINE)
 
@@ -65,8 +66,8 @@ class Looked:
 class Compilers:
     """``count`` workers compiling into ``venv`` with the cache ``cache``.
 
-    :meth:`send` each source, then :meth:`looked_up` (every cached ``.pyc`` is
-    in place once it returns), then :meth:`finish`.
+    :meth:`send` each source, then :meth:`sent`, :meth:`looked_up` (every
+    cached ``.pyc`` is in place once it returns) and :meth:`finish`.
     """
 
     def __init__(self, blog: BuildLog, python: Path, venv: Path, prefix: str, cache: Path,
@@ -75,6 +76,7 @@ class Compilers:
         self.running: list[Running] = []
         self.signals: list[int] = []  # read ends: a worker writes what it found, then closes
         self.loads: list[int] = []
+        self.pending: list[bytearray] = []  # lines not yet written, per worker
         try:
             for i in range(count):
                 signal, theirs = os.pipe()
@@ -88,25 +90,40 @@ class Compilers:
                 finally:
                     os.close(theirs)  # the worker's copy alone: its exit ends our read
                 self.loads.append(0)
+                self.pending.append(bytearray())
         except BaseException:
             self.kill()
             raise
 
     def send(self, source: str, size: int) -> None:
-        """Hand ``source`` (``size`` bytes) to the least loaded worker, which starts on it."""
+        """Hand ``source`` (``size`` bytes) to the least loaded worker."""
         i = self.loads.index(min(self.loads))
         self.loads[i] += size + 1  # + 1: an empty file costs a little too
+        self.pending[i] += os.fsencode(source) + b"\n"
+        if len(self.pending[i]) >= CHUNK:
+            self._write(i)
+
+    def _write(self, i: int) -> None:
+        # In chunks, not a line at a time: a worker woken for every line spent as long
+        # reading its input as looking the files up.
         try:
             pipe = _stdin(self.running[i])
-            pipe.write(os.fsencode(source) + b"\n")
+            pipe.write(self.pending[i])
             pipe.flush()
         except BrokenPipeError:
             self.loads[i] = 1 << 62  # it died: finish() says how; send it nothing more
+        self.pending[i] = bytearray()
+
+    def sent(self) -> None:
+        """End the workers' input: every source was sent."""
+        for i, running in enumerate(self.running):
+            if not _stdin(running).closed:
+                self._write(i)
+                _close(running)
 
     def looked_up(self) -> Looked:
-        """End the workers' input; wait until each has put its cached files in place."""
-        for running in self.running:
-            _close(running)
+        """Wait until each worker has put its cached files in place (ends their input)."""
+        self.sent()
         found = Looked()
         for signal in self.signals:
             text = b""
