@@ -111,6 +111,12 @@ def cluster(node_dirs: dict[str, Path]) -> Iterator[Any]:
 
 
 @pytest.fixture
+def log(tmp_path: Path) -> str:
+    """The file the counting tasks append a line to per execution (a str: see above)."""
+    return str(tmp_path / "log")
+
+
+@pytest.fixture
 def graph_store(tmp_path: Path) -> ds.Store:
     return ds.Store(tmp_path / "data")
 

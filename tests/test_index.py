@@ -79,16 +79,6 @@ def agrees(store: ds.Store, nodes: list[ds.Node]) -> None:
             node.name
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ds.Store:
-    return ds.Store(tmp_path / "data").ensure()
-
-
-@pytest.fixture
-def log(tmp_path: Path) -> str:
-    return str(tmp_path / "log")
-
-
 # -- entries ---------------------------------------------------------------------------
 
 

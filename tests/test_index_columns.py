@@ -27,16 +27,6 @@ pytestmark = pytest.mark.fast
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ds.Store:
-    return ds.Store(tmp_path / "data").ensure()
-
-
-@pytest.fixture
-def log(tmp_path: Path) -> str:
-    return str(tmp_path / "log")
-
-
-@pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> int:
     monkeypatch.setattr(columns, "ROWS", 4)
     return 4
