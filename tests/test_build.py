@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -24,11 +25,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from wheelhouse import write_wheel
 
 import dscheduler as ds
 from dscheduler.envs.build import build_env
 from dscheduler.envs.published import published_env
-from dscheduler.envs.reproducible import normalise_uv_cache_records
+from dscheduler.envs.reproducible import normalise_uv_cache_records, squash_command
 from dscheduler.envs.smoke import top_level_modules
 from dscheduler.envs.uv import explain_uv_failure
 from dscheduler.errors import ConfigError, EnvBuildError
@@ -313,6 +315,43 @@ def test_failing_smoke_import_is_named(
     with pytest.raises(EnvBuildError, match="`import dstest_nope` failed"):
         build_env(store, other, smoke_imports=["dstest_base", "dstest_nope"])
     assert build_env(store, other, smoke_imports=[]).record["smoke_imports"] == []
+
+
+def test_build_tools_run_without_the_nannys_trim_threshold(
+    store: ds.Store, tmp_path: Path, node_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in every worker, where envs are built;
+    with it mksquashfs spends about 20% more CPU, so the build's tools go without."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    write_wheel(wheels, "dstest-environ", "1.0", [], (
+        "import os\n"
+        "raise RuntimeError('trim threshold: %r' % os.environ.get('MALLOC_TRIM_THRESHOLD_'))\n"))
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    env = ds.Env(requirements=["dstest-environ"], find_links=[wheels], offline=True, image="dir")
+    with pytest.raises(EnvBuildError) as info:  # the smoke test shows the tools' environment
+        build_env(store, env)
+    assert "trim threshold: None" in info.value.tail
+
+
+@needs_squashfs
+def test_mksquashfs_memory_is_bounded(tmp_path: Path, squashfs_tools: None) -> None:
+    """Unbounded, mksquashfs holds about as much memory as it reads (too much beside a
+    SLURM job's memory limit for a large env); the build bounds it to 64 MB."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    rng, alphabet = random.Random(0), bytes.maketrans(bytes(range(256)), b"ABCDEFGHIJKLMNOP" * 16)
+    for i in range(64):  # 128 MiB that zstd compresses slowly enough for mksquashfs to queue
+        (tree / f"part{i}.bin").write_bytes(rng.randbytes(2 << 20).translate(alphabet))
+    # A child's peak counts its parent's memory at the fork: measured from a small parent.
+    measure = ("import resource, subprocess, sys; "
+               "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    cmd = [str(c) for c in squash_command(tree, tmp_path / "tree.sqsh", 3)]
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", measure, *cmd], check=True,
+                         capture_output=True, text=True)
+    peak = int(out.stdout)  # KiB
+    assert peak < 64 * 1024, f"mksquashfs peaked at {peak} KiB"
 
 
 def test_missing_python_lists_interpreters(store: ds.Store, make_env: MakeEnv) -> None:
