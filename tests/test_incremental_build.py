@@ -8,6 +8,9 @@ from the cache and compiles only what is new.
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +19,9 @@ from wheelhouse import STRAY_BYTES, STRAY_PYC, write_wheel
 
 import dscheduler as ds
 from dscheduler.envs.build import build_env
+from dscheduler.envs.buildlog import BuildLog
 from dscheduler.envs.compile_worker import entry_name
-from dscheduler.envs.compiling import cores
+from dscheduler.envs.compiling import Compilers, cores
 from dscheduler.envs.reproducible import PycCache
 
 pytestmark = pytest.mark.squashfs
@@ -116,6 +120,39 @@ def test_files_are_spread_over_workers_and_bad_ones_kept_as_compileall_keeps_the
         pycs = (prefix / "lib").rglob("dstest_many/__pycache__/*")
         compiled = {p.name.split(".")[0] for p in pycs}
     assert compiled == {"__init__", *(f"m{i:02d}" for i in range(40))}  # no legacy
+
+
+def test_files_the_cache_lacks_are_dealt_out_again_over_the_workers(tmp_path: Path) -> None:
+    """Misses cluster in the changed package: were they compiled by whichever worker
+    looked them up, one worker could get them all.  Here the cache has every file the
+    second worker looks up, so all 10 misses are the first worker's."""
+    venv, cache, work = tmp_path / "venv", tmp_path / "cache", tmp_path / "work"
+    package = venv / "lib" / "python3" / "site-packages" / "dstest_misses"
+    package.mkdir(parents=True)
+    work.mkdir()
+    names = []
+    for i in range(20):
+        source = package / f"m{i:02d}.py"
+        source.write_text(f"X = {i}  # same size\n")
+        names.append(source)
+        if i % 2:  # sent to the second worker (the least loaded): cached
+            entry = cache / entry_name(str(source.relative_to(venv)).encode(),
+                                       source.read_bytes())
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            entry.write_bytes(b"cached")
+    blog = BuildLog(work / "build.log", "test")
+    compilers = Compilers(blog, Path(sys.executable), venv, "/env", cache, work,
+                          dict(os.environ), 2)
+    for source in names:
+        compilers.send(str(source), source.stat().st_size)
+    found = compilers.looked_up()
+    stored, failed = compilers.finish()
+    blog.close()
+    assert (found.sources, found.restored, found.missing, stored, failed) == (20, 10, 10, 10, [])
+    shares = [int(re.findall(r"stored=(\d+)", (work / f"compile-{i}.out").read_text())[0])
+              for i in range(2)]
+    assert shares == [5, 5]  # without the second deal: [10, 0]
+    assert all((package / "__pycache__").glob(f"m{i:02d}.*.pyc") for i in range(20))
 
 
 def test_dir_envs_compile_in_full_with_their_own_path(

@@ -1,16 +1,20 @@
 """One compile worker of an image build, run by the env's own interpreter (stdlib only).
 
-    python -I compile_worker.py VENV PREFIX CACHE SIGNAL_FD  < one source path a line
+    python -I compile_worker.py VENV PREFIX CACHE SIGNAL_FD  < its input
 
-For each ``.py`` file named on stdin, the worker links the node's cached
-``.pyc`` of it into place (docs/design.md §14.3); once stdin ends it writes
-``"{sources} {restored} {to compile}\\n"`` to the file descriptor SIGNAL_FD
-and closes it, then compiles the files the cache lacked exactly as ``python
--m compileall -q -s VENV -p PREFIX --invalidation-mode unchecked-hash`` does
-(``compileall.compile_file`` with those arguments), and links each new
-``.pyc`` into the cache.  Its last line of output is ``dscheduler-compile:
-stored=N``; it exits with 3 when some files did not compile (their errors are
-in its output, as compileall prints them), as compileall exits with 1.
+Its input comes in two parts.  First one ``.py`` path a line, up to an empty
+line: for each the worker links the node's cached ``.pyc`` into place
+(docs/design.md §14.3), then writes to the file descriptor SIGNAL_FD
+``"{sources} {restored}\n"`` and a line ``"{size} {entry} {path}\n"`` for
+each file the cache lacked, and closes it.  Then ``"{entry} {path}"`` lines,
+up to the end of the input: the files it is to compile (those the cache
+lacked, dealt out again over all workers by size), exactly as ``python -m
+compileall -q -s VENV -p PREFIX --invalidation-mode unchecked-hash`` does
+(``compileall.compile_file`` with those arguments); each new ``.pyc`` is
+linked into the cache as ``entry``.  Its last line of output is
+``dscheduler-compile: stored=N``; it exits with 3 when some files did not
+compile (their errors are in its output, as compileall prints them), as
+compileall exits with 1.
 
 A cache entry is ``CACHE/{h[:2]}/{h}.pyc``, ``h`` the sha256 of the file's
 path inside the venv, a NUL byte and the file's bytes: with the interpreter
@@ -62,7 +66,8 @@ class Worker:
         self.cut = len(os.fsencode(venv)) + 1
         self.made = set()  # __pycache__ folders known to exist
         self.sources = self.restored = self.stored = 0
-        self.todo = []  # (source, entry) the cache lacks
+        self.missing = []  # (size, entry below the cache, source) the cache lacks
+        self.todo = []  # (source, entry) to compile
         self.cache_error = None
 
     def restore(self, source):
@@ -73,11 +78,11 @@ class Worker:
         except (FileNotFoundError, IsADirectoryError):
             return  # a dangling symlink, or one to a folder: compileall skips it too
         self.sources += 1
-        entry = os.path.join(self.cache, entry_name(os.fsencode(source)[self.cut:], data))
-        if self.place(entry, importlib.util.cache_from_source(source)):
+        name = entry_name(os.fsencode(source)[self.cut:], data)
+        if self.place(os.path.join(self.cache, name), importlib.util.cache_from_source(source)):
             self.restored += 1
         else:
-            self.todo.append((source, entry))
+            self.missing.append((len(data), name, source))
 
     def place(self, entry, pyc):
         """Link ``entry`` to ``pyc``; False when the cache has no such entry."""
@@ -127,10 +132,18 @@ class Worker:
 def main():
     venv, prefix, cache, signal_fd = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     worker = Worker(venv, prefix, cache)
-    for line in sys.stdin.buffer:
+    lines = iter(sys.stdin.buffer)
+    for line in lines:
+        if line == b"\n":
+            break
         worker.restore(os.fsdecode(line[:-1]))
-    os.write(signal_fd, f"{worker.sources} {worker.restored} {len(worker.todo)}\n".encode())
-    os.close(signal_fd)
+    with open(signal_fd, "wb") as signal:
+        signal.write(f"{worker.sources} {worker.restored}\n".encode())
+        for size, name, source in worker.missing:
+            signal.write(f"{size} {name} ".encode() + os.fsencode(source) + b"\n")
+    for line in lines:
+        name, _, source = line[:-1].partition(b" ")
+        worker.todo.append((os.fsdecode(source), os.path.join(cache, os.fsdecode(name))))
     ok = worker.compile()
     if worker.cache_error is not None:
         print(f"dscheduler-compile: bytecode cache not updated: {worker.cache_error}")
