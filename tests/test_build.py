@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import hashlib
+import http.server
 import importlib.metadata
 import json
 import os
@@ -23,6 +25,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from wheelhouse import write_wheel
@@ -352,6 +355,76 @@ def test_mksquashfs_memory_is_bounded(tmp_path: Path, squashfs_tools: None) -> N
                          capture_output=True, text=True)
     peak = int(out.stdout)  # KiB
     assert peak < 64 * 1024, f"mksquashfs peaked at {peak} KiB"
+
+
+@pytest.fixture
+def package_index(tmp_path: Path) -> Iterator[tuple[str, Callable[[str], None]]]:
+    """A real package index over HTTP (PEP 503 pages, http.server): its URL, and a function
+    that publishes a version of dstest-index on it."""
+    root = tmp_path / "index"
+    page = root / "simple" / "dstest-index" / "index.html"
+    page.parent.mkdir(parents=True)
+    versions: list[str] = []
+
+    def publish(version: str) -> None:
+        write_wheel(page.parent, "dstest-index", version, [], f"__version__ = {version!r}\n")
+        versions.append(version)
+        links = "".join(f'<a href="dstest_index-{v}-py3-none-any.whl">'
+                        f"dstest_index-{v}-py3-none-any.whl</a>\n" for v in versions)
+        atomic_page = page.with_suffix(".partial")
+        atomic_page.write_text(f"<html><body>\n{links}</body></html>\n")
+        atomic_page.replace(page)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def end_headers(self) -> None:
+            self.send_header("Cache-Control", "no-cache")  # as an index that never says
+            super().end_headers()  # (else uv takes a just-fetched page as fresh)
+
+        def do_GET(self) -> None:
+            time.sleep(0.5)  # a distant index: the install from the cache is done first
+            super().do_GET()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Handler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple", publish
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_install_from_the_uv_cache_is_checked_against_the_index(
+    store: ds.Store, node_dirs: dict[str, Path],
+    package_index: tuple[str, Callable[[str], None]],
+) -> None:
+    """Envs install from the node's uv cache while `uv pip compile` asks the index; an
+    install the index disagrees with (a cache behind a newer release) is done again."""
+    url, publish = package_index
+    publish("1.0")
+    first = build_env(store, ds.Env(requirements=["dstest-index"], index_url=url, image="dir"))
+    assert "dstest-index==1.0" in first.record["lock"]
+    log = first.paths.log.read_text()
+    assert "uv pip compile" in log and "--offline" in log  # (the first from the index)
+
+    publish("1.1")  # the cache's copy of the index page still lists 1.0 alone
+    newer = build_env(store, ds.Env(requirements=["dstest-index>=0.1"], index_url=url,
+                                    image="dir"))
+    assert "dstest-index==1.1" in newer.record["lock"]
+    log = newer.paths.log.read_text()
+    assert "the index resolves otherwise than the node's uv cache did (dstest-index==1.0, " \
+        "dstest-index==1.1): building again" in log
+
+    same = build_env(store, ds.Env(requirements=["dstest-index==1.1"], index_url=url,
+                                   image="dir"))
+    log = same.paths.log.read_text()
+    assert "dstest-index==1.1" in same.record["lock"] and "building again" not in log
+    assert "the node's uv cache lacks" not in log  # installed from the cache, then checked
 
 
 def test_missing_python_lists_interpreters(store: ds.Store, make_env: MakeEnv) -> None:

@@ -44,28 +44,44 @@ def uv_bin() -> str:
 
 
 def install_command(
-    env: Env, python: Path, cache: Path, *, copy: bool
+    env: Env, python: Path, cache: Path, *, copy: bool, offline: bool | None = None
 ) -> list[str | os.PathLike[str]]:
     """``uv pip install`` of ``env``'s requirements into the venv of ``python``.
 
     ``copy``: copy files instead of hard-linking them from the cache (a venv
     that lives in the store must not share inodes with a node-local cache).
+    ``offline``: from uv's cache alone (default: the env's own ``offline``).
     """
     cmd: list[str | os.PathLike[str]] = [
         uv_bin(), "pip", "install", "--no-progress", "--python", python, "--cache-dir", cache,
     ]
     cmd += ["--link-mode", "copy"] if copy else []
+    cmd += index_options(env, env.offline if offline is None else offline)
+    return [*cmd, "--", *env.requirements]
+
+
+def resolve_command(
+    env: Env, python: Path, cache: Path, requirements: Path
+) -> list[str | os.PathLike[str]]:
+    """``uv pip compile`` of the requirements file ``requirements`` for ``python``: the
+    packages ``uv pip install`` would install, printed as ``uv pip freeze`` prints them."""
+    return [uv_bin(), "pip", "compile", "--quiet", "--no-progress", "--no-header",
+            "--no-annotate", "--python", python, "--cache-dir", cache,
+            *index_options(env, env.offline), requirements]
+
+
+def index_options(env: Env, offline: bool) -> list[str | os.PathLike[str]]:
+    """uv's options for ``env``'s find-links and index URLs."""
+    cmd: list[str | os.PathLike[str]] = []
     for link in env.find_links:
         cmd += ["--find-links", link]
     if env.index_url:
         cmd += ["--index-url", env.index_url]
     for url in env.extra_index_urls:
         cmd += ["--extra-index-url", url]
-    cmd += ["--offline"] if env.offline else []
-    return [*cmd, "--", *env.requirements]
+    return [*cmd, "--offline"] if offline else cmd
 
 
-#: A word of uv's output that may be a project name (PEP 508's name syntax).
 _NAME_WORD = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _UV_PATTERNS = [
     re.compile(r"Because (?P<name>[A-Za-z0-9][\w.\-]*)(?:\[[^\]]*\])? was not found"),
