@@ -5,12 +5,14 @@
     lease locks/env-{env_id}.lease  ->  published?  ->  return it
     else, in node-local scratch:
       uv venv --relocatable --python <an interpreter on this machine>
-      uv pip install (node-local --cache-dir, the env's index options)
+      uv pip install (node-local --cache-dir, the env's index options): --offline,
+        with `uv pip compile` asking the index alongside (checked before publishing)
       compileall (fixed prefix, unchecked-hash: reproducible .pyc files), alongside:
         uv pip freeze               -> the lock; lock_digest = digest("lock", ...)
       modes fixed, files counted    (reproducible.normalise_tree)
       import smoke test, alongside: mksquashfs (reproducible flags) into the
         store's temporary dir, unless images/{lock_id}.sqsh exists already
+      the index's resolution equals the lock, else all again, installing from the index
     publish, once the smoke test passed: the image by os.link (create-once),
     then envs/{env_id}/ by one rename of a finished directory holding
     build.log, image.sqsh (a relative link to the image) and, last, env.json.
