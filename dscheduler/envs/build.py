@@ -328,11 +328,9 @@ class _Builder:
     def _start_over(self) -> None:
         """Back to before :meth:`_make_venv`, installing from the index this time."""
         self.from_index = True
-        for path in (self.venv, self.squashed):
-            if path is not None and path.is_dir():
-                shutil.rmtree(path)
-            elif path is not None and path.exists():
-                path.unlink()
+        shutil.rmtree(self.venv)
+        if self.squashed is not None:
+            self.squashed.unlink(missing_ok=True)
         self.compile_stats = CompileStats()
         self.resolving = self.smoking = self.compilers = self.cache = self.squashed = None
 
@@ -370,11 +368,14 @@ class _Builder:
             normalise_uv_cache_records(smoke.site_packages(self.venv))
 
     def _install_requirements(self, blog: BuildLog) -> None:
-        copy = self.kind == "dir"
+        def install(offline: bool | None = None) -> None:  # None: as the env says
+            blog.run("install", install_command(self.env, self.python, self.uv_cache,
+                                                copy=self.kind == "dir", offline=offline),
+                     env=self.subenv)
+
         plain = all(Requirement(r).url is None for r in self.env.requirements)
         if self.env.offline or self.from_index or not plain:
-            blog.run("install", install_command(self.env, self.python, self.uv_cache, copy=copy),
-                     env=self.subenv)
+            install()
             return
         wanted = self.work / "requirements.in"
         wanted.write_text("".join(f"{r}\n" for r in self.env.requirements))
@@ -382,16 +383,14 @@ class _Builder:
             "resolve", resolve_command(self.env, self.python, self.uv_cache, wanted),
             output=self.work / "resolved.txt", env=self.subenv, cwd=self.work)
         try:
-            blog.run("install", install_command(self.env, self.python, self.uv_cache,
-                                                copy=copy, offline=True), env=self.subenv)
+            install(offline=True)
         except CommandError as err:
             if is_disk_full(err.output):
                 raise
             blog.write("(the node's uv cache lacks some of it: installing from the index)\n")
             self.resolving.kill()
             self.resolving = None
-            blog.run("install", install_command(self.env, self.python, self.uv_cache,
-                                                copy=copy), env=self.subenv)
+            install()
 
     def _compile_and_lock(self, blog: BuildLog) -> Any:
         """compileall (fixed prefix, hash-based pycs) with ``uv pip freeze`` alongside."""
@@ -629,13 +628,11 @@ class _Builder:
         for stale in self.store.env_leftovers(self.env.env_id):
             log.info("env %s: removing leftover %s", self.env.env_id, stale)
             shutil.rmtree(stale, ignore_errors=True)
+        # Scratch dirs of dead builders, and (dot-named) those their _remove_aside left.
         pattern = f"dscheduler-build-{self.env.env_id}-*"
-        for stale in self.scratch.glob(pattern) if self.scratch.is_dir() else []:
-            pid = stale.name.split("-")[3]
-            if pid.isdigit() and not process_alive(int(pid)):
-                shutil.rmtree(stale, ignore_errors=True)
-        # Scratch dirs being removed after their build (_remove_aside), by dead processes.
-        for stale in self.scratch.glob("." + pattern) if self.scratch.is_dir() else []:
+        found = [*self.scratch.glob(pattern), *self.scratch.glob("." + pattern)] \
+            if self.scratch.is_dir() else []
+        for stale in found:
             pid = stale.name.split("-")[3]
             if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)

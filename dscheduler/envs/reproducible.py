@@ -148,4 +148,3 @@ class PycCache:
                  mode: str) -> None:
         digest = hashlib.sha256(f"{version}\0{prefix}\0{mode}".encode()).hexdigest()[:16]
         self.dir = root / f"{tag}-{magic}-{digest}"
-        self.tag = tag
