@@ -8,6 +8,7 @@ builtin, from that builtin too::
     │   └── IdentityError               a value that cannot be hashed canonically
     ├── CollisionError(RuntimeError)    a short id whose stored full digest differs
     ├── StoreError(OSError)             a store that is missing, corrupt or not writable
+    ├── UnsafePathError(PermissionError) a per-user dir another user could write or plant
     ├── LeaseError(RuntimeError)        a lease that could not be taken or was lost
     │   └── LeaseTimeout(TimeoutError)
     ├── CommandError(RuntimeError)      an external command that failed: command, exit, tail
@@ -70,6 +71,11 @@ class StoreError(DSchedulerError, OSError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class UnsafePathError(DSchedulerError, PermissionError):
+    """A per-user directory outside the store that another user owns, could write, or
+    replaced by a symlink: using it could run their code as us (docs/design.md §15)."""
 
 
 class LeaseError(DSchedulerError, RuntimeError):

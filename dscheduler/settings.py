@@ -10,12 +10,16 @@ argument (``override``) beats an environment variable
 from __future__ import annotations
 
 import os
+import pwd
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import dask.config
 import yaml
+
+from .errors import UnsafePathError
 
 _DEFAULTS = Path(__file__).with_name("dscheduler.yaml")
 
@@ -30,8 +34,57 @@ def get(key: str, override: Any = None) -> Any:
 
 
 def node_local(key: str, fallback: str, override: Any = None) -> Path:
-    """A node-local directory setting; ``null`` means ``fallback`` under the temp dir."""
+    """A node-local per-user directory setting, made private and checked (:func:`private_dir`).
+
+    ``null`` means ``fallback-{uid}`` under the temp dir, a place every user of the node
+    can write first (docs/design.md §15).
+    """
     value = get(key, override)
     if value is None:
         value = Path(tempfile.gettempdir()) / f"{fallback}-{os.getuid()}"
-    return Path(value).expanduser()
+    return private_dir(Path(value).expanduser(), setting=key)
+
+
+def private_dir(path: Path, setting: str | None = None) -> Path:
+    """``path``, a directory only this user can write: made with mode 0700 when missing,
+    else checked with one ``lstat`` (a real directory, owned by this uid, no group or
+    other write); anything else is an :class:`UnsafePathError` naming it and its owner.
+
+    Every per-user directory outside the store goes through here before each use: one
+    that another user made first (in a shared ``/tmp``) would let them plant code we run.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return private_dir(path, setting)
+    st = os.lstat(path)
+    problem = _unsafe(st)
+    if problem:
+        try:
+            owner = f"{pwd.getpwuid(st.st_uid).pw_name} (uid {st.st_uid})"
+        except KeyError:
+            owner = f"uid {st.st_uid}"
+        where = (f"set dscheduler.{setting} (DASK_DSCHEDULER__"
+                 f"{setting.upper().replace('.', '__')}=DIR) or TMPDIR to a directory of "
+                 "your own" if setting else "use a directory of your own")
+        raise UnsafePathError(
+            f"refusing to use {path}: {problem} (owner {owner}, mode "
+            f"{stat.filemode(st.st_mode)}); another user could put code there that we "
+            f"would run. Remove it if it is yours to remove, or {where}")
+    return path
+
+
+def _unsafe(st: os.stat_result) -> str:
+    """Why a directory's ``lstat`` makes it unsafe to use as ours; "" when it is safe."""
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if st.st_uid != os.getuid():
+        return f"it belongs to another user, not to uid {os.getuid()}"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "group or others may write to it"
+    return ""
