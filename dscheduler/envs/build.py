@@ -77,11 +77,11 @@ from .reproducible import (
     squash_command,
 )
 from .uv import (
-    default_uv_cache,
     explain_uv_failure,
     install_command,
     resolve_command,
     uv_bin,
+    uv_cache_dir,
 )
 
 if TYPE_CHECKING:
@@ -176,9 +176,10 @@ def build_env(
         builder = _Builder(
             store, env, kind,
             smoke_imports=_choose_smoke(env, smoke_imports),
-            uv_cache=Path(settings.get("env.uv_cache", uv_cache) or default_uv_cache()),
+            uv_cache=uv_cache_dir(uv_cache),
             scratch=settings.node_local("env.scratch", "dscheduler-build", scratch),
-            pyc_cache=_pyc_cache_dir(pyc_cache),
+            # only images use it: a dir env is compiled with its own path
+            pyc_cache=_pyc_cache_dir(pyc_cache) if kind == "squashfs" else None,
             lease=lease,
         )
         builder.timings["lease_wait"] = round(time.perf_counter() - waited, 3)
@@ -257,8 +258,8 @@ class _Builder:
     def run(self) -> BuiltEnv:
         start = time.perf_counter()
         published = False
+        settings.private_dir(self.scratch, "env.scratch")  # checked again at each use
         self._remove_leftovers()
-        self.scratch.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(
             prefix=f"dscheduler-build-{self.env.env_id}-{os.getpid()}-", dir=self.scratch
         ))
@@ -275,6 +276,7 @@ class _Builder:
                                          "total": round(time.perf_counter() - start, 3)}
                     blog.write(f"\n== done in {record['timings']['total']} s\n")
                     blog.close()
+                    self._fix_modes(out)
                     # env.json last: it says "published".
                     atomic.write_json(out / self.paths.record.name, record)
                     self.lease.check()  # never publish after losing the lease
@@ -543,8 +545,17 @@ class _Builder:
             blog.run("squash", squash_command(self.venv, tmp, level), env=self.subenv)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())  # data on disk before the name appears
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, atomic.modes_for(tmp).file)
             return tmp
+
+    def _fix_modes(self, out: Path) -> None:
+        """The store's modes for what is published (docs/design.md §3): the log, which
+        BuildLog opened with the umask's mode, and in a group store a dir env's venv
+        (normalised to 0755/0644), which every member must be able to remove."""
+        modes = atomic.modes_for(out)
+        os.chmod(out / self.paths.log.name, modes.file)
+        if self.kind == "dir" and modes.group:
+            atomic.fix_tree(self.venv, always=True)
 
     def _publish_image(self) -> tuple[str | None, bool, int]:
         """images/{lock_id}.sqsh, created once (os.link); returns (path, reused, bytes)."""

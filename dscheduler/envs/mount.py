@@ -20,6 +20,9 @@ same backend, under the node-local root (setting ``mount.root``)::
     {root}/{backend}-{lock_id}/mnt/      the mount point (or unpacked tree)
     {root}/{backend}-{lock_id}/holders/  one file per holder: {pid}-{start time}-{token}
 
+The root and each ``{backend}-{lock_id}/`` are made 0700 and checked at every
+mount (:func:`dscheduler.settings.private_dir`): a tree another user made
+there first would give us their ``bin/python`` (docs/design.md §15).
 Holders whose process is gone (or whose pid was reused: the start time
 differs) do not count; the last live holder out unmounts.  A mount point left
 by a kill -9 (FUSE's "Transport endpoint is not connected", or a mount whose
@@ -84,7 +87,8 @@ class SharedMount:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Checked at each use: a root another user made would let them plant bin/python.
+        settings.private_dir(self.root, "mount.root")
         fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -105,6 +109,7 @@ class SharedMount:
     def enter(self, image: Path) -> Path:
         """Attach if needed and register this process; returns the holder file."""
         with self._locked():
+            settings.private_dir(self.dir, "mount.root")
             live = self.live_holders()
             state = self.backend.state(self.target)
             if state == "stale" or (state == "ok" and not live):

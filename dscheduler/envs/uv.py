@@ -21,9 +21,10 @@ if TYPE_CHECKING:
     from .spec import Env
 
 
-def default_uv_cache() -> Path:
-    """uv's cache: node-local on purpose (docs/design.md §6)."""
-    return settings.node_local("env.uv_cache", "dscheduler-uv-cache")
+def uv_cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """uv's cache: node-local on purpose (docs/design.md §6), made 0700 and checked (a
+    cache another user could write would hand us their wheels, docs/design.md §15)."""
+    return settings.node_local("env.uv_cache", "dscheduler-uv-cache", override)
 
 
 @functools.cache

@@ -143,6 +143,8 @@ def runner_dir() -> Path:
     the subprocess's ``PYTHONPATH`` gives it that one package without
     touching the env or shadowing anything the env has.  Made once per node
     and version (create-once rename: a concurrent maker's copy is dropped).
+    The base is checked on every call (one ``lstat``): a copy another user
+    planted there would run in every env task (docs/design.md §15).
     """
     source = Path(_runner.__file__).read_bytes()
     tag = hashlib.sha256(source + cloudpickle.__version__.encode()).hexdigest()[:12]
@@ -150,7 +152,6 @@ def runner_dir() -> Path:
     final = base / f"{cloudpickle.__version__}-{tag}"
     if final.is_dir():
         return final
-    base.mkdir(parents=True, exist_ok=True)
     tmp = atomic.temp_sibling(final)
     tmp.mkdir()
     try:
@@ -192,14 +193,13 @@ def call_in_env(spec: NodeSpec, built: BuiltEnv, attempt: dict[str, Any], fn: An
     """
     runner = runner_dir()
     timeout = settings.get("task.timeout", spec.timeout)
-    spec.paths.log.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dscheduler-task-") as tmp:
         payload, result = Path(tmp) / "payload.pkl", Path(tmp) / "result.pkl"
         payload.write_bytes(dumps((_unannotated(fn), _views(args), _views(kwargs)),
                                   extra=(_runner,), pickler=EnvPickler))
         tracker, tracking = _runner.CURRENT.get(), Path(tmp) / "tracking.jsonl"
         with mount(built, spec.store) as prefix, \
-                open(spec.paths.log, "ab") as log:
+                open(atomic.open_append(spec.paths.log), "ab") as log:
             log.write(f"=== {spec.name} attempt {attempt['attempt']} {attempt['start']} on "
                       f"{attempt['host']} ===\n".encode())
             log.flush()

@@ -13,6 +13,8 @@ dask-jobqueue writes:
   (:meth:`SlurmOptions.lifetime_seconds`);
 * the driver's ``dscheduler`` settings (``DASK_INTERNAL_INHERIT_CONFIG``),
   as for the embedded cluster's workers;
+* the workers' scratch (``--local-directory``), made 0700 and checked on the
+  node before they start, else the job ends (:func:`.preload.main`);
 * the preload that releases env mounts (:mod:`.preload`);
 * the job id in the cluster's ledger as soon as ``sbatch`` returns it, and
   out of it when the job is closed (:mod:`.ledger`).
@@ -36,11 +38,21 @@ from .options import SlurmOptions
 log = logging.getLogger("dscheduler.slurm")
 
 PRELOAD = "dscheduler.run.slurm.preload"
+WORKER_DIR = "DSCHEDULER_WORKER_DIR"
 
 
 def job_label(options: SlurmOptions, kind: str, cluster_id: str) -> str:
     """The SLURM job name (``-J``) of a cluster's ``kind`` jobs."""
     return f"{options.job_name}-{kind}-{cluster_id}"
+
+
+def worker_dir_line(options: SlurmOptions) -> str:
+    """The job script's line that makes and checks the workers' scratch on the node, into
+    ``$DSCHEDULER_WORKER_DIR``, or ends the job (:func:`.preload.main`)."""
+    code = "import sys; from dscheduler.run.slurm.preload import main; sys.exit(main(sys.argv[1:]))"
+    given = [options.local_directory] if options.local_directory else []
+    cmd = shlex.join([options.interpreter, "-c", code, *given])
+    return f"{WORKER_DIR}=$({cmd}) || exit 1"
 
 
 def inherited_config() -> str:
@@ -73,11 +85,12 @@ class CpuJob(SLURMJob):
         ]
         if config:
             prologue.append(f"export DASK_INTERNAL_INHERIT_CONFIG={config}")
+        prologue.append(worker_dir_line(options))
         super().__init__(
             scheduler=scheduler, name=name, queue=job.partition, account=options.account,
             walltime=options.walltime, cores=job.cores, memory=job.memory,
             processes=job.processes, death_timeout=options.death_timeout,
-            local_directory=options.local_directory, worker_extra_args=worker_args,
+            local_directory=f'"${WORKER_DIR}"', worker_extra_args=worker_args,
             job_extra_directives=[f"--output={logs / slurm_log_name(label, '%j')}",
                                   *job.directives],
             # null walltime: no -t line (dask-jobqueue would write its own default)
