@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..store import EnvPaths
+from ..store import EnvPaths, atomic
 from ..store.records import read_record
 
 if TYPE_CHECKING:
@@ -44,7 +45,10 @@ class BuiltEnv:
     def touch(self) -> None:
         """Note a use (``envs list`` shows it); a read-only store just goes without."""
         with contextlib.suppress(OSError):
-            self.paths.last_used.touch()
+            try:
+                os.utime(self.paths.last_used)  # group-writable in a group store: any member
+            except FileNotFoundError:
+                os.close(atomic.create_file(self.paths.last_used))  # the store's mode
 
 
 # -- reading what is published ---------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import identity, settings
-from ..errors import LeaseError, StoreError
+from ..errors import ConfigError, LeaseError, StoreError
 from . import atomic
 from .index import Index, run_entry
 from .index.snapshot import paused_gc
@@ -76,11 +76,13 @@ class Store(Layout):
         return (Store, (str(self.root),))
 
     def ensure(self) -> Store:
-        """Create the top-level directories (mode 0755); a StoreError says why not."""
+        """Create the root (group-shared when setting ``store_shared`` says so) and the
+        top-level directories, in the store's modes; a StoreError says why not."""
         try:
+            self._ensure_root()
             for d in (self.envs_dir, self.images_dir, self.runs_dir, self.tasks_dir,
                       self.locks_dir):
-                d.mkdir(parents=True, exist_ok=True, mode=0o755)
+                atomic.make_dirs(d)
         except OSError as err:
             raise StoreError(
                 f"cannot create the store at {self.root}: {err}; choose a writable "
@@ -91,6 +93,38 @@ class Store(Layout):
             with contextlib.suppress(OSError, LeaseError):
                 self.index.rebuild(if_missing=True)
         return self
+
+    def _ensure_root(self) -> atomic.Modes:
+        """Make the root when missing, a group store's when ``store_shared`` is "group"
+        (docs/design.md §3); an existing store keeps the modes its root has."""
+        shared = settings.get("store_shared")
+        if shared not in (None, "group"):
+            raise ConfigError(
+                f"setting store_shared is {shared!r}: use null (a store only you write) or "
+                "\"group\" (DASK_DSCHEDULER__STORE_SHARED=group)")
+        if shared == "group" and not self.root.exists():
+            # Made aside and renamed: no member ever sees the root without its modes.
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            tmp = atomic.temp_sibling(self.root)
+            os.mkdir(tmp, 0o775)
+            os.chmod(tmp, atomic.GROUP.dir)  # setgid and g+w whatever the parent or umask
+            try:
+                os.rename(tmp, self.root)  # over a racer's root only while it is empty
+            except OSError:
+                os.rmdir(tmp)
+        elif shared != "group":
+            self.root.mkdir(parents=True, exist_ok=True, mode=atomic.PRIVATE.dir)
+        modes = atomic.learn_root(self.root, again=True)
+        if shared == "group" and not modes.group:
+            if self.root.stat().st_uid == os.getuid() and not any(self.root.iterdir()):
+                os.chmod(self.root, atomic.GROUP.dir)  # an empty dir made for it
+                return atomic.learn_root(self.root, again=True)
+            raise StoreError(
+                f"store_shared is \"group\" but the store at {self.root} is not shared: its "
+                "root is not setgid and group-writable. Share it (as its owner, choosing the "
+                f"group): chgrp -R GROUP {self.root} && chmod -R g+w,o-w {self.root} && find "
+                f"{self.root} -type d -exec chmod g+s {{}} +; or unset store_shared")
+        return modes
 
     @property
     def index(self) -> Index:

@@ -2,6 +2,9 @@
 
 Writes go to a finished temporary sibling, then one rename (or ``os.link``
 for create-once); removals rename first, then delete (docs/design.md §7).
+Modes never follow the umask: a private store's dirs are 0755 and files 0644,
+a group store's (its root setgid and group-writable, :func:`learn_root`) 02775
+and 0664; nothing is ever world-writable (docs/design.md §3).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import shutil
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,25 +49,154 @@ def _umask() -> int:
 _umasks: dict[int, int] = {}  # by pid
 
 
-def _create(path: Path, mode: int) -> int:
-    """Create ``path`` exclusively and open it for writing, with exactly ``mode``.
+def umask() -> int:
+    """This process's umask, read once per process."""
+    pid = os.getpid()
+    if pid not in _umasks:
+        _umasks[pid] = _umask()
+    return _umasks[pid]
+
+
+@dataclass(frozen=True)
+class Modes:
+    """The modes of what a store holds: ``dir`` for directories, ``file`` for files."""
+
+    dir: int
+    file: int
+
+    @property
+    def group(self) -> bool:
+        return bool(self.dir & stat.S_ISGID)
+
+
+PRIVATE = Modes(0o755, 0o644)
+#: setgid: every directory and file made below takes the root's group (Linux, NFS, Lustre).
+GROUP = Modes(0o2775, 0o664)
+
+_known: dict[str, Modes] = {}  # store roots this process has looked at
+_group_roots: tuple[str, ...] = ()  # "{root}/" of each group store among them
+
+
+def is_group_root(st_mode: int) -> bool:
+    """Whether a store root's mode makes it a group store: setgid and group-writable."""
+    return bool(st_mode & stat.S_ISGID) and bool(st_mode & stat.S_IWGRP)
+
+
+def learn_root(root: Path, *, again: bool = False) -> Modes:
+    """The modes of the store at ``root``, read off its directory once per process
+    (``again``: read anew); PRIVATE while it does not exist (``Store.ensure`` decides).
+
+    Sharing is a property of the store, not of a writer's settings: a member
+    joining a group store writes group modes without configuring anything.
+    """
+    global _group_roots
+    key = str(root)
+    if not again and key in _known:
+        return _known[key]
+    try:
+        st = os.stat(root)
+    except OSError:
+        return PRIVATE
+    modes = _known[key] = GROUP if is_group_root(st.st_mode) else PRIVATE
+    prefix = key.rstrip("/") + "/"
+    others = tuple(r for r in _group_roots if r != prefix)
+    _group_roots = (*others, prefix) if modes.group else others
+    return modes
+
+
+def modes_for(path: Path | str) -> Modes:
+    """The modes of ``path``: GROUP inside a group store this process knows, else PRIVATE.
+    No syscall: a tiny task writes several files (docs/design.md §14.2)."""
+    if _group_roots and str(path).startswith(_group_roots):
+        return GROUP
+    return PRIVATE
+
+
+def _mkdir(path: Path, modes: Modes) -> None:
+    """``os.mkdir`` with ``modes.dir`` exactly; chmod only when the umask took bits away."""
+    os.mkdir(path, modes.dir & 0o777)  # setgid comes from the parent, not from mkdir
+    if modes.dir & 0o777 & umask():
+        os.chmod(path, modes.dir)
+
+
+def make_dirs(path: Path) -> None:
+    """Make directory ``path`` and its missing parents with the store's mode (``Path.mkdir``
+    gives parents the umask's mode: world-writable under umask 000)."""
+    try:
+        _mkdir(path, modes_for(path))
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        make_dirs(path.parent)
+        with contextlib.suppress(FileExistsError):
+            _mkdir(path, modes_for(path))
+
+
+def _create(path: Path, mode: int, append: bool = False) -> int:
+    """Create ``path`` exclusively and open it for writing, with exactly ``mode``
+    (group-writable too in a group store).
 
     Its directory is made only when missing, and the mode is set only when
     the umask would take bits away: each is a round trip on a shared
     filesystem, and a tiny task writes several files (docs/benchmarks.md).
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    if _group_roots and str(path).startswith(_group_roots):
+        mode |= (mode & 0o200) >> 3  # the group may write what the owner may
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | (os.O_APPEND if append else 0)
     try:
         fd = os.open(path, flags, mode)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         fd = os.open(path, flags, mode)
-    pid = os.getpid()
-    if pid not in _umasks:
-        _umasks[pid] = _umask()
-    if mode & _umasks[pid]:
+    if mode & umask():
         os.fchmod(fd, mode)
     return fd
+
+
+def create_file(path: Path, *, append: bool = False) -> int:
+    """A new file at ``path`` (``O_EXCL``; FileExistsError when there is one), open for
+    writing with the store's file mode, its directory made when missing; the fd."""
+    return _create(path, 0o644, append)
+
+
+def open_append(path: Path) -> int:
+    """``path`` open for appending (a log), created with the store's file mode when missing
+    and its directory made with the store's mode: ``open(path, "ab")`` takes the umask's."""
+    try:
+        return _create(path, 0o644, append=True)
+    except FileExistsError:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+
+
+def fix_tree(root: Path, *, always: bool = False) -> None:
+    """Give a tree that other code wrote with ``open()`` and ``mkdir`` (Zarr, a task's
+    files) the store's modes before it is renamed into place.
+
+    Nothing is looked at when this process's umask already gives those modes
+    (``always``: the tree's modes were set otherwise, e.g. a venv's).
+    Executable files keep their x bits; symlinks and special files are left.
+    """
+    modes = modes_for(root)
+    mask = umask()
+    if not always and 0o777 & ~mask == modes.dir & 0o777 and 0o666 & ~mask == modes.file:
+        return
+    st = os.lstat(root)
+    if stat.S_IMODE(st.st_mode) != modes.dir:
+        os.chmod(root, modes.dir)
+    stack = [os.fspath(root)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                    want = modes.dir
+                elif stat.S_ISREG(st.st_mode):
+                    want = modes.file | (0o111 if st.st_mode & 0o100 else 0)
+                else:
+                    continue
+                if stat.S_IMODE(st.st_mode) != want:
+                    os.chmod(entry.path, want)
 
 
 def _write_all(fd: int, data: bytes, durable: bool) -> None:
@@ -192,9 +325,9 @@ def publish_dir(final: Path) -> Iterator[Path]:
     non-empty directory), then removed.  On failure the temporary directory
     is deleted and nothing is visible.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(final.parent)
     tmp = temp_sibling(final)
-    tmp.mkdir()
+    _mkdir(tmp, modes_for(tmp))
     try:
         yield tmp
         replace_dir(tmp, final)

@@ -38,6 +38,7 @@ from typing import Any
 
 from .. import settings
 from ..errors import ConfigError
+from . import atomic
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=@-]{0,127}$")
 
@@ -240,6 +241,7 @@ class Layout:
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(settings.get("store", root)).expanduser().absolute()
+        atomic.learn_root(self.root)  # a group store's modes, once per process (docs/design.md §3)
 
     @property
     def envs_dir(self) -> Path:

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ... import settings
+from .. import atomic
 from ..layout import Layout
 from .entries import Entry
 
@@ -119,8 +120,7 @@ class SegmentWriter:
         if self.fd is None or self.path is None:
             name = f"{int(now)}-{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}{LOG}"
             path = self.layout.index_segment(name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+            self.fd = atomic.create_file(path, append=True)  # the store's mode
             self.path, self.started, self.checked, self.size = path, now, now, 0
         return self.fd, self.path
 

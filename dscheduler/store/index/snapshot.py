@@ -16,7 +16,8 @@ snapshot before it deletes what it folded in, so a reader whose snapshot did
 not change missed nothing.
 
 Compaction (:func:`compact`, under the lease ``locks/index.lease``, never
-waited for): read as above; seal segments started more than
+waited for; one left by a dead process of this host is broken at once):
+read as above; seal segments started more than
 ``index.seal_after`` seconds ago (rename to ``.sealed``: their writers moved
 on long since, :mod:`.segments`) and read what they gained since; write
 the summaries file, then the snapshot (fsynced, renamed into place); then
@@ -237,7 +238,7 @@ def _write_summaries(layout: Layout, view: View, target: Path) -> None:
     name = view.header.get("summaries")
     tmp = atomic.temp_sibling(target)
     try:
-        with open(tmp, "wb") as out, \
+        with open(atomic.create_file(tmp), "wb") as out, \
                 (open(layout.index_dir / name, "rb", buffering=1 << 20) if name
                  else contextlib.nullcontext()) as old:
             columns.write(old, out, changed, lambda p: layout.run_of_id(p) is not None)
@@ -261,7 +262,7 @@ def publish(layout: Layout, view: View, lease: Lease) -> dict[str, Any]:
         "summaries": summary_file.name,
         "segments": view.offsets,
     }
-    layout.index_dir.mkdir(parents=True, exist_ok=True)
+    atomic.make_dirs(layout.index_dir)
     try:
         _write_summaries(layout, view, summary_file)
     except (FileNotFoundError, ValueError) as err:
@@ -307,7 +308,8 @@ def compact(layout: Layout) -> bool:
 
     Raises Missing or Corrupt when there is no readable snapshot to start from.
     """
-    lease = Lease(layout.lease_path("index"), owner="index compaction")
+    # A holder on this host that is gone is broken at once, not after its ttl.
+    lease = Lease(layout.lease_path("index"), owner="index compaction", break_dead_local=True)
     if not lease.try_acquire():
         return False
     try:
