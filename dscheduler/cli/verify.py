@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ..store.verify import verify as verify_store
 from .common import StoreOption, existing_store, fail, say
 
@@ -16,11 +16,17 @@ def verify(
     run: Annotated[str | None, typer.Option(help="only this run (ENV_ID/CONFIG_HASH)")] = None,
     repair: Annotated[bool, typer.Option(
         "--repair", help="demote damaged nodes so that the next run redoes them")] = False,
+    deep: Annotated[bool, typer.Option(
+        "--deep", help="also read and decode every chunk of every Zarr value (slow)")] = False,
 ) -> None:
-    """Check every finished node's record, value and .done link (exit 1 if any is bad)."""
+    """Check every finished node's record, value (every chunk file present) and .done
+    link (exit 1 if any is bad); --deep reads every chunk too."""
     st = existing_store(store)
     try:
-        report = verify_store(st, run_id=run, repair=repair)
+        report = verify_store(st, run_id=run, repair=repair, deep=deep)
+    except ConfigError as err:  # a --run that is no run_id
+        fail(ConfigError(f"--run {run!r}: {err}; give a run_id ENV_ID/CONFIG_HASH as "
+                         "`dscheduler runs` lists them"))
     except StoreError as err:
         fail(err)
     for problem in report.problems:

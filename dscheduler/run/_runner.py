@@ -165,7 +165,30 @@ def _plain(value: Any, what: str) -> Any:
             f"{what} is a {type(value).__qualname__}, which a record cannot keep: use a "
             "str, a number, a bool, None, or lists and dicts of them"
         ) from None
+    _distinct_keys(value, what)
     return value
+
+
+def _distinct_keys(value: Any, what: str) -> None:
+    """A ValueError naming the place in ``value`` where two keys are one JSON key
+    (``1`` and ``"1"``): the record would keep one.  (This module cannot import
+    dscheduler's :func:`~dscheduler.store.records.key_collision`; it runs in envs.)"""
+    stack: list[tuple[Any, str]] = [(value, what)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            seen: dict[str, Any] = {}
+            for key, inner in item.items():
+                text = key if isinstance(key, str) else json.dumps({key: 0})[2:-5]
+                if text in seen:
+                    raise ValueError(
+                        f"{where}[{key!r}]: the keys {seen[text]!r} and {key!r} are both "
+                        f"written as the JSON key {text!r}, so one would be lost; use "
+                        "distinct str keys")
+                seen[text] = key
+                stack.append((inner, f"{where}[{key!r}]"))
+        elif isinstance(item, list | tuple):
+            stack.extend((x, f"{where}[{i}]") for i, x in enumerate(item))
 
 
 def log_param(name: str, value: Any) -> None:

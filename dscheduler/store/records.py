@@ -13,6 +13,7 @@ keeps of a record for listings.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -36,10 +37,134 @@ def damaged(path: Path, err: BaseException | str) -> StoreError:
     return StoreError(f"{path} is damaged ({why}); {REPAIR_HINT}", path=path, why=why)
 
 
+#: How a float JSON has no number for is written: ``{"$float": "NaN"}`` (also
+#: ``"Infinity"``, ``"-Infinity"``, the names Python's json reads).  Strict JSON readers
+#: refuse a bare ``NaN``; a metric or a task's value may be one (docs/design.md §11).
+FLOAT_TAG = "$float"
+_TAG_BYTES = b'"$float"'
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class JSONFormError(ValueError):
+    """A value with no lossless JSON form; ``path`` names the field (``value['a'][2]``)."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.path, self.why = path, why
+
+
+def _json_key(key: Any) -> str | None:
+    """The text json writes for a dict key, or None for a key json refuses."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)
+    if isinstance(key, int | float):
+        return float.__repr__(key) if isinstance(key, float) else int.__repr__(key)
+    return None
+
+
+def key_collision(value: Any, path: str = "value") -> JSONFormError | None:
+    """The first dict in ``value`` with two keys json writes as one string (``1`` and
+    ``"1"``: the file would keep one of them), as an error naming its path; else None."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            seen: dict[str, Any] = {}
+            for key, inner in item.items():
+                text = _json_key(key)
+                if text in seen:
+                    return JSONFormError(
+                        f"{where}[{key!r}]", f"the keys {seen[text]!r} and {key!r} are both "
+                        f"written as the JSON key {text!r}, so one would be lost; JSON "
+                        "object keys are strings: use distinct str keys")
+                if text is not None:
+                    seen[text] = key
+                if isinstance(inner, dict | list | tuple):
+                    stack.append((inner, f"{where}[{key!r}]"))
+        else:
+            stack.extend((x, f"{where}[{i}]") for i, x in enumerate(item)
+                         if isinstance(x, dict | list | tuple))
+    return None
+
+
+def has_non_str_keys(value: Any) -> bool:
+    """Whether some dict inside ``value`` has a key that is not a str (a quick walk)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if type(key) is not str:
+                    return True
+                if isinstance(inner, dict | list | tuple):
+                    stack.append(inner)
+        else:
+            stack.extend(x for x in item if isinstance(x, dict | list | tuple))
+    return False
+
+
+def _tagged(value: Any, path: str, default: Callable[[Any], Any] | None) -> Any:
+    """``value`` with each non-finite float as ``{FLOAT_TAG: name}``; a dict that already
+    has that form is refused (it would read back as a float)."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return {FLOAT_TAG: "NaN" if value != value else ("Infinity" if value > 0
+                                                          else "-Infinity")}
+    if value is None or isinstance(value, str | int):
+        return value
+    if isinstance(value, dict):
+        if len(value) == 1 and FLOAT_TAG in value:
+            raise JSONFormError(path, f"a dict whose only key is {FLOAT_TAG!r} is how "
+                                "dscheduler writes NaN and Infinity; rename the key")
+        return {k: _tagged(v, f"{path}[{k!r}]", default) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_tagged(v, f"{path}[{i}]", default) for i, v in enumerate(value)]
+    if default is None:
+        raise TypeError(type(value).__name__)
+    return _tagged(default(value), path, default)
+
+
+def dumps(value: Any, path: str = "value", *, default: Callable[[Any], Any] | None = None,
+          separators: tuple[str, str] | None = None) -> str:
+    """``value`` as strict JSON (no ``NaN`` tokens): non-finite floats tagged
+    (:data:`FLOAT_TAG`), read back equal by :func:`loads`.
+
+    The common case is one call of json's C encoder: the tagging walk runs only
+    when it refuses a NaN or the text holds the tag.  A JSONFormError names the
+    field of a dict that looks like a tag; key collisions are checked by the
+    caller (:func:`key_collision`: records hold no dicts a task chose the keys of).
+    """
+    try:
+        text = json.dumps(value, allow_nan=False, default=default, separators=separators)
+        if '"$float"' not in text:
+            return text
+    except ValueError as err:
+        if "Out of range float" not in str(err):
+            raise
+    return json.dumps(_tagged(value, path, default), allow_nan=False, separators=separators)
+
+
+def _untag(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and FLOAT_TAG in obj and obj[FLOAT_TAG] in _NONFINITE:
+        return _NONFINITE[obj[FLOAT_TAG]]
+    return obj
+
+
+def loads(data: bytes | str) -> Any:
+    """JSON written by :func:`dumps` (or by older versions, ``NaN`` tokens and all)."""
+    tagged = (_TAG_BYTES in data) if isinstance(data, bytes) else ('"$float"' in data)
+    return json.loads(data, object_hook=_untag) if tagged else json.loads(data)
+
+
 def read_record(path: Path) -> dict[str, Any] | None:
     """The record at ``path``; None when there is none; StoreError when it is damaged."""
     try:
-        data = atomic.read_json(path)
+        data = loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
     except (ValueError, UnicodeDecodeError) as err:
         raise damaged(path, err) from None
     if data is not None and not isinstance(data, dict):
@@ -107,7 +232,7 @@ def record_text(record: dict[str, Any]) -> bytes:
     Indented JSON goes through json's pure-Python encoder, five times slower,
     a third of a tiny task's cost on a worker (docs/benchmarks.md).
     """
-    return json.dumps(record, separators=(",", ":"), default=str).encode()
+    return dumps(record, "record", separators=(",", ":"), default=str).encode()
 
 
 def write_record_text(paths: NodePaths, text: bytes, *, final: bool = True) -> None:

@@ -29,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import itertools
 import json
+import math
 import os
 import shutil
 import threading
@@ -42,7 +44,7 @@ from .. import settings
 from ..errors import StoreError, TaskError
 from . import atomic
 from .layout import NodePaths
-from .records import damaged
+from .records import JSONFormError, damaged, dumps, has_non_str_keys, key_collision, loads
 
 DATAARRAY_VARIABLE = "__xarray_dataarray_variable__"
 
@@ -246,8 +248,10 @@ def write_zarr(dataset: Any, path: Path, *, compute: bool = True) -> Any:
             enc["chunks"] = chunks_for(variable.shape, variable.dtype.itemsize)
         encoding[str(name)] = enc
     with _quiet_zarr():
+        # Every chunk is written, fill values too (zarr skips them by default), so that
+        # a missing chunk file is damage that verify and load_value can see.
         return dataset.to_zarr(str(path), mode="w", zarr_format=3, consolidated=True,
-                               encoding=encoding, compute=compute)
+                               encoding=encoding, compute=compute, write_empty_chunks=True)
 
 
 def consolidate(path: Path) -> None:
@@ -269,14 +273,23 @@ def save_value(paths: NodePaths, value: Any, *, fresh: bool = False) -> dict[str
         dataset = as_dataset(value, kind)
         with atomic.publish_dir(paths.zarr) as tmp, reused_heap(dataset.nbytes):
             write_zarr(dataset, tmp)
+            atomic.fix_tree(tmp)  # zarr writes with open(): the umask's modes
         if not fresh:
             atomic.remove(paths.value)  # an output of another kind, left by an earlier result
-        out: dict[str, Any] = {"kind": "zarr", "type": kind, "path": paths.zarr.name}
+        out: dict[str, Any] = {"kind": "zarr", "type": kind, "path": paths.zarr.name,
+                               "zarr_format": 3, "all_chunks": True}
         if kind == "xarray.DataArray":
             out["name"] = value.name
         return out
     try:
-        text = json.dumps(value, default=_json_default)
+        if isinstance(value, dict | list | tuple) and has_non_str_keys(value):
+            collision = key_collision(value)
+            if collision is not None:
+                raise collision
+        text = dumps(value, default=_json_default)
+    except JSONFormError as err:
+        raise TaskError(f"the task returned a value dscheduler cannot store without loss: "
+                        f"{err}") from None
     except (TypeError, ValueError) as err:
         raise TaskError(
             f"the task returned a {type(value).__module__}.{type(value).__qualname__}, which "
@@ -301,6 +314,7 @@ def commit_written(paths: NodePaths, tmp: Path) -> dict[str, Any]:
             "ds.output('dir') for other files"
         )
     consolidate(tmp)
+    atomic.fix_tree(tmp)
     atomic.replace_dir(tmp, paths.zarr)
     atomic.remove(paths.value)
     return {"kind": "zarr", "type": "zarr.group", "path": paths.zarr.name}
@@ -312,6 +326,7 @@ def commit_dir(tmp: Path, final: Path) -> str | None:
     if not tmp.is_dir():
         atomic.remove(final)
         return None
+    atomic.fix_tree(tmp)
     atomic.replace_dir(tmp, final)
     return final.name
 
@@ -321,6 +336,94 @@ def open_zarr(path: Path, *, chunks: Any = None) -> Any:
     import xarray as xr
 
     return xr.open_dataset(str(path), engine="zarr", chunks=chunks)
+
+
+def _chunk_keys(meta: dict[str, Any]) -> tuple[list[str], str] | None:
+    """(the key of every chunk in the grid, the separator) of a zarr v3 array's metadata;
+    None for a grid this check does not know (not ``regular``)."""
+    grid = meta.get("chunk_grid") or {}
+    encoding = meta.get("chunk_key_encoding") or {}
+    if grid.get("name") != "regular" or encoding.get("name") not in ("default", "v2"):
+        return None
+    shape, chunk = meta["shape"], grid["configuration"]["chunk_shape"]
+    default = encoding["name"] == "default"
+    sep = (encoding.get("configuration") or {}).get("separator", "/" if default else ".")
+    counts = [math.ceil(n / c) for n, c in zip(shape, chunk, strict=True)]
+    prefix = ["c"] if default else []
+    if not shape:
+        return [sep.join(prefix) or "0"], sep
+    return [sep.join(prefix + [str(i) for i in index])
+            for index in itertools.product(*map(range, counts))], sep
+
+
+def _files_under(folder: Path) -> set[str]:
+    """Every file under ``folder``, as paths relative to it ('/'-separated)."""
+    found: set[str] = set()
+    for top, _dirs, files in os.walk(folder):
+        rel = os.path.relpath(top, folder)
+        found.update(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
+                     for name in files)
+    return found
+
+
+def array_metadata(path: Path) -> dict[str, dict[str, Any]]:
+    """Metadata of each array of the zarr v3 group at ``path``, by name: from its
+    consolidated metadata, else from each child's ``zarr.json``."""
+    root = json.loads((path / "zarr.json").read_bytes())
+    consolidated = ((root.get("consolidated_metadata") or {}).get("metadata")) or {}
+    if consolidated:
+        return {name: meta for name, meta in consolidated.items()
+                if meta.get("node_type") == "array" and "/" not in name}
+    out = {}
+    for child in os.scandir(path):
+        if child.is_dir():
+            meta = json.loads(Path(child.path, "zarr.json").read_bytes())
+            if meta.get("node_type") == "array":
+                out[child.name] = meta
+    return out
+
+
+def missing_chunks(path: Path) -> str | None:
+    """Which chunk files of the zarr v3 group at ``path`` are missing (one listing per
+    array), as text naming the array and its first missing chunk; None when none is.
+
+    Only for values written with every chunk (record ``all_chunks``): zarr leaves
+    out chunks that hold only the fill value unless told otherwise.
+    """
+    for name, meta in sorted(array_metadata(path).items()):
+        keys = _chunk_keys(meta)
+        if keys is None:
+            continue
+        expected, sep = keys
+        present = _files_under(path / name)
+        gone = [k for k in expected if k.replace(sep, "/") not in present]
+        if gone:
+            return (f"array {name!r}: chunk {gone[0]} is missing ({len(gone)} of "
+                    f"{len(expected)} chunks missing; expected at {path / name / gone[0]})")
+    return None
+
+
+def unreadable_chunk(path: Path) -> str | None:
+    """The first chunk of the Zarr group at ``path`` that cannot be read and decoded
+    (every chunk of every array is read, one at a time), as text naming the array and
+    chunk; None when all can."""
+    import zarr
+
+    with _quiet_zarr():
+        group = zarr.open_group(str(path), mode="r")
+        for name, array in sorted(group.arrays()):
+            counts = [math.ceil(n / c) for n, c in zip(array.shape, array.chunks,
+                                                       strict=True)]
+            for index in itertools.product(*map(range, counts)):
+                try:
+                    array.get_block_selection(index)
+                except Exception as err:  # any codec's failure: the chunk is unreadable
+                    chunk = ("/".join(["c", *map(str, index)])
+                             if array.metadata.zarr_format == 3
+                             else ".".join(map(str, index)) or "0")
+                    return (f"array {name!r}: chunk {chunk} cannot be read "
+                            f"({type(err).__name__}: {err})")
+    return None
 
 
 def load_value(paths: NodePaths, output: dict[str, Any] | None, *, load: bool = False,
@@ -339,7 +442,7 @@ def load_value(paths: NodePaths, output: dict[str, Any] | None, *, load: bool = 
     try:
         if output.get("kind") == "json":
             with open(path, "rb") as f:
-                return json.loads(f.read())
+                return loads(f.read())
         if kind == "numpy.ndarray" and not (path / DATAARRAY_VARIABLE).is_dir():
             import zarr  # a bare array, as results were stored before groups
 
@@ -349,6 +452,10 @@ def load_value(paths: NodePaths, output: dict[str, Any] | None, *, load: bool = 
 
                 return xr.DataArray(array)
             return array
+        if output.get("all_chunks"):
+            missing = missing_chunks(path)
+            if missing:
+                raise damaged(path, missing)
         ds = open_zarr(path, chunks=chunks)
         if load:
             ds = ds.load()

@@ -14,9 +14,12 @@ can without losing anything:
 
 Nothing is deleted: values stay where they are until the node's next
 attempt replaces them.  Values are checked by reading JSON values whole and
-Zarr metadata (``zarr.json`` of the store and of its arrays), not chunks.
-Directories are checked by a pool of threads: on a parallel filesystem
-every open is a network round trip, and they overlap.
+Zarr metadata (``zarr.json`` of the store and of its arrays); a value the
+record says is zarr v3 must be v3, and one written with every chunk (record
+``all_chunks``) must have a file for each chunk of its grid (a listing per
+array).  ``deep=True`` also reads and decodes every chunk.  Directories are
+checked by a pool of threads: on a parallel filesystem every open is a
+network round trip, and they overlap.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from typing import Any
 from ..errors import StoreError
 from .index import Index
 from .layout import Layout, NodePaths
-from .records import next_seq, node_folders, nodes_in, read_record, write_record
+from .records import loads, next_seq, node_folders, nodes_in, read_record, write_record
+from .values import missing_chunks, unreadable_chunk
 
 THREADS = 8
 
@@ -75,28 +79,41 @@ def _zarr_meta(folder: Path) -> dict[str, Any]:
     raise FileNotFoundError(2, "no Zarr metadata", str(folder / "zarr.json"))
 
 
-def _zarr_readable(path: Path) -> str | None:
-    """Why the Zarr store at ``path`` cannot be opened, or None (metadata only)."""
+#: Record ``type`` of the values :func:`~.values.save_value` writes: always zarr v3.
+_V3_TYPES = ("numpy.ndarray", "dict", "xarray.Dataset", "xarray.DataArray")
+
+
+def _zarr_readable(path: Path, output: dict[str, Any], deep: bool) -> str | None:
+    """Why the Zarr store at ``path`` cannot be opened, or None: its metadata, its
+    format, its chunk files (when written with every chunk), their bytes if ``deep``."""
     try:
         meta = _zarr_meta(path)
+        v3 = output.get("zarr_format") == 3 or output.get("type") in _V3_TYPES
+        if v3 and meta.get("zarr_format") != 3:
+            found = meta.get("zarr_format", "unknown")
+            return (f"its value {path.name} is a Zarr v{found} store, but its record says "
+                    "zarr v3 (the format dscheduler writes)")
         if meta.get("node_type") == "group":
             for child in os.scandir(path):
                 if child.is_dir():
                     _zarr_meta(Path(child.path))
+        why = missing_chunks(path) if output.get("all_chunks") else None
+        if why is None and deep:
+            why = unreadable_chunk(path)
     except FileNotFoundError as err:
         return f"its Zarr store is incomplete ({Path(err.filename).name} missing)"
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:
         return f"its Zarr store is unreadable ({type(err).__name__}: {err})"
-    return None
+    return None if why is None else f"its value {path.name} is damaged: {why}"
 
 
-def _value_problem(paths: NodePaths, output: Any) -> str | None:
+def _value_problem(paths: NodePaths, output: Any, deep: bool = False) -> str | None:
     if not isinstance(output, dict) or "path" not in output:
         return "its record describes no stored value"
     path = paths.dir / str(output["path"])
     if output.get("kind") == "json":
         try:
-            json.loads(path.read_bytes())
+            loads(path.read_bytes())
         except FileNotFoundError:
             return f"its value {path.name} is missing"
         except (OSError, ValueError) as err:
@@ -104,11 +121,11 @@ def _value_problem(paths: NodePaths, output: Any) -> str | None:
         return None
     if not path.is_dir():
         return f"its value {path.name} is missing"
-    return _zarr_readable(path)
+    return _zarr_readable(path, output, deep)
 
 
-def _check(paths: NodePaths, link: str | None, repair: bool,
-           index: Index) -> tuple[bool, Problem | None]:
+def _check(paths: NodePaths, link: str | None, repair: bool, index: Index,
+           deep: bool = False) -> tuple[bool, Problem | None]:
     """(whether the node is finished, its problem or None), repaired if asked."""
     try:
         record = read_record(paths.record)
@@ -131,7 +148,7 @@ def _check(paths: NodePaths, link: str | None, repair: bool,
         problem = Problem(paths.record, f"its .done link exists but the record says "
                                         f"{record.get('state')!r}")
         return True, _demote(paths, None, problem, repair, index)
-    why = _value_problem(paths, record.get("output"))
+    why = _value_problem(paths, record.get("output"), deep)
     if why is not None:
         return True, _demote(paths, record, Problem(paths.record, why), repair, index)
     key = str(record.get("key"))
@@ -158,8 +175,10 @@ def _demote(paths: NodePaths, record: dict[str, Any] | None, problem: Problem,
     return problem
 
 
-def verify(layout: Layout, run_id: str | None = None, repair: bool = False) -> Report:
-    """Check every finished node of the store (or of one run); repair when asked."""
+def verify(layout: Layout, run_id: str | None = None, repair: bool = False,
+           deep: bool = False) -> Report:
+    """Check every finished node of the store (or of one run); repair when asked;
+    ``deep``: read every chunk of every Zarr value too."""
     start = time.perf_counter()
     roots = [layout.run(run_id).dir] if run_id else [layout.runs_dir, layout.tasks_dir]
     if run_id and not roots[0].is_dir():
@@ -168,7 +187,7 @@ def verify(layout: Layout, run_id: str | None = None, repair: bool = False) -> R
     index = Index(layout)
 
     def check_folder(item: tuple[Path, list[str]]) -> list[tuple[bool, Problem | None]]:
-        return [_check(paths, link, repair, index) for paths, link in nodes_in(*item)]
+        return [_check(paths, link, repair, index, deep) for paths, link in nodes_in(*item)]
 
     report = Report()
     with ThreadPoolExecutor(THREADS) as pool:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from typing import IO, Any
 
 from ...errors import StoreError
+from ..records import dumps, loads
 
 #: Rows per block: compaction parses the blocks less than half alive, a listing skips
 #: a block none of whose rows it lists after parsing its paths.
@@ -43,7 +44,7 @@ Summary = dict[str, Any]
 
 
 def _dumps(values: Any) -> bytes:
-    return json.dumps(values, separators=(",", ":"), default=str).encode()
+    return dumps(values, separators=(",", ":"), default=str).encode()
 
 
 class Block:
@@ -80,7 +81,7 @@ class Block:
         return self._parse(self.lines[column])
 
     def _parse(self, line: bytes) -> list[Any]:
-        values = json.loads(line)
+        values = loads(line)
         if not isinstance(values, list) or len(values) != self.rows:
             raise ValueError(f"a column of {self.rows} rows holds {line[:100]!r}")
         return values

@@ -24,9 +24,10 @@ end with a key).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..records import dumps, loads
 
 SUCCEEDED = "succeeded"
 RUNNING = "running"
@@ -47,8 +48,8 @@ class Entry:
 
     def text(self) -> str:
         """The segment line as text: one JSON array and a newline."""
-        return json.dumps([self.path, self.seq, self.state, self.key, self.summary],
-                          separators=(",", ":"), default=str) + "\n"
+        return dumps([self.path, self.seq, self.state, self.key, self.summary],
+                     separators=(",", ":"), default=str) + "\n"
 
     def line(self) -> bytes:
         """The segment line: one JSON array and a newline."""
@@ -109,7 +110,7 @@ class Merged:
             if not raw.strip(b"\0 "):
                 continue
             try:
-                self.add(Entry.from_list(json.loads(raw)))
+                self.add(Entry.from_list(loads(raw)))
             except (ValueError, TypeError, UnicodeDecodeError):
                 bad += 1
         return bad

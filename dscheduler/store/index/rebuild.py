@@ -25,7 +25,6 @@ that long ago are thus forgotten, which is what a rebuild is for.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +34,7 @@ from ... import settings
 from ...errors import StoreError
 from ..layout import RUN_RECORD, Layout, NodePaths
 from ..lease import Lease
-from ..records import node_folders, node_summary, nodes_in, read_record, record_seq
+from ..records import loads, node_folders, node_summary, nodes_in, read_record, record_seq
 from .entries import DAMAGED, RUN, SUCCEEDED, UNLINKED, Entry, Merged
 from .segments import LOG, SEALED, names, read_tail
 from .snapshot import Corrupt, Missing, View, cleanup, load, publish, read_header, stem
@@ -120,7 +119,7 @@ def collect(layout: Layout) -> View:
             continue
         for raw in data.splitlines():
             try:
-                entry = Entry.from_list(json.loads(raw))
+                entry = Entry.from_list(loads(raw))
             except (ValueError, TypeError, UnicodeDecodeError):
                 view.skipped += 1
                 continue
@@ -140,7 +139,8 @@ def rebuild(layout: Layout, timeout: float | None = None, *, if_missing: bool = 
     """
     if not layout.root.is_dir():
         return View({}, {"generation": 0, "segments": {}}, merged=Merged({}))
-    lease = Lease(layout.lease_path("index"), owner="index rebuild")
+    # A holder on this host that is gone is broken at once, not after its ttl.
+    lease = Lease(layout.lease_path("index"), owner="index rebuild", break_dead_local=True)
     lease.acquire(timeout=timeout)
     try:
         if if_missing:
