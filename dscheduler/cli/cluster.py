@@ -3,6 +3,8 @@
 ``up`` starts it in a process of its own and records its address in the
 store (``slurm/cluster.json``); notebooks use it with ``ds.connect(store)``,
 the CLI with ``--cluster store``.  ``down`` stops it and cancels its jobs.
+Its scheduler listens where its workers can reach it, over TLS with
+credentials only the user who started it can read (docs/design.md §15).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import typer
 import yaml
 
 from ..errors import ConfigError, DSchedulerError
+from ..run import security
 from ..run.slurm import detached
 from ..store import Store
 from .common import StoreOption, fail, say
@@ -59,6 +62,12 @@ def up(store: StoreOption = None, option: OptionList = None) -> None:
         fail(err)
     say(f"SLURM cluster {record['cluster']} up at {record['address']} "
         f"(pid {record['pid']} on {record['host']}); dashboard {record['dashboard']}")
+    if str(record["address"]).startswith("tls://"):
+        say(f"TLS: only you can connect (its credentials are in "
+            f"{security.cluster_dir(str(record['cluster']))})")
+    else:
+        say("warning: plain TCP (dscheduler.security.mode is 'tcp'): anyone who reaches "
+            f"{record['address']} runs code as you")
     say(f"use it with ds.connect({str(st.root)!r}) or `--cluster store`; "
         f"stop it with `dscheduler cluster down --store {st.root}`; log {st.slurm_scheduler_log}")
 
@@ -73,6 +82,9 @@ def down(store: StoreOption = None) -> None:
     jobs = ", ".join(result["cancelled"]) or "none left"
     if result["cluster"] is None:
         say(f"no SLURM cluster was up for {st.root}; jobs cancelled: {jobs}")
+    elif result.get("gone"):
+        say(f"SLURM cluster {result['cluster']} had stopped already (its process is gone); "
+            f"jobs cancelled here: {jobs}")
     else:
         say(f"stopped SLURM cluster {result['cluster']}; jobs cancelled here: {jobs}")
 

@@ -16,17 +16,20 @@ envs are processes of their own, and one thread per worker keeps a worker's
 memory for one task), each thread offered as a ``CPU`` resource that every
 dscheduler task asks for, so that Dask does not queue them (docs/design.md
 §5.2), everything bound to 127.0.0.1, the dashboard too
-(``local.dashboard_address``); its link, as ``distributed.dashboard.link``
+(``local.dashboard_address``), and TLS between driver, scheduler and workers
+with credentials of its own (:mod:`.security`: every user of the node
+reaches 127.0.0.1); its link, as ``distributed.dashboard.link``
 makes it (a JupyterHub proxy path, say), is printed once with the link of
 the dscheduler page that :mod:`dscheduler.run.dashboard` adds to it.  An address
-(``tcp://host:8786``) connects a Client, also reused; a ``Client`` is used
-as it is.
+(``tcp://host:8786``) connects a Client with dask's configured security,
+also reused, or is a ConfigError naming it within ``security.connect_timeout``;
+a ``Client`` is used as it is.
 
 ``"slurm"`` is, like ``"local"``, one cluster per driver process, made on
 first use and closed at exit: a :class:`~dscheduler.run.slurm.SlurmCluster`
 whose CPU and GPU jobs follow the graph (docs/design.md §13).  ``"store"``
 connects to the long-lived cluster ``dscheduler cluster up`` recorded in the
-store (:func:`connect`).
+store (:func:`connect`), only with this user's credentials for it.
 """
 
 from __future__ import annotations
@@ -42,14 +45,15 @@ from typing import Any
 from .. import settings
 from ..errors import ConfigError
 from ..store import Store, store_of
-from . import dashboard
+from . import dashboard, security
 from .slurm import SlurmCluster
-from .slurm.detached import cluster_address
+from .slurm.detached import live_record
 
 log = logging.getLogger("dscheduler.cluster")
 
 _lock = threading.Lock()
 _local: Any = None  # (SpecCluster, Client)
+_local_certs: str | None = None  # its credentials' cluster id, under TLS
 _slurm: Any = None  # (SlurmCluster, Client)
 _clients: dict[str, Any] = {}
 
@@ -63,13 +67,15 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _local_worker_class() -> type:
-    """distributed's SubprocessWorker, started with the driver's Dask config.
+def _local_worker_class(extra: dict[str, Any] | None = None) -> type:
+    """distributed's SubprocessWorker, started with the driver's Dask config and ``extra``.
 
     Settings made in the driver (``dask.config.set`` in a notebook) must hold
     on its workers too; dask passes a serialized config to a child process
     through ``DASK_INTERNAL_INHERIT_CONFIG``, which distributed's own
-    subprocess worker does not set.
+    subprocess worker does not set.  ``extra`` gives them the paths of the
+    cluster's TLS files (:func:`.security.worker_config`), never a key: the
+    spec is on the command line, which every user may read.
     """
     import asyncio
 
@@ -80,6 +86,7 @@ def _local_worker_class() -> type:
         async def _start(self) -> None:
             config = {**dask.config.config, "logging": {
                 **dask.config.get("logging", {}), "distributed.preloading": "warning"}}
+            config = dask.config.merge(config, extra or {})
             env = {**os.environ, "DASK_INTERNAL_INHERIT_CONFIG": dask.config.serialize(config)}
             spec = json.dumps({"cls": self.worker_class, "opts": self.worker_kwargs})
             self.process = await asyncio.create_subprocess_exec(
@@ -88,12 +95,14 @@ def _local_worker_class() -> type:
     return LocalWorker
 
 
-def _local_spec(n_workers: int, threads: int) -> dict[str, Any]:
-    """Worker spec of the embedded cluster: a nanny per process, watched by the driver."""
+def _local_spec(n_workers: int, threads: int,
+                config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Worker spec of the embedded cluster: a nanny per process, watched by the driver,
+    with the Dask ``config`` (its TLS files) on top of the driver's."""
     from distributed.worker_memory import parse_memory_limit
 
     return {
-        "cls": _local_worker_class(),
+        "cls": _local_worker_class(config),
         "options": {
             "worker_class": "distributed.Nanny",
             "worker_kwargs": {
@@ -103,6 +112,9 @@ def _local_spec(n_workers: int, threads: int) -> dict[str, Any]:
                 "memory_limit": parse_memory_limit("auto", 1, n_workers, logger=log),
                 "preload_nanny": ["dscheduler.run.watchdog"],
                 "silence_logs": logging.WARNING,
+                # Not dask's shared $TMPDIR/dask-scratch-space: spilled data are pickles.
+                "local_directory": str(settings.node_local("local.local_directory",
+                                                           "dscheduler-workers")),
             },
         },
     }
@@ -110,31 +122,45 @@ def _local_spec(n_workers: int, threads: int) -> dict[str, Any]:
 
 def local_cluster() -> Any:
     """The process's embedded cluster's Client, made on first use."""
-    global _local
+    global _local, _local_certs
     with _lock:
         if _local is not None and _local[1].status == "running":
             return _local[1]
         from distributed import Client, Scheduler, SpecCluster
 
+        # TLS with credentials of its own, else any user of the node could connect to
+        # 127.0.0.1 and run code as us (docs/design.md §15)
+        certs = security.local_id() if security.enabled() else None
+        sec = security.create(certs) if certs else None
         n_workers = int(settings.get("local.n_workers") or _cores())
-        worker = _local_spec(n_workers, int(settings.get("local.threads_per_worker")))
-        cluster = SpecCluster(
-            scheduler={"cls": Scheduler, "options": {
-                "host": HOST, "dashboard": True,
-                "dashboard_address": settings.get("local.dashboard_address"),
-            }},
-            workers=dict.fromkeys(range(n_workers), worker),
-            worker=worker,
-            name="dscheduler-local",
-            silence_logs=logging.WARNING,
-        )
+        worker = _local_spec(n_workers, int(settings.get("local.threads_per_worker")),
+                             security.worker_config(sec) if sec else None)
+        try:
+            cluster = SpecCluster(
+                scheduler={"cls": Scheduler, "options": {
+                    "host": HOST, "dashboard": True, "protocol": "tls" if sec else "tcp",
+                    "security": sec,
+                    "dashboard_address": settings.get("local.dashboard_address"),
+                }},
+                workers=dict.fromkeys(range(n_workers), worker),
+                worker=worker,
+                name="dscheduler-local",
+                silence_logs=logging.WARNING,
+                security=sec,
+            )
+        except BaseException:
+            if certs:
+                security.remove(certs)
+            raise
         try:
             client = Client(cluster)
             client.wait_for_workers(n_workers, timeout=120)
         except BaseException:
             cluster.close()
+            if certs:
+                security.remove(certs)
             raise
-        _local = (cluster, client)
+        _local, _local_certs = (cluster, client), certs
         dashboard.install(client)  # the dscheduler page; prints the dashboard's link
         return client
 
@@ -150,11 +176,11 @@ def is_local(client: Any) -> bool:
 
 def close_local() -> None:
     """Close the embedded cluster (at exit, or to start afresh)."""
-    global _local
+    global _local, _local_certs
     with _lock:
         if _local is not None:
             cluster, client = _local
-            _local = None
+            certs, _local, _local_certs = _local_certs, None, None
             # Closing workers that still hold results logs a warning per worker
             # about "lost" tasks: at exit nobody wants them any more.
             logger = logging.getLogger("distributed.scheduler")
@@ -165,6 +191,8 @@ def close_local() -> None:
                 cluster.close()
             finally:
                 logger.setLevel(level)
+                if certs:
+                    security.remove(certs)
 
 
 atexit.register(close_local)
@@ -221,9 +249,44 @@ def connect(store: Store | str | os.PathLike[str] | None = None) -> Any:
     Raises
     ------
     ConfigError
-        No cluster is up for this store; the message says how to start one.
+        No cluster is up for this store (the message says how to start one), this
+        user holds no credentials for the one recorded (another user's, or an
+        edited record: the address is never tried without them), or it cannot be
+        reached.
     """
-    return get_client(cluster_address(store_of(store)))
+    st = store_of(store)
+    record = live_record(st)
+    address = str(record["address"])
+    sec = (security.load(str(record.get("cluster")), address, st.slurm_cluster_record)
+           if security.enabled() else None)
+    return _client_for(address, sec, f" (the cluster {st.slurm_cluster_record} records)",
+                       f"If it is gone: `dscheduler cluster down --store {st.root}`, then "
+                       "`cluster up`")
+
+
+def _client_for(address: str, sec: Any, what: str = "", fix: str = "") -> Any:
+    """The Client of ``address``, reused; a ConfigError naming it when it cannot be reached
+    within ``security.connect_timeout`` seconds (a closed port, a refused handshake)."""
+    from distributed import Client
+    from distributed.comm.core import CommClosedError
+
+    with _lock:
+        client = _clients.get(address)
+        if client is not None and client.status == "running":
+            return client
+        timeout = float(settings.get("security.connect_timeout"))
+        try:
+            client = _clients[address] = Client(address, timeout=timeout, security=sec)
+        except (OSError, TimeoutError, CommClosedError, TypeError) as err:
+            if isinstance(err, TypeError) and "ssl_context" not in str(err):
+                raise  # a bug; "ssl_context" is distributed's word for tls:// without TLS settings
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(
+                f"cannot connect to the scheduler at {address}{what} within {timeout:g} s: "
+                f"{reason}. " + (fix or "Check the address (for a cluster dscheduler "
+                "started, use cluster='store' or 'slurm'; a tls:// address needs your "
+                "distributed.comm.tls settings)")) from None
+        return client
 
 
 def _where() -> tuple[str, int]:
@@ -267,15 +330,11 @@ def get_client(cluster: Any = "local", store: Store | None = None) -> Any:
                 f"cluster={cluster!r} is not 'local', 'slurm', 'store', a scheduler address "
                 "such as 'tcp://127.0.0.1:8786', or a distributed.Client"
             )
-        with _lock:
-            client = _clients.get(cluster)
-            if client is None or client.status != "running":
-                client = _clients[cluster] = Client(cluster)
-        return client
+        return _client_for(cluster, None)  # dask's configured security: the user's own
     if isinstance(cluster, SlurmCluster):
         return cluster.client  # closed with the cluster
     if hasattr(cluster, "scheduler_address"):  # a SpecCluster, SLURMCluster, ...
-        return get_client(cluster.scheduler_address)
+        return _client_for(cluster.scheduler_address, getattr(cluster, "security", None))
     raise ConfigError(
         f"cluster={cluster!r} is not 'local', 'slurm', 'store', a scheduler address or a "
         "distributed.Client"

@@ -12,6 +12,10 @@ dashboard from the start.
 Its jobs are recorded in the store (:mod:`.ledger`): closing the cluster
 cancels every job it submitted, and a reaper process cancels them when the
 process holding the cluster dies, even by kill -9.
+
+Scheduler, workers and clients speak TLS with credentials of this cluster
+that only its owner can read (:mod:`..security`; the job script names their
+files, dask-jobqueue's ``--tls-*`` options), removed when it closes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from tornado.ioloop import PeriodicCallback
 
 from ...errors import ConfigError
 from ...store import Store, store_of
+from .. import security
 from ..dashboard import DashboardPlugin
 from .jobs import JOB_CLASSES, CpuJob, inherited_config, job_label
 from .ledger import BEAT, Ledger, reap_orphans
@@ -86,16 +91,14 @@ class SlurmCluster(SLURMCluster):
                              [job_label(options, kind, self.cluster_id) for kind in KINDS])
         self._kind_counts = dict.fromkeys(KINDS, 0)
         self._client: Client | None = None
-        super().__init__(
-            # The dscheduler page is on the dashboard from the start, before any submit
-            # (a detached scheduler may be watched long before its first graph).
-            scheduler_options={"dashboard_address": options.dashboard_address,
-                               "plugins": [RoutingPlugin(), DashboardPlugin()]},
-            interface=options.interface,
-            name=f"dscheduler-slurm-{self.cluster_id}",
-            options=options, cluster_id=self.cluster_id, log_dir=str(log_dir),
-            ledger=self.ledger, config=inherited_config(),
-        )
+        self.certs = self.cluster_id if security.enabled() else None
+        sec = security.create(self.cluster_id) if self.certs else None
+        try:
+            self._start_jobqueue(options, log_dir, sec)
+        except BaseException:
+            if self.certs:
+                security.remove(self.certs)
+            raise
         try:
             self.ledger.open(self.scheduler_address)
         except BaseException:
@@ -107,6 +110,20 @@ class SlurmCluster(SLURMCluster):
             self.loop.add_callback(self._beat.start)
         if adapt:
             self.adapt()
+
+    def _start_jobqueue(self, options: SlurmOptions, log_dir: Path, sec: Any) -> None:
+        """dask-jobqueue's SLURMCluster.__init__: the scheduler starts (``tls://`` with
+        ``sec``, a Security whose files every job script names; else plain TCP)."""
+        super().__init__(
+            # The dscheduler page is on the dashboard from the start, before any submit
+            # (a detached scheduler may be watched long before its first graph).
+            scheduler_options={"dashboard_address": options.dashboard_address,
+                               "plugins": [RoutingPlugin(), DashboardPlugin()]},
+            interface=options.interface,
+            name=f"dscheduler-slurm-{self.cluster_id}",
+            options=options, cluster_id=self.cluster_id, log_dir=str(log_dir),
+            ledger=self.ledger, config=inherited_config(), security=sec,
+        )
 
     # -- heterogeneous worker specs --------------------------------------------------
 
@@ -191,6 +208,8 @@ class SlurmCluster(SLURMCluster):
             await super()._close()
         finally:
             self.ledger.close()  # scancel what is left, by id and by job name
+            if self.certs:
+                security.remove(self.certs)
 
 
 def slurm_cluster(store: Store | str | os.PathLike[str] | None = None, *, adapt: bool = True,
