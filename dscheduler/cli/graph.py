@@ -120,6 +120,9 @@ def status(
     for info in reap_orphans(st):
         say(f"cancelled SLURM jobs {', '.join(sorted(info.get('jobs') or {})) or 'none'} of "
             f"cluster {info.get('cluster')}, whose owner (pid {info.get('pid')}) is gone")
+        if info.get("refused"):
+            say(f"  not passed to scancel (not a SLURM job id or a dscheduler job name): "
+                f"{', '.join(info['refused'])}")
     if not watch:
         console.print(status_view(summarize(st, failures)))
         _slurm_jobs(st)

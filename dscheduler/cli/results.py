@@ -212,22 +212,26 @@ def explain(
     store: StoreOption = None,
     recipe: RecipeOption = None,
     model: ModelOption = None,
+    code: Annotated[list[str] | None, typer.Option(
+        "--code", help="with a run or node: a Python file or module that defines its task "
+        "(and config class), to compare with today's code; repeat for several")] = None,
 ) -> None:
     """Why nodes would run again: which identity input differs from the stored record.
 
-    A stored run or node is rebuilt from its record with today's code (as rerun
-    does); a PATH is loaded with today's code and config.
+    A stored run or node is rebuilt from its record with the code you name
+    (--code; a record never makes dscheduler import anything), else explained
+    from its record alone; a PATH is loaded with today's code and config.
     """
     st = Store(store)
     if not _is_recipe(what, recipe, model):
         try:
-            found = explain_stored([what, *(select or [])], st)
+            stored = explain_stored([what, *(select or [])], st, code)
         except DSchedulerError as err:
             fail(err)
-        for explanation in found:
+        for explanation in stored:
             say(explanation.text())
-        would = sum(1 for e in found if e.reason or e.drift)
-        say(f"{would} of {len(found)} node(s) would run or changed code")
+        would = sum(1 for e in stored if e.reason or e.drift)
+        say(f"{would} of {len(stored)} node(s) would run or changed code")
         return
     path = Path(what)
     try:
@@ -258,7 +262,8 @@ def rerun(
     st = existing_store(store)
     owned = not local_running()
     try:
-        results = rerun_nodes(ref, store=st, cluster=cluster, force=force, progress=False)
+        results = rerun_nodes(ref, store=st, cluster=cluster, force=force, progress=False,
+                              on_load=lambda file: say(f"rerun: loading your code {file}"))
     except DSchedulerError as err:
         fail(err)
     finally:

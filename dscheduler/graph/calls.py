@@ -20,6 +20,12 @@ the run's own config only by reference to ``config``), ``\\u0000path``
 canonical form, which is all the key saw).  :func:`rebuild` turns a record
 back into a Node from the task's current code; its key equals the stored
 one exactly when nothing that identifies the node changed.
+
+A record is data: the code it names is taken from modules already loaded,
+and any other file is loaded only once the caller's ``gate`` let it through
+(docs/design.md §15 Trust model): ``rerun`` lets the user's own files
+through (:func:`~.imports.own_file`), ``explain`` the files the user named,
+and by default nothing is loaded.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -36,7 +43,7 @@ from ..errors import ConfigError, StoreError
 from ..store import Store
 from ..store.records import read_record
 from .drift import code_digest
-from .imports import BY_PATH_PREFIX, load_file
+from .imports import BY_PATH_PREFIX, load_file, loaded_module, module_files
 from .node import Node, file_digest
 from .runconfig import RunConfig
 from .task import Task
@@ -111,27 +118,44 @@ def describe(node: Node, store: Store, env: Env | None,
 # -- back from a record ------------------------------------------------------------------
 
 
-def load_object(ref: dict[str, Any], what: str) -> Any:
-    """The function or class ``ref`` (:func:`class_ref`) names, from today's code."""
+#: Called with each file before it is loaded (each Python file an import would run);
+#: raises to refuse it.
+Gate = Callable[[Path], None]
+
+
+def no_loading(file: Path) -> None:
+    """The default gate: code a record names is never loaded."""
+    raise ConfigError(f"{file} is not loaded: a record names it, and dscheduler loads no "
+                      "code a store names (docs/design.md §15 Trust model)")
+
+
+def load_object(ref: dict[str, Any], what: str, gate: Gate = no_loading) -> Any:
+    """The function or class ``ref`` (:func:`class_ref`) names, from today's code: from
+    modules already loaded, else from files ``gate`` lets through."""
     module_name, qualname, file = ref.get("module"), ref.get("qualname"), ref.get("file")
-    if not module_name or not qualname:
+    if not isinstance(module_name, str) or not isinstance(qualname, str) or \
+            not module_name or not qualname or not isinstance(file, str | None):
         raise ConfigError(f"the record names no {what}")
-    if module_name == "__main__" and not file:
+    module = loaded_module(module_name, file) if module_name != "__main__" else None
+    if module is not None:
+        pass
+    elif module_name == "__main__" and not file:
         raise ConfigError(
             f"{what} {qualname} was defined in a notebook or an interactive session; run "
             "it again from there"
         )
-    if module_name == "__main__":
+    elif module_name == "__main__":
         raise ConfigError(
             f"{what} {qualname} was defined in the script {file}, run as __main__; loading "
             "it again would run the script: move it to a module, or run the script again"
         )
-    if module_name.startswith(BY_PATH_PREFIX):
+    elif module_name.startswith(BY_PATH_PREFIX):
         if not file or not Path(file).exists():
             raise ConfigError(f"{what} {qualname}: its file {file} is gone")
+        gate(Path(file))
         module = load_file(Path(file))
     else:
-        module = _import(module_name, file, what)
+        module = _import(module_name, file, what, gate)
     obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
@@ -140,17 +164,27 @@ def load_object(ref: dict[str, Any], what: str) -> Any:
     return obj
 
 
-def _import(module_name: str, file: str | None, what: str) -> Any:
-    try:
-        return importlib.import_module(module_name)
-    except ImportError as err:
-        if not file:
+def _import(module_name: str, file: str | None, what: str, gate: Gate) -> Any:
+    files = module_files(module_name)
+    if files is not None:
+        for found in files:
+            gate(found)
+        try:
+            return importlib.import_module(module_name)
+        except ImportError as err:
             raise ConfigError(f"{what}: cannot import {module_name} ({err})") from None
+    if not file:
+        raise ConfigError(f"{what}: no module {module_name} to import")
     # A module imported from a directory on the driver's sys.path (a test module, a
     # project not installed): its root is the file's ancestor the module's depth up.
     root = Path(file).resolve().parents[module_name.count(".")]
     if Path(file).name == "__init__.py":
         root = root.parent
+    files = module_files(module_name, [str(root)])
+    if files is None:
+        raise ConfigError(f"{what}: no module {module_name} under {root}")
+    for found in files:
+        gate(found)
     sys.path.insert(0, str(root))
     try:
         return importlib.import_module(module_name)
@@ -160,10 +194,10 @@ def _import(module_name: str, file: str | None, what: str) -> Any:
         sys.path.remove(str(root))
 
 
-def load_task(record: dict[str, Any]) -> Task[Any, Any]:
+def load_task(record: dict[str, Any], gate: Gate = no_loading) -> Task[Any, Any]:
     """The Task whose function the record's call names, as the code defines it today."""
     call = record.get("call") or {}
-    obj = load_object(call, f"task {record.get('task')!r}")
+    obj = load_object(call, f"task {record.get('task')!r}", gate)
     if not isinstance(obj, Task):
         raise ConfigError(
             f"{call.get('module')}:{call.get('qualname')} is no longer a @ds.task"
@@ -172,25 +206,28 @@ def load_task(record: dict[str, Any]) -> Task[Any, Any]:
 
 
 def decode(value: Any, store: Store, record: dict[str, Any],
-           built: dict[str, Node]) -> Any:
+           built: dict[str, Node], gate: Gate = no_loading) -> Any:
     """Typed JSON -> the value (upstream nodes rebuilt from their records)."""
     if isinstance(value, list):
-        return [decode(v, store, record, built) for v in value]
+        return [decode(v, store, record, built, gate) for v in value]
     if not isinstance(value, dict):
         return value
     tag = next((k for k in value if k.startswith("\u0000")), None)
     if tag == TUPLE:
-        return tuple(decode(v, store, record, built) for v in value[TUPLE])
+        return tuple(decode(v, store, record, built, gate) for v in value[TUPLE])
     if tag == NODE:
         ref = value[NODE]
         path = store.root / ref["record"]
         upstream = read_record(path)
         if upstream is None:
             raise StoreError(f"upstream {ref['name']} has no record at {path}")
-        return rebuild(store, upstream, built)
+        return rebuild(store, upstream, built, gate)
     if tag == CONFIG:
         ref = value[CONFIG]
-        cls = load_object(ref, "config class")
+        cls = load_object(ref, "config class", gate)
+        if not (isinstance(cls, type) and issubclass(cls, RunConfig)):
+            raise ConfigError(f"config class {ref.get('module')}:{ref.get('qualname')} is "
+                              "not a RunConfig")
         fields = ref.get("fields", record.get("config"))
         return cls.model_validate(fields)
     if tag == PATH:
@@ -203,13 +240,14 @@ def decode(value: Any, store: Store, record: dict[str, Any],
         import json
 
         return json.loads(value[JSON])
-    return {k: decode(v, store, record, built) for k, v in value.items()}
+    return {k: decode(v, store, record, built, gate) for k, v in value.items()}
 
 
-def rebuild(store: Store, record: dict[str, Any], built: dict[str, Node] | None = None
-            ) -> Node:
+def rebuild(store: Store, record: dict[str, Any], built: dict[str, Node] | None = None,
+            gate: Gate = no_loading) -> Node:
     """The node ``record`` describes, made again from today's code and its recorded
-    arguments (upstream nodes from their own records)."""
+    arguments (upstream nodes from their own records); code not loaded yet only from
+    files ``gate`` lets through."""
     built = {} if built is None else built
     key = str(record.get("key"))
     if key in built:
@@ -219,8 +257,9 @@ def rebuild(store: Store, record: dict[str, Any], built: dict[str, Node] | None 
             f"the record of {record.get('name')} keeps no call (written before records "
             "did); run its graph again instead"
         )
-    task = load_task(record)
-    args = {p: decode(v, store, record, built) for p, v in record["call"]["args"].items()}
+    task = load_task(record, gate)
+    args = {p: decode(v, store, record, built, gate)
+            for p, v in record["call"]["args"].items()}
     node = task(**args)
     built[key] = node
     return node

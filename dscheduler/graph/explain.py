@@ -14,7 +14,12 @@ drift (:mod:`dscheduler.graph.drift`).
 :func:`explain_stored` explains stored runs or nodes by name: each is rebuilt
 from its record with today's code (:func:`~.calls.rebuild`, as ``rerun``
 does), so what can differ is what the code and the files decide: the task's
-version or code, its function, an env, a file an argument names.
+version or code, its function, an env, a file an argument names.  Today's
+code is what this process has loaded and the files or modules the user names
+(``code``); a record never makes it import anything (docs/design.md §15 Trust
+model).  A node whose code is not at hand is explained from its record alone
+(:class:`StoredExplanation`: its state and its input files), saying what was
+not compared and how to name the code.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from ..store.records import read_record
 from ..store.runs import find, node_summaries
 from . import drift
 from .calls import CONFIG, ENV, JSON, NODE, PATH, TIMES, TUPLE, describe, rebuild
-from .node import Node
+from .imports import module_files
+from .node import Node, file_digest
 from .plan import plan
 
 #: Env fields that do not decide an env's content (not hashed, docs/design.md §2).
@@ -212,26 +218,122 @@ def explain_plan(nodes: list[Node], store: Store | str | os.PathLike[str] | None
             if n.key in chosen and (every or n.key in p.reasons or n.key in p.drift)]
 
 
-def explain_stored(refs: list[str], store: Store | str | os.PathLike[str] | None = None
-                   ) -> list[Explanation]:
+@dataclass
+class StoredExplanation:
+    """A stored node explained from its record alone, its code not being at hand."""
+
+    name: str
+    case: str
+    task: str
+    record: Path
+    missing: str  # why its code was not loaded
+    reason: str | None = None
+    changes: list[Change] = field(default_factory=list)
+    drift: bool = False
+
+    def text(self) -> str:
+        head = f"{self.name}{f' [{self.case}]' if self.case else ''}"
+        lines = [f"{head}: {self.reason or 'nothing in its record says it would run'}"]
+        lines += [f"  {change}" for change in self.changes]
+        lines.append(
+            f"  not compared: the version, code and function of task {self.task!r}, its "
+            f"config and env, which only today's code decides ({self.missing}); name the "
+            "file or module that defines it: dscheduler explain REF --code FILE")
+        return "\n".join(lines)
+
+
+def explain_record(path: Path, record: dict[str, Any], missing: str) -> StoredExplanation:
+    """What the record at ``path`` says without its code: its state, and the files its
+    arguments name whose content changed since (read, never run)."""
+    out = StoredExplanation(str(record.get("name")), str(record.get("case") or ""),
+                            str(record.get("task")), path, missing)
+    state = record.get("state")
+    if state != "succeeded":
+        out.reason = f"its stored state is {state!r}"
+    args = (record.get("call") or {}).get("args") or {}
+    for name, value in _paths(args, "args"):
+        digest = value.get("sha256")
+        if not digest:
+            continue
+        now = file_digest(Path(value[PATH]))
+        if now != digest:
+            out.changes.append(Change(name, f"sha256 {digest[:12]}",
+                                      f"sha256 {now[:12]}" if now else "(no such file)"))
+    if out.changes and out.reason is None:
+        out.reason = "a file it read changed"
+    return out
+
+
+def _paths(value: Any, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+    """The ``\\u0000path`` values of typed JSON, by dotted name."""
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _paths(v, f"{prefix}[{i}]")]
+    if not isinstance(value, dict):
+        return []
+    if PATH in value and isinstance(value[PATH], str):
+        return [(prefix, value)]
+    if TUPLE in value:
+        return _paths(value[TUPLE], prefix)
+    if any(k.startswith("\u0000") for k in value):
+        return []
+    return [p for k, v in value.items() for p in _paths(v, f"{prefix}.{k}")]
+
+
+def named_code(code: list[str]) -> set[Path]:
+    """The files of the Python files or modules the user names (``--code``)."""
+    files: set[Path] = set()
+    for item in code:
+        if item.endswith(".py") or os.sep in item or Path(item).is_file():
+            if not Path(item).is_file():
+                raise ConfigError(f"--code {item!r}: no such file")
+            files.add(Path(item).resolve())
+            continue
+        found = module_files(item)
+        if found is None:
+            raise ConfigError(f"--code {item!r}: no such module (name a file.py or an "
+                              "importable module)")
+        files.update(f.resolve() for f in found)
+    return files
+
+
+def explain_stored(refs: list[str], store: Store | str | os.PathLike[str] | None = None,
+                   code: list[str] | None = None
+                   ) -> list[Explanation | StoredExplanation]:
     """Why the stored runs or nodes ``refs`` name (run_ids, labels, node names or keys)
     would run again: each rebuilt from its record with today's code, then explained,
     whether it would run or not.
 
+    Today's code: what this process has loaded, and the files or modules ``code``
+    names.  A node whose code is neither is explained from its record alone.
+
     Raises
     ------
     ConfigError
-        a ref names nothing, or a record cannot be rebuilt (no call recorded, its
-        task no longer importable).
+        a ref names nothing, or ``code`` names no file or module.
     """
     store = store_of(store)
+    allowed = named_code(code or [])
+
+    def gate(file: Path) -> None:
+        if file.resolve() not in allowed:
+            raise ConfigError(f"{file} is not loaded: you did not name it (--code)")
+
     built: dict[str, Node] = {}
     nodes: dict[str, Node] = {}
+    alone: list[StoredExplanation] = []
     for ref in refs:
-        for _path, record in find(store, ref):
-            if record.get("task"):  # not a run without a node record yet
-                node = rebuild(store, record, built)
-                nodes.setdefault(node.key, node)
-    if not nodes:
+        for path, record in find(store, ref):
+            if not record.get("task"):  # not a run without a node record yet
+                continue
+            try:
+                node = rebuild(store, record, built, gate)
+            except ConfigError as err:
+                alone.append(explain_record(path, record, str(err)))
+                continue
+            nodes.setdefault(node.key, node)
+    if not nodes and not alone:
         raise ConfigError(f"{', '.join(map(repr, refs))} names no node record to explain")
-    return explain_plan(list(nodes.values()), store, every=True)
+    found: list[Explanation | StoredExplanation] = []
+    if nodes:
+        found += explain_plan(list(nodes.values()), store, every=True)
+    return found + alone

@@ -5,19 +5,27 @@ path}``, loaded once per process: an experiment's ``model:`` and
 ``recipe:`` often name the same file, and two copies would make two
 different RunConfig classes.  A file that is already imported under its
 own module name is reused as well.
+
+Code named in a store is another matter (docs/design.md §15 Trust model):
+:func:`module_files` says which files importing a module would run, without
+running them, so that a caller can check them first (:func:`own_file`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
+import os
+import pwd
+import stat
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import ConfigError, DSchedulerError
+from ..errors import ConfigError, DSchedulerError, UnsafePathError
 
 #: Prefix of the names of modules loaded from a file path.
 BY_PATH_PREFIX = "_ds_recipe_"
@@ -100,3 +108,89 @@ def call(fn: Any, where: str, *args: Any) -> Any:
     except Exception as err:
         raise ConfigError(f"{where}: {getattr(fn, '__name__', 'recipe')}() raised "
                           f"{type(err).__name__}: {err}") from err
+
+
+def loaded_module(name: str | None, file: str | None) -> ModuleType | None:
+    """The module already imported as ``name``, else from ``file``; None: not loaded."""
+    module = sys.modules.get(name) if name else None
+    if module is not None or not file:
+        return module
+    resolved = Path(file).resolve()
+    for module in list(sys.modules.values()):
+        found = getattr(module, "__file__", None)
+        if found and Path(found).resolve() == resolved:
+            return module
+    return None
+
+
+def module_files(name: str, search: list[str] | None = None) -> list[Path] | None:
+    """The files ``import name`` would run (packages' ``__init__`` first), found by the
+    import system's finders without running anything; None when it finds no module.
+    ``search``: where the top-level package is looked for (default ``sys.path``)."""
+    files: list[Path] = []
+    parts = name.split(".")
+    locations: Any = search
+    for depth in range(1, len(parts) + 1):
+        full = ".".join(parts[:depth])
+        module = sys.modules.get(full)
+        if module is not None and search is None:
+            locations = getattr(module, "__path__", None)
+        else:
+            # Beside a given directory, only the path finder: others (editable installs)
+            # would find the name elsewhere.
+            finders = sys.meta_path if search is None else [importlib.machinery.PathFinder]
+            spec = next((found for finder in finders
+                         if (found := _find(finder, full, locations)) is not None), None)
+            if spec is None:
+                return None
+            if spec.has_location and spec.origin:
+                files.append(Path(spec.origin))
+            locations = spec.submodule_search_locations
+        if depth < len(parts) and locations is None:
+            return None  # a module, not a package: it has no submodules
+    return files
+
+
+def _find(finder: Any, name: str, locations: Any) -> Any:
+    find_spec = getattr(finder, "find_spec", None)
+    return find_spec(name, locations) if find_spec is not None else None
+
+
+def own_file(path: Path) -> Path:
+    """``path`` resolved, once checked to be the user's own code: owned by this user or
+    root, writable by no one else, in a directory others cannot write.
+
+    Raises
+    ------
+    UnsafePathError
+        Anything else: the message names the file, its owner and mode.
+    """
+    resolved = path.resolve()
+    try:
+        info, folder = resolved.stat(), resolved.parent.stat()
+    except OSError as err:
+        raise UnsafePathError(f"cannot check the code file {path}: {err}") from None
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "is not a regular file"
+    elif info.st_uid not in (os.getuid(), 0):
+        problem = f"is owned by {_owner(info.st_uid)}, not by you ({_owner(os.getuid())})"
+    elif info.st_mode & 0o022:
+        problem = f"is writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
+    elif folder.st_mode & 0o002:
+        problem = (f"is in {resolved.parent}, a directory everyone can write "
+                   f"(mode {stat.S_IMODE(folder.st_mode):04o})")
+    if problem:
+        raise UnsafePathError(
+            f"not loading {resolved}: it {problem}; dscheduler runs code from your own files "
+            "only (owned by you or root, writable by no one else, docs/design.md §15 Trust "
+            "model). If you trust it, copy it into your project, or make it yours "
+            "(chown, chmod go-w)")
+    return resolved
+
+
+def _owner(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"

@@ -8,31 +8,52 @@ an attempt.  It refuses, before anything runs, when today's code would not
 be the recorded call: the task's version changed, its code changed under the
 same version, or an input changed (a file's content, the env); the message
 names what differs, and ``force=True`` runs today's code anyway.
+
+Today's code is what this process has loaded, else the files the records
+name once each is checked to be the user's own (owned by them or root,
+writable by no one else: :func:`~dscheduler.graph.imports.own_file`); any
+other file is refused, naming it and its owner, and ``on_load`` is told of
+each file loaded (docs/design.md §15 Trust model).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from ..graph import Node
 from ..graph import drift as code_drift
-from ..graph.calls import rebuild
+from ..graph.calls import Gate, rebuild
 from ..graph.explain import explain
+from ..graph.imports import own_file
 from ..store import Store, store_of
 from ..store.runs import find
 from .compute import compute
 from .results import Results
 
 
-def plan_rerun(store: Store, ref: str, force: bool = False) -> list[Node]:
+def own_code(on_load: Callable[[Path], None] | None = None) -> Gate:
+    """A gate (:func:`~dscheduler.graph.calls.rebuild`) that lets the user's own files
+    through, telling ``on_load`` of each."""
+    def gate(file: Path) -> None:
+        resolved = own_file(file)
+        if on_load is not None:
+            on_load(resolved)
+    return gate
+
+
+def plan_rerun(store: Store, ref: str, force: bool = False,
+               on_load: Callable[[Path], None] | None = None) -> list[Node]:
     """The nodes to run again for ``ref`` (a run_id, label, node name or key)."""
     nodes, refusals = [], []
+    gate = own_code(on_load)
     for path, record in find(store, ref):
         if not record.get("task"):
             continue  # a run with no node record yet
-        node = rebuild(store, record)
+        node = rebuild(store, record, gate=gate)
         problems = []
         if node.key != record.get("key"):
             why = explain(node, store, reason="its key differs from the record's")
@@ -57,8 +78,8 @@ def plan_rerun(store: Store, ref: str, force: bool = False) -> list[Node]:
 
 
 def rerun(ref: str, *, store: Store | str | os.PathLike[str] | None = None,
-          cluster: Any = "local", force: bool = False, progress: bool | None = None
-          ) -> Results:
+          cluster: Any = "local", force: bool = False, progress: bool | None = None,
+          on_load: Callable[[Path], None] | None = None) -> Results:
     """Run the recorded calls ``ref`` names again; see the module docstring.
 
     Raises
@@ -66,7 +87,9 @@ def rerun(ref: str, *, store: Store | str | os.PathLike[str] | None = None,
     ConfigError
         ``ref`` names nothing, or today's code differs from the record (without
         ``force``); nothing has run.
+    UnsafePathError
+        a record names code in a file that is not the user's own; nothing has run.
     """
     store = store_of(store)
-    nodes = plan_rerun(store, ref, force)
+    nodes = plan_rerun(store, ref, force, on_load)
     return compute(nodes, store=store, cluster=cluster, progress=progress)

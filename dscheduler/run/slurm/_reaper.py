@@ -18,6 +18,11 @@ and exits.
 
 Run by path with ``-I``: the standard library only, no dscheduler, no dask,
 so it costs a few megabytes while it waits (docs/design.md §13.6).
+
+A job file is data anyone who can write the store can edit (docs/design.md
+§15 Trust model): only job ids (digits, ``_`` array and ``.`` step parts)
+and job names shaped like the ones dscheduler gives its jobs reach
+``scancel``; anything else is left out and named in :func:`refused`.
 """
 
 from __future__ import annotations
@@ -26,11 +31,18 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import subprocess
 import sys
 import time
 
 POLL = 0.5
+
+#: A SLURM job id: ``1234``, an array task ``1234_7``, a step ``1234.0``.
+JOB_ID = re.compile(r"[0-9]+(?:[_.][0-9]+)*")
+#: The names dscheduler gives a cluster's jobs: ``{job_name}-{kind}-{cluster id}``
+#: (``slurm.job_name``'s pattern, a kind, the cluster's hex digits).
+JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}-[a-z]+-[0-9a-f]+")
 
 
 def _start_time(pid: int) -> str | None:
@@ -46,10 +58,28 @@ def _start_time(pid: int) -> str | None:
     return fields[19]
 
 
+def _listed(data: dict[str, object], field: str) -> list[str]:
+    value = data.get(field)
+    return [str(item) for item in value] if isinstance(value, dict | list) else []
+
+
+def valid_jobs(data: dict[str, object]) -> list[str]:
+    """The job ids of a job file that are SLURM job ids."""
+    return [job for job in _listed(data, "jobs") if JOB_ID.fullmatch(job)]
+
+
+def refused(data: dict[str, object]) -> list[str]:
+    """The job ids and names of a job file that no command is given, quoted."""
+    return [f"job id {job!r}" for job in _listed(data, "jobs") if not JOB_ID.fullmatch(job)] \
+        + [f"job name {name!r}" for name in _listed(data, "names")
+           if not JOB_NAME.fullmatch(name)]
+
+
 def scancel_commands(data: dict[str, object], user: str) -> list[list[str]]:
-    """The scancel commands that end every job of a ledger's cluster."""
-    jobs = [str(job) for job in (data.get("jobs") or {})]  # type: ignore[attr-defined]
-    names = [str(name) for name in (data.get("names") or [])]  # type: ignore[attr-defined]
+    """The scancel commands that end every job of a ledger's cluster: its valid job ids
+    and names only (:func:`refused` lists the rest)."""
+    jobs = valid_jobs(data)
+    names = [name for name in _listed(data, "names") if JOB_NAME.fullmatch(name)]
     commands = [["scancel", *jobs]] if jobs else []
     commands += [["scancel", f"--user={user}", f"--name={name}"] for name in names]
     return commands

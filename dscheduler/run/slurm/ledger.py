@@ -130,16 +130,27 @@ def owner_gone(info: dict[str, Any]) -> bool:
     """Whether a job file's owner is gone: a dead pid on this host, else a stale beat."""
     if info.get("host") == socket.gethostname():
         return holder_gone(info)
-    return time.time() - float(info.get("beat") or 0) > STALE
+    try:
+        return time.time() - float(info.get("beat") or 0) > STALE
+    except (TypeError, ValueError):
+        return True  # no beat a live owner writes
 
 
-def cancel(info: dict[str, Any]) -> None:
-    """scancel every job of a job file (by id and by the cluster's job names)."""
+def cancel(info: dict[str, Any], where: Path | str = "a job file") -> list[str]:
+    """scancel every job of a job file (by id and by the cluster's job names); the job
+    ids cancelled.  Ids and names that are not SLURM job ids or dscheduler's job names
+    are left out, with a warning naming ``where`` (docs/design.md §15 Trust model)."""
+    bad = _reaper.refused(info)
+    if bad:
+        log.warning("not passed to scancel: %s in %s (not a SLURM job id or a dscheduler "
+                    "job name; the file was edited by hand or by someone else)",
+                    ", ".join(bad), where)
     for cmd in _reaper.scancel_commands(info, user()):
         try:
             commands.run(cmd, what="cancelling SLURM jobs", timeout=60)
         except CommandError as err:  # jobs that ended already: nothing left to do
             log.debug("%s", err)
+    return _reaper.valid_jobs(info)
 
 
 def reap_orphans(layout: Layout) -> list[dict[str, Any]]:
@@ -149,11 +160,12 @@ def reap_orphans(layout: Layout) -> list[dict[str, Any]]:
         info = read(path)
         if info is None or not owner_gone(info):
             continue
-        cancel(info)
+        info["refused"] = _reaper.refused(info)
+        info["jobs"] = dict.fromkeys(cancel(info, path))
         atomic.remove(path)
         reaped.append(info)
         log.warning("cancelled SLURM jobs %s of cluster %s (its owner, pid %s on %s, is gone)",
-                    sorted(info.get("jobs") or {}), info.get("cluster"), info.get("pid"),
+                    sorted(info["jobs"]), info.get("cluster"), info.get("pid"),
                     info.get("host"))
     return reaped
 
