@@ -100,17 +100,59 @@ def _cases(dates: Any, where: str) -> list[str]:
     return [t.strftime(CASE_FORMAT) for t in index]
 
 
-def load_experiment(path: str | Path, model: type[RunConfig] | str | None = None) -> Experiment:
-    """Read and validate an experiment file; errors name the file, run and field."""
-    path = Path(path)
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"line {line}: key {key!r} appears twice (first on line {first}); "
+                         "YAML would keep only the last one: merge the two into one")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error: PyYAML
+    keeps the last silently, so a second ``runs:`` would drop the first list.  (Keys a
+    ``<<`` merge brings in may be overridden, as YAML intends.)"""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, line, seen[key])
+                seen[key] = line
+            except TypeError:
+                continue  # an unhashable key: the base class says why it is refused
+        return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML of ``path``: UTF-8 text, no key twice in a mapping (ConfigErrors say where)."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read experiment {path}: {err.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text: byte {err.start} (line {line}) is "
+            f"0x{data[err.start]:02x}; save the file as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no object tags
+    except _DuplicateKey as err:
+        raise ConfigError(f"{path}, {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+def load_experiment(path: str | Path, model: type[RunConfig] | str | None = None) -> Experiment:
+    """Read and validate an experiment file; errors name the file, run and field."""
+    path = Path(path)
+    raw = _read_yaml(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("runs"), list):
         raise ConfigError(f"{path}: an experiment is a mapping with a top-level 'runs:' list")
     unknown = sorted(set(raw) - {"model", "defaults", "dates", "runs", "recipe"})

@@ -20,7 +20,7 @@ entries) is decided with one ``readlink`` per node instead.
 
 Records are parsed only for nodes that will run, to say why (no record,
 failed before, changed since the stored result, interrupted, in progress
-elsewhere under a live lease, cancelled).
+elsewhere under a live lease, cancelled, finished without its link).
 For those nodes the plan also resolves their envs (``cfg.env()``, once per
 env_id: it may read a checkpoint's metadata) and lists the envs whose
 ``env.json`` is missing as to be built; a node whose env cannot be made is a
@@ -41,7 +41,7 @@ from typing import Any
 
 from .. import identity, settings
 from ..envs import Env
-from ..errors import DSchedulerError, GraphError, LeaseError, StoreError
+from ..errors import ConfigError, DSchedulerError, GraphError, LeaseError, StoreError
 from ..store import Store, store_of
 from ..store.index import SUCCEEDED, View, finished
 from ..store.index.entries import order
@@ -59,6 +59,8 @@ INTERRUPTED = "interrupted (its last attempt never finished)"
 IN_PROGRESS = "in progress elsewhere (its lease is held): waited for, not run twice"
 CANCELLED = "cancelled before"
 DAMAGED = "its stored record or value is damaged"
+UNLINKED = ("finished, but its .done link is missing: its task restores the link and "
+            "reports it cached, without running it again")
 UPSTREAM = "upstream will run"
 
 log = logging.getLogger("dscheduler.plan")
@@ -242,7 +244,9 @@ def _why(node: Node, store: Store, listings: _Listings,
         if isinstance(stored, str) and identity.short_id(stored) == node.key16:
             identity.check_collision(node.key, stored, str(paths.record))
         return CHANGED if record.get("state") == "succeeded" else NO_RECORD
-    if record.get("state") == "succeeded" and done_key(paths) == node.key:
+    if record.get("state") == "succeeded":
+        if done_key(paths) != node.key:
+            return UNLINKED  # docs/design.md §14.1, point 3
         missed.append((node, record))
         return None
     if record.get("state") == "running" and _lease_held(store, node.key16):
@@ -285,6 +289,9 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
         has been built or submitted.
     """
     store = store_of(store)
+    if store.root.exists() and not store.root.is_dir():
+        raise ConfigError(f"store {store.root} is a file, not a directory: pass the store's "
+                          "directory (--store, ds.Store(path)) or a path to create one at")
     targets = flatten(nodes)
     order = toposort(targets)
     result = Plan(store=store, targets=targets, nodes=order)

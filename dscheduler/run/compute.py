@@ -23,6 +23,10 @@ its workers offer nothing else, and such a task would wait forever.
 Elsewhere they reach the scheduler: on a SLURM cluster,
 ``resources={"GPU": 1}`` sends a task to a GPU job (docs/design.md §13.2).
 
+A store that cannot be written is a StoreError before anything is submitted;
+the embedded cluster's workers log no "Compute Failed" for dscheduler tasks
+(records and the final report say it: docs/design.md §5.6).
+
 ``detach=True`` hands the graph to the scheduler (distributed's
 ``fire_and_forget``): it keeps running after the driver exits, on a
 scheduler that outlives the driver (``dscheduler cluster up``).
@@ -30,16 +34,22 @@ scheduler that outlives the driver (``dscheduler cluster up``).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import uuid
 import warnings
+import weakref
 from typing import Any
 
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from .. import settings
+from ..errors import StoreError
 from ..graph import Plan, plan
 from ..store import Store, store_of
+from ..store.atomic import temp_sibling
 from . import dashboard
 from .clusters import check_detachable, get_client, is_local
 from .execute import build_task, node_task
@@ -50,6 +60,59 @@ StoreArg = Store | str | os.PathLike[str] | None
 
 #: What every task asks of the embedded cluster's workers, which offer one ``CPU`` per thread.
 CPU = {"CPU": 1}
+#: Clients whose workers drop "Compute Failed" logs of dscheduler tasks (:class:`_Quiet`).
+_quieted: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _check_writable(store: Store) -> None:
+    """A StoreError naming the store and the fix when a file cannot be written in its
+    ``locks/``: every task takes its lease there first, so each would fail on its own."""
+    probe = temp_sibling(store.locks_dir / "write-check")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"dscheduler write check\n")  # a full disk fails here, not at open
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise StoreError(
+            f"cannot write to the store {store.root}: {err.strerror} (in {store.locks_dir}); "
+            "every task writes its lease and record there: make it writable (mount, "
+            "permissions, free space) or pass another store (--store, ds.Store(path))"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+def _quiet_task_failure(record: logging.LogRecord) -> bool:
+    """False for distributed.worker's "Compute Failed" of a dscheduler task (a traceback
+    per failure, on the driver's stderr for the embedded cluster); the task's record and
+    the driver's report of every failure say it once (docs/design.md §5.6)."""
+    if not str(record.msg).startswith("Compute Failed"):
+        return True
+    args = record.args if isinstance(record.args, tuple) else ()
+    task = str(args[2]) if len(args) > 2 else ""
+    return " node_task(" not in task and " build_task(" not in task
+
+
+class _Quiet(WorkerPlugin):
+    """Installs :func:`_quiet_task_failure` on distributed.worker's logger of each worker."""
+
+    name = "dscheduler-quiet-task-failures"
+
+    def setup(self, worker: Any) -> None:
+        logging.getLogger("distributed.worker").addFilter(_quiet_task_failure)
+
+    def teardown(self, worker: Any) -> None:
+        logging.getLogger("distributed.worker").removeFilter(_quiet_task_failure)
+
+
+def _quiet_failures(client: Any) -> None:
+    """Register :class:`_Quiet` on ``client``'s workers, once per client."""
+    if client not in _quieted:
+        client.register_plugin(_Quiet())
+        _quieted.add(client)
 
 
 def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
@@ -95,6 +158,7 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
     to_run = p.to_run
     specs = make_specs(p, submission)
     store.ensure()
+    _check_writable(store)
     written: set[str] = set()
     for node in to_run:
         if node.cfg is not None and node.cfg.run_id not in written:
@@ -104,6 +168,8 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
     client = get_client(cluster, store)
     if detach:
         check_detachable(client)
+    if is_local(client):
+        _quiet_failures(client)
     flush_releases(client)
     # The page follows this graph from its first transition (idempotent install).
     dashboard.install(client, dashboard.graph_meta(p, specs, submission))
