@@ -93,6 +93,21 @@ def test_the_readme_first_command_runs_the_main_job(
     table = (card / "scorecard.md").read_text()
     assert table.splitlines()[2].startswith("| stencil |")
     assert f"scorecard: {card / 'scorecard.png'}" in out and table.strip() in out
+    # The runs are tracked: `dscheduler runs --sort "metrics.rmse asc"` ranks them as the
+    # scorecard does, with their scores, checkpoints and member counts.
+    ranked = [row.split("|")[1].strip() for row in table.splitlines()[2:]]
+    listed = run(f'{ROOT}/.venv/bin/dscheduler runs --sort "metrics.rmse asc" --format json',
+                 workdir / "data")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    rows = json.loads(listed.stdout)
+    assert [r["label"] for r in rows] == ranked and len(ranked) == 4
+    by_label = {r["label"]: r for r in rows}
+    assert by_label["mlp-ensemble"]["params.members"] == 8
+    assert by_label["linear"]["params.checkpoint"] == "checkpoints/linear.npz"
+    assert f"{by_label['stencil']['metrics.rmse']:.3f}" in table.splitlines()[2]
+    assert all(isinstance(r["metrics.bias"], float) for r in rows)
+    shown = run(f"{ROOT}/.venv/bin/dscheduler show stencil", workdir / "data")
+    assert shown.returncode == 0 and "rmse" in shown.stdout, shown.stdout[-2000:]
     # Forecasts ran in their envs: the linear checkpoint's under numpy 1.26.
     linear = next(r for r in store.runs().itertuples() if r.label == "linear")
     record = json.loads(next(store.run(linear.run_id).dir.glob("*/forecast.json")).read_text())
@@ -184,6 +199,12 @@ def test_the_quickstart_notebook(main_job: subprocess.CompletedProcess[str],
         label = json.loads((verify.parent / "run.json").read_text())["label"]
         stored[label] = round(float(xr.open_zarr(verify)["rmse"].sel(lead_hours=120)), 4)
     assert plotted == stored and len(stored) == 4
+    # The runs ranked by RMSE, as a table: the store's order.
+    ranking = _output_text(_cell_outputs(nb, "store.runs(order_by="), "text/html")
+    order = list(store.runs(order_by=["metrics.rmse asc"])["label"])
+    assert "<table" in ranking and "metrics.rmse" in ranking and len(order) == 4
+    assert [ranking.index(f"<td>{label}</td>") for label in order] == sorted(
+        ranking.index(f"<td>{label}</td>") for label in order)
     # The committed notebook itself still has no outputs.
     committed = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code")

@@ -1,41 +1,34 @@
-"""The filter language of ``store.runs(filter=...)``, and ``order_by``.
+"""The filter language of ``store.runs(filter=...)``, and ``order_by``: MLflow's answers.
 
-MLflow's search syntax, plus ``or``, ``not`` and parentheses, which MLflow's
-users have asked for (its issues #4135 and #6069)::
-
-    metrics.rmse < 1.5 and params.model = 'linear' and tags.stage = 'eval'
-    (params.model in ('linear', 'ridge') or label like 'base%') and not state = 'failed'
-    metrics.`val loss` <= 0.2 and config.members >= 4 and tags.note is not null
-
-A column is ``metrics.NAME``, ``params.NAME``, ``tags.NAME``, ``config.NAME``
-(singular prefixes too; a NAME with other characters in backquotes or double
-quotes) or an attribute of the listing (``state``, ``label``, ``run_id``, ...;
-``attributes.`` may prefix it).  Operators: ``= != < <= > >=``, ``[not] like``
-and ``[not] ilike`` (``%`` and ``_``), ``[not] in (...)``, ``is [not] null``.
-Values: numbers, 'strings' or "strings", true, false.
-
-Missing values follow SQL: a row without ``metrics.rmse`` is neither
-``< 1.5`` nor ``not < 1.5`` (Kleene logic, pandas' nullable booleans); a
-comparison with a number compares numerically (a param stored as the string
-``"0.1"`` is 0.1).  A filter that does not parse is a
-:class:`~dscheduler.errors.ConfigError` that shows the text with a caret
-under the position.
-
-The grammar is lark's (a well-kept parser library, LALR): it gives the
-error positions and expected tokens that a hand-written parser would have
-to rebuild.
+MLflow's search syntax, plus ``or``, ``not``, parentheses, ``is [not] null`` and ``config.``
+columns (MLflow's issues #4135, #6069): ``metrics.rmse < 1.5 and `params`.layers = '10'``.
+A column is ``metrics.``, ``params.``, ``tags.``, ``config.`` NAME (prefix singular or
+backquoted too; NAME backquoted or double-quoted) or an attribute (``state``, ``run_id``,
+...; ``attributes.`` may prefix it). Types as MLflow's: a metric is a number, a param or tag
+the string of its logged value (``params.layers = '10'`` matches 10), an attribute has its
+own; a comparison that can never match (``metrics.x = 'a'``, ``run_id = 1``, ``params.x <
+'a'``) is a ConfigError. Beyond MLflow: a param or tag against an unquoted number compares
+the values that are numbers. Missing values are unknown (Kleene logic). ``order_by``: missing
+values last, NaN metrics just before them, either direction. lark (LALR) parses: positions
+and expected tokens come with its errors; a bad filter is a ConfigError with a caret.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping, Set
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
+
+#: Attributes of a listing: their names, or their names and types ("number" or "string";
+#: a set, or any other type, compares by the values' own types).
+Attributes = Mapping[str, str] | Set[str]
 
 GRAMMAR = r"""
 ?start: or_expr
@@ -53,7 +46,7 @@ order: column ORDER?
 ORDER.3: /(asc|desc)\b/i
 value: NUMBER | STRING | TRUE | FALSE
 
-PREFIXED.2: /(metrics?|params?|tags?|config|attributes?)\.(`[^`]+`|"[^"]+"|[A-Za-z_][\w.:\/-]*)/i
+PREFIXED.2: /(`GROUP`|GROUP)\.(`[^`]+`|"[^"]+"|[A-Za-z_][\w.:\/-]*)/i
 _OR.3: /or\b/i
 _AND.3: /and\b/i
 _NOT.3: /not\b/i
@@ -69,11 +62,14 @@ COMPARE: "<=" | ">=" | "!=" | "<>" | "==" | "=" | "<" | ">"
 NUMBER: /[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?/
 STRING: /'([^']|'')*'/ | /"([^"]|"")*"/
 %ignore /\s+/
-"""
+""".replace("GROUP", "(metrics?|params?|tags?|config|attributes?|attr|run)")
 
 PREFIXES = {"metric": "metrics", "metrics": "metrics", "param": "params", "params": "params",
             "tag": "tags", "tags": "tags", "config": "config", "attribute": "",
-            "attributes": ""}
+            "attributes": "", "attr": "", "run": ""}
+#: What the values of a group are: metrics numbers, params and tags MLflow's strings.
+_KINDS = {"metrics": "number", "params": "text", "tags": "text"}
+_ORDERING = {"<", "<=", ">", ">="}
 _WORDS = {"_OR": "or", "_AND": "and", "_NOT": "not", "NEGATE": "not", "LIKE": "like",
           "_IN": "in", "_IS": "is", "_NULL": "null", "COMPARE": "a comparison (= < ...)",
           "PREFIXED": "a column (metrics.x, params.x ...)", "NAME": "a column",
@@ -123,14 +119,14 @@ def _unquote(string: str) -> str:
     return string[1:-1].replace(quote * 2, quote)
 
 
-def column_name(token: Any, attributes: set[str], text: str) -> str:
+def column_name(token: Any, attributes: Attributes, text: str) -> str:
     """The DataFrame column a column token names; unknown attributes are an error."""
     raw = str(token)
     if token.type == "PREFIXED":
         prefix, _, name = raw.partition(".")
         if name[:1] in "`\"":
             name = name[1:-1]
-        group = PREFIXES[prefix.lower()]
+        group = PREFIXES[prefix.strip("`").lower()]
         if group:
             return f"{group}.{name}"
         raw = name
@@ -139,6 +135,16 @@ def column_name(token: Any, attributes: set[str], text: str) -> str:
                      f"{', '.join(sorted(attributes))} and metrics.NAME, params.NAME, "
                      "tags.NAME, config.NAME")
     return raw
+
+
+def column_kind(name: str, attributes: Attributes) -> str:
+    """What a column's values are: ``number`` (metrics), ``text`` (params, tags: MLflow's
+    strings), ``string`` or ``number`` (an attribute's type), else ``value`` (their own)."""
+    group, dot, _ = name.partition(".")
+    if dot and group in _KINDS:
+        return _KINDS[group]
+    kind = attributes.get(name) if isinstance(attributes, Mapping) else None
+    return kind if kind in ("number", "string") else "value"
 
 
 def _literal(tree: Any) -> Any:
@@ -152,24 +158,36 @@ def _literal(tree: Any) -> Any:
     return token.type == "TRUE"
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _like_pattern(pattern: str, ignore_case: bool) -> re.Pattern[str]:
     parts = (".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
     return re.compile("".join(parts) + r"\Z", re.DOTALL | (re.I if ignore_case else 0))
 
 
+def _never(text: str, name: str, op: str, value_token: Any, why: str) -> ConfigError:
+    """The error of a comparison that can never match: it quotes it and says the fix."""
+    value = f"(... {value_token} ...)" if op == "in" else str(value_token)
+    return _caret(text, value_token.column, f"{name} {op} {value} can never match: {why}")
+
+
 class _Evaluator:
     """Evaluates a filter tree over a DataFrame into a nullable boolean Series."""
 
-    def __init__(self, frame: pd.DataFrame, attributes: set[str], text: str) -> None:
+    def __init__(self, frame: pd.DataFrame, attributes: Attributes, text: str) -> None:
         self.frame, self.attributes, self.text = frame, attributes, text
 
-    def column(self, tree: Any) -> pd.Series:
+    def column(self, tree: Any) -> tuple[pd.Series, str]:
+        """The column's values (all missing when no row has it) and its kind."""
         import pandas as pd
 
         name = column_name(tree.children[0], self.attributes, self.text)
+        kind = column_kind(name, self.attributes)
         if name in self.frame.columns:
-            return self.frame[name]
-        return pd.Series([None] * len(self.frame), index=self.frame.index, dtype=object)
+            return self.frame[name], kind
+        return pd.Series([None] * len(self.frame), index=self.frame.index, dtype=object), kind
 
     def __call__(self, tree: Any) -> pd.Series:
         return getattr(self, tree.data)(tree)
@@ -190,14 +208,35 @@ class _Evaluator:
         out[~known] = pd.NA
         return pd.Series(out, index=self.frame.index)
 
+    def _check(self, kind: str, column: Any, values: list[Any], op: str) -> None:
+        """Refuse what can never match, with the fix (MLflow refuses these too)."""
+        name, text = str(column.children[0]), self.text
+        for tree in values:
+            literal, token = _literal(tree), tree.children[0]
+            if kind == "number" and not _is_number(literal):
+                example = f"{name} in (0.5, 1)" if op == "in" else f"{name} {op} 0.5"
+                raise _never(text, name, op, token, f"{name} is a number; compare it with a "
+                             f"number ({example}), or a param or tag with a string")
+            if kind == "string" and not isinstance(literal, str):
+                example = f"{name} in ('{token}')" if op == "in" else f"{name} {op} '{token}'"
+                raise _never(text, name, op, token, f"{name} is a string; quote the value "
+                             f"({example})")
+            if kind == "text" and isinstance(literal, str) and op in _ORDERING:
+                fix = f"write the number unquoted ({name} {op} {literal}) to compare the " \
+                    "values that are numbers" if _number(literal) is not None else \
+                    f"use = != like or in ({name} like '{literal}%')"
+                raise _never(text, name, op, token, f"{op} compares numbers, and params and tags "
+                             f"are strings (MLflow allows = != like ilike in on them); {fix}")
+
     def compare(self, tree: Any) -> pd.Series:
         import operator
 
-
-        series = self.column(tree.children[0])
+        series, kind = self.column(tree.children[0])
+        symbol = str(tree.children[1])
+        self._check(kind, tree.children[0], [tree.children[2]], symbol)
         op = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, "<>": operator.ne,
               "<": operator.lt, "<=": operator.le, ">": operator.gt,
-              ">=": operator.ge}[str(tree.children[1])]
+              ">=": operator.ge}[symbol]
         literal = _literal(tree.children[2])
         if isinstance(literal, bool):
             known = series.map(lambda v: isinstance(v, bool)).to_numpy(bool)
@@ -207,46 +246,88 @@ class _Evaluator:
             numbers = _numbers(series)
             known = numbers.notna().to_numpy(bool)
             return self._masked(op(numbers.fillna(0), literal).to_numpy(bool), known)
-        known = _strings(series)
-        values = series.where(known, "").astype(str)
+        if kind == "text":  # MLflow's: the string of the logged value
+            known = series.notna().to_numpy(bool)
+            values = param_strings(series)
+        else:
+            known = _strings(series)
+            values = series.where(known, "").astype(str)
         return self._masked(op(values, literal).to_numpy(bool), known)
 
     def like(self, tree: Any) -> pd.Series:
         children = list(tree.children)
         negate = len(children) == 4
-        series = self.column(children[0])
+        series, kind = self.column(children[0])
+        if kind == "number":
+            name = str(children[0].children[0])
+            raise _never(self.text, name, str(children[-2]), children[-1],
+                         f"{children[-2]} matches strings, "
+                         f"and {name} is a number; compare it with = < > and a number")
         pattern = _like_pattern(_unquote(str(children[-1])),
                                 str(children[-2]).lower() == "ilike")
-        known = _strings(series)
-        hits = series.where(known, "").astype(str).str.match(pattern)
-        out = self._masked(hits.to_numpy(bool) & known, known)
+        if kind == "text":
+            known = series.notna().to_numpy(bool)
+            values = param_strings(series)
+        else:
+            known = _strings(series)
+            values = series.where(known, "").astype(str)
+        hits = values.str.match(pattern).fillna(False).to_numpy(bool)
+        out = self._masked(hits & known, known)
         return ~out if negate else out
 
     def isin(self, tree: Any) -> pd.Series:
         children = list(tree.children)
         negate = getattr(children[1], "type", None) == "NEGATE"
-        series = self.column(children[0])
-        values = [_literal(v) for v in children[2 if negate else 1:]]
+        series, kind = self.column(children[0])
+        trees = children[2 if negate else 1:]
+        self._check(kind, children[0], trees, "in")
+        values = [_literal(v) for v in trees]
         known = series.notna().to_numpy(bool)
         strings = {v for v in values if isinstance(v, str)}
-        numbers = {v for v in values if isinstance(v, int | float) and not isinstance(v, bool)}
+        numbers = {v for v in values if _is_number(v)}
+        shown = param_strings(series) if kind == "text" else series
 
-        def hit(v: Any) -> bool:
-            if isinstance(v, str):
-                return v in strings or _number(v) in numbers
-            return not isinstance(v, bool) and v in numbers
+        def hit(v: Any, s: Any) -> bool:
+            if isinstance(s, str) and s in strings:
+                return True
+            if isinstance(v, bool):
+                return False
+            return (_number(v) if isinstance(v, str) else v) in numbers
 
-        out = self._masked(series.map(hit).to_numpy(bool), known)
+        out = self._masked([hit(v, s) for v, s in zip(series, shown, strict=True)], known)
         return ~out if negate else out
 
     def isnull(self, tree: Any) -> pd.Series:
         import pandas as pd
 
         children = list(tree.children)
-        nulls = self.column(children[0]).isna()
+        nulls = self.column(children[0])[0].isna()
         result = ~nulls if len(children) == 2 else nulls
         return pd.Series(pd.array(result.to_numpy(bool), dtype="boolean"),
                          index=self.frame.index)
+
+
+def param_string(value: Any) -> str:
+    """MLflow's string of a logged param value: what ``str(value)`` gives in Python."""
+    import numpy as np
+
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return str(float(value))
+    return str(value)
+
+
+def param_strings(series: pd.Series) -> pd.Series:
+    """Each value of ``series`` as MLflow's string of it (missing values stay missing)."""
+    import pandas as pd
+
+    if pd.api.types.is_string_dtype(series.dtype) and series.dtype != object:
+        return series
+    return series.map(lambda v: None if v is None or v is pd.NA or
+                      (isinstance(v, float) and v != v) else param_string(v)).astype(object)
 
 
 def _strings(series: pd.Series) -> Any:
@@ -281,47 +362,83 @@ def _number(text: str) -> float | None:
         return None
 
 
-def apply_filter(frame: pd.DataFrame, text: str | None, attributes: set[str]) -> pd.DataFrame:
+def apply_filter(frame: pd.DataFrame, text: str | None,
+                 attributes: Attributes) -> pd.DataFrame:
     """The rows of ``frame`` for which the filter ``text`` is true (unknown: excluded)."""
     if not text or not text.strip():
         return frame
     tree = parse(text)
     if len(frame) == 0:
-        _check_columns(tree, attributes, text)
+        _check_columns(tree, attributes, text, frame)
         return frame
     mask = _Evaluator(frame, attributes, text)(tree)
     return frame[mask.fillna(False).to_numpy(bool)]
 
 
-def _check_columns(tree: Any, attributes: set[str], text: str) -> None:
+def _check_columns(tree: Any, attributes: Attributes, text: str, frame: pd.DataFrame) -> None:
+    """What evaluation would refuse, on an empty frame: unknown columns, impossible types."""
+    evaluator = _Evaluator(frame, attributes, text)
     for sub in tree.iter_subtrees():
-        if sub.data == "column":
+        if sub.data in ("compare", "like", "isin"):
+            evaluator(sub)
+        elif sub.data == "column":
             column_name(sub.children[0], attributes, text)
 
 
+def _sort_keys(series: pd.Series, ascending: bool, nan: Any) -> list[np.ndarray]:
+    """Two lexsort keys for one ``order_by`` column: values (0), NaN (1), missing (2), in
+    both directions, as MLflow orders; then the values, as numbers when every value is a
+    number or a numeric string, else as MLflow's strings of them."""
+    import numpy as np
+
+    missing = series.isna().to_numpy(bool)
+    if nan is None and series.dtype == object:  # a float NaN among Nones: a stored NaN
+        nan = series.map(lambda v: isinstance(v, float) and v != v).to_numpy(bool)
+    is_nan = missing & (np.zeros(len(series), bool) if nan is None else np.asarray(nan, bool))
+    missing = missing & ~is_nan
+    present = ~(missing | is_nan)
+    first = series[present].iloc[0] if present.any() else None
+    words = isinstance(first, str) and _number(first) is None  # then no parse of them all
+    numbers = np.zeros(len(series)) if words else _numbers(series).to_numpy(float)
+    if words or np.isnan(numbers[present]).any():
+        import pandas as pd  # some value is not a number: sort the strings
+
+        shown = param_strings(series)[present]
+        numbers = np.zeros(len(series))
+        numbers[present] = pd.factorize(shown.astype(str), sort=True)[0]
+    values = np.where(present, numbers, 0.0)
+    return [np.where(missing, 2, np.where(is_nan, 1, 0)), values if ascending else -values]
+
+
 def apply_order(frame: pd.DataFrame, order_by: list[str] | str | None,
-                attributes: set[str]) -> pd.DataFrame:
-    """``frame`` sorted by ``["metrics.rmse asc", "label desc", ...]``; missing values last."""
-    import pandas as pd
+                attributes: Attributes, nan: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``frame`` sorted by ``["metrics.rmse asc", "label desc", ...]``, stably: missing
+    values last and NaN just before them, in either direction (MLflow's order).
+
+    ``nan`` (optional, same index as ``frame``): for a float column, whose NaN cannot say
+    whether a value was logged, True where the value is a stored NaN rather than missing.
+    Without it, a float NaN is missing unless it sits in an object column.
+    """
+    import numpy as np
 
     if not order_by:
         return frame
     if isinstance(order_by, str):
         order_by = [order_by]
-    columns, ascending = [], []
+    keys: list[np.ndarray] = []
     for item in order_by:
         tree = parse(item.strip(), start="order")
         name = column_name(tree.children[0].children[0], attributes, item.strip())
+        ascending = len(tree.children) < 2 or str(tree.children[1]).lower() == "asc"
+        if len(frame) == 0:
+            continue
         if name not in frame.columns:
-            frame = frame.assign(**{name: None})
-        columns.append(name)
-        ascending.append(len(tree.children) < 2 or str(tree.children[1]).lower() == "asc")
-
-    def key(series: pd.Series) -> pd.Series:
-        numbers = pd.to_numeric(series, errors="coerce")
-        if numbers.notna().sum() == series.notna().sum():
-            return numbers
-        return series.map(lambda v: None if v is None or v is pd.NA else str(v))
-
-    return frame.sort_values(columns, ascending=ascending, na_position="last",
-                             kind="mergesort", key=key)
+            keys.append(np.zeros(len(frame)))
+            continue
+        flags = None
+        if nan is not None and name in nan.columns:
+            flags = nan[name].reindex(frame.index).fillna(False).to_numpy(bool)
+        keys.extend(_sort_keys(frame[name], ascending, flags))
+    if not keys:
+        return frame
+    return frame.iloc[np.lexsort(keys[::-1])]

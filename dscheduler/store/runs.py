@@ -32,8 +32,15 @@ NODE_COLUMNS = ["key", "name", "task", "case", "run_id", "env_id", "label", "sta
 RUN_COLUMNS = ["run_id", "env_id", "config_hash", "label", "state", "nodes", "start", "end"]
 #: The node columns a listing by run reads (:func:`_run_frame`).
 _RUN_INPUT = ["run_id", "label", "state", "start", "end"]
+#: Attributes whose values are numbers (the others are strings), for the filter's types.
+_NUMBER_COLUMNS = {"attempts", "seconds", "nodes"}
+#: Prefix of the hidden columns that say which NaN of a metric column were logged as NaN
+#: (the others: never logged), made only for a column that has one (order_by sorts them).
+_NAN = "\x00nan:"
 #: A run's state from its nodes' states: the first of these that any node has.
 _RUN_STATE_ORDER = ("running", "failed", "damaged", "cancelled", "succeeded", "pending")
+#: The states a node row has: its record's (a run row has one of _RUN_STATE_ORDER).
+_NODE_STATES = ("running", "failed", "damaged", "cancelled", "succeeded")
 
 
 def _record_files(root: Path) -> Iterator[Path]:
@@ -173,12 +180,37 @@ def _node_frame(summaries: Summaries, columns: list[str]) -> pd.DataFrame:
         for name in sorted(n for n in names if n.startswith(f"{group}.")):
             values = table.column(name)
             if any(v is not None for v in values):  # else only dropped rows had it
-                data[name] = values
+                data[name] = _column(group, name, values, data)
     frame = pd.DataFrame(data)
     order = summaries.order
     if order is not None and order != list(range(len(order))):
         frame = frame.take(order).reset_index(drop=True)
     return frame
+
+
+def _column(group: str, name: str, values: list[Any], data: dict[str, Any]) -> Any:
+    """A group's column for the frame.  A param keeps its logged value (ints among missing
+    values, which pandas would make floats, in an object column: the filter compares
+    MLflow's string of it, "10" not "10.0"); a metric with a logged NaN adds to ``data`` a
+    hidden column saying which NaN those are (:data:`_NAN`)."""
+    import numpy as np
+    import pandas as pd
+
+    if group == "params" and any(isinstance(v, int) and not isinstance(v, bool)
+                                 for v in values) and \
+            not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return pd.Series(values, dtype=object)
+    if group == "metrics":
+        try:
+            where = np.flatnonzero(np.isnan(np.asarray(values, dtype=float)))  # None: NaN
+        except (TypeError, ValueError):
+            return values
+        logged = [i for i in where if isinstance(values[i], float)]
+        if logged:
+            flags = np.zeros(len(values), bool)
+            flags[logged] = True
+            data[_NAN + name] = flags
+    return values
 
 
 def _run_frame(nodes: pd.DataFrame) -> pd.DataFrame:
@@ -202,20 +234,24 @@ def _run_frame(nodes: pd.DataFrame) -> pd.DataFrame:
                          "start": nodes["start"], "end": nodes["end"]})
     later = [c for c in nodes.columns if c.startswith(("config.", "params.", "tags."))]
     metrics = [c for c in nodes.columns if c.startswith("metrics.")]
+    nans = [c for c in nodes.columns if c.startswith(_NAN)]
     if nodes["run_id"].is_unique:  # one node per run: nothing to aggregate
         runs = base.assign(nodes=1)
         runs[later] = nodes[later]
         runs[metrics] = nodes[metrics].apply(pd.to_numeric, errors="coerce")
+        runs[nans] = nodes[nans]
     else:
         grouped = base.assign(**{c: nodes[c] for c in later},
                               **{c: pd.to_numeric(nodes[c], errors="coerce")
-                                 for c in metrics}).groupby("run_id", sort=False)
+                                 for c in metrics},
+                              **{c: nodes[c] for c in nans}).groupby("run_id", sort=False)
         runs = grouped[["env_id", "config_hash", "label", *later]].last()
         runs["state"] = grouped["state"].min()
         runs["nodes"] = grouped.size()
         runs["start"] = grouped["start"].min()
         runs["end"] = grouped["end"].max()
         runs[metrics] = grouped[metrics].mean()
+        runs[nans] = grouped[nans].any()  # a run's mean is NaN if only NaN were logged
         runs = runs.reset_index()
     runs["state"] = runs["state"].map(dict(enumerate(_RUN_STATE_ORDER))).fillna("unknown")
     runs["label"] = runs["label"].fillna("")
@@ -246,11 +282,24 @@ def runs_frame(summaries: Iterable[dict[str, Any]], *, filter: str | None = None
     frame = frame.reindex(columns=_ordered_columns(frame.columns, first))
     if state:
         wanted = [state] if isinstance(state, str) else list(state)
+        _check_states(wanted, by)
         frame = frame[frame["state"].isin(wanted)]
-    attributes = set(first)
+    hidden = [c for c in frame.columns if c.startswith(_NAN)]
+    nan = frame[hidden].rename(columns=lambda c: c[len(_NAN):])
+    frame = frame.drop(columns=hidden)
+    attributes = {c: "number" if c in _NUMBER_COLUMNS else "string" for c in first}
     frame = apply_filter(frame, filter, attributes)
-    frame = apply_order(frame, order_by, attributes)
+    frame = apply_order(frame, order_by, attributes, nan=nan)
     return frame.reset_index(drop=True)
+
+
+def _check_states(wanted: list[str], by: str) -> None:
+    """A ConfigError naming a state no row listed ``by`` run or node can have."""
+    valid = _RUN_STATE_ORDER if by == "run" else _NODE_STATES
+    bad = [s for s in wanted if s not in valid]
+    if bad:
+        raise ConfigError(f"state {bad[0]!r}: a {by} is {', '.join(valid)}; "
+                          "pass one of those")
 
 
 def find(layout: Layout, ref: str) -> list[tuple[Path, dict[str, Any]]]:

@@ -117,10 +117,14 @@ def forecast(cfg: Forecast, init_time: str, state: list[float], checkpoint: Path
     return np.stack(out)
 
 
-@ds.task(version="1", env=None)
+@ds.task(version="2", env=None)
 def verify(cfg: Forecast, forecasts: list[np.ndarray], reference: xr.Dataset,
            init_times: list[str]) -> xr.Dataset:
-    """RMSE and bias of the ensemble mean against the truth, per lead time."""
+    """RMSE and bias of the ensemble mean against the truth, per lead time (the stored
+    value: the lead-time curve); tracked as the run's scores, so that
+    ``dscheduler runs --sort "metrics.rmse asc"`` ranks the runs as the scorecard does:
+    metrics ``rmse`` and ``bias`` (means over lead times), params ``checkpoint`` and
+    ``members``."""
     leads = cfg.lead_hours()
     errors = []
     for fc, init in zip(forecasts, init_times, strict=True):
@@ -128,10 +132,15 @@ def verify(cfg: Forecast, forecasts: list[np.ndarray], reference: xr.Dataset,
         observed = reference["x"].sel(time=valid).values  # (lead, k)
         errors.append(np.asarray(fc).mean(axis=1) - observed)
     err = np.stack(errors)  # (init, lead, k)
-    return xr.Dataset(
+    scores = xr.Dataset(
         {"rmse": ("lead_hours", np.sqrt((err**2).mean(axis=(0, 2)))),
          "bias": ("lead_hours", err.mean(axis=(0, 2)))},
         coords={"lead_hours": leads}, attrs={"label": cfg.label, "init_times": len(init_times)})
+    ds.log_param("checkpoint", cfg.checkpoint)
+    ds.log_param("members", int(cfg.config.get("members", 1)))
+    ds.log_metric("rmse", float(scores["rmse"].mean()))  # what the scorecard ranks by
+    ds.log_metric("bias", float(scores["bias"].mean()))
+    return scores
 
 
 @ds.task(version="1", env=None)
