@@ -27,6 +27,7 @@ from .errors import (
     MountError,
     StoreError,
     TaskError,
+    UnsafePathError,
 )
 from .graph import Experiment, Node, Plan, RunConfig, Task, load_experiment, plan, task
 from .run import Handle, Results, compute, connect, slurm_cluster, submit
@@ -59,6 +60,7 @@ __all__ = [
     "StoreError",
     "Task",
     "TaskError",
+    "UnsafePathError",
     "compute",
     "connect",
     "load_experiment",

@@ -21,16 +21,9 @@ pytestmark = pytest.mark.fast
 
 
 def _settings_in_subprocesses(envs: list[dict[str, str]], code: str) -> list[str]:
-    """Run ``code`` in a new interpreter per environment, side by side, after loading
-    ``dscheduler/settings.py`` as ``s``.
-
-    The module is loaded from its file: importing ``dscheduler.settings`` would import
-    the whole package, a second per process, for what settings.py alone decides.
-    """
-    load = ("import importlib.util as u; spec = u.spec_from_file_location('s', sys.argv[1]);"
-            "s = u.module_from_spec(spec); spec.loader.exec_module(s);")
-    procs = [subprocess.Popen([sys.executable, "-c", "import sys;" + load + code,
-                               settings.__file__],
+    """Run ``code`` in a new interpreter per environment, side by side, after importing
+    ``dscheduler.settings`` as ``s``."""
+    procs = [subprocess.Popen([sys.executable, "-c", "import dscheduler.settings as s;" + code],
                               env={**os.environ, **env}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
              for env in envs]
@@ -142,8 +135,8 @@ EXPORTED = [
     "BuiltEnv", "CollisionError", "CommandError", "ConfigError", "DSchedulerError", "Env",
     "EnvBuildError", "Experiment", "GraphError", "Handle", "IdentityError", "Lease",
     "LeaseError", "LeaseTimeout", "MountError", "Node", "Plan", "Results", "RunConfig",
-    "Store", "StoreError", "Task", "TaskError", "compute", "load_experiment", "mount", "plan",
-    "submit", "task",
+    "Store", "StoreError", "Task", "TaskError", "UnsafePathError", "compute", "load_experiment",
+    "mount", "plan", "submit", "task",
     # results, tracking and queries (docs/design.md §11)
     "log_artifact", "log_metric", "log_param", "open_results", "output", "set_tag",
 ]
