@@ -13,7 +13,7 @@ import importlib
 from typing import Any, ClassVar
 
 import pytest
-from test_index import run_inline
+from helpers import run_inline
 
 import dscheduler as ds
 from dscheduler.graph.plan import CHANGED, FAILED, NO_RECORD
@@ -47,13 +47,13 @@ def square(i: int) -> int:
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Paths of the records the plan reads."""
     seen: list[str] = []
-    real = plan_module.read_record
+    real = plan_module.read_node
 
-    def spy(path: Any) -> Any:
+    def spy(path: Any, **kw: Any) -> Any:
         seen.append(str(path))
-        return real(path)
+        return real(path, **kw)
 
-    monkeypatch.setattr(plan_module, "read_record", spy)
+    monkeypatch.setattr(plan_module, "read_node", spy)
     return seen
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ConfigError, StoreError
 from ..store import EnvPaths, Store, atomic
 from ..store.lease import lease_held
-from ..store.records import read_record
+from ..store.records import read_node, read_record
 
 
 @dataclass
@@ -75,7 +75,8 @@ def run_counts(store: Store) -> dict[str, int]:
         counts[env_id] = counts.get(env_id, 0) + 1
     for path in store.task_records():
         try:
-            used = (read_record(path) or {}).get("env_id")
+            node = read_node(path)
+            used = node.env_id if node is not None else None
         except StoreError:
             continue  # a damaged record names nothing; `dscheduler verify` reports it
         if isinstance(used, str):

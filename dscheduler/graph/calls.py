@@ -41,14 +41,15 @@ from .. import identity
 from ..envs import Env
 from ..errors import ConfigError, StoreError
 from ..store import Store
-from ..store.records import read_record
+from ..store.record import FORMAT as FORMAT  # the record format (store/record.py)
+from ..store.record import Record
+from ..store.records import read_node
 from .drift import code_digest
 from .imports import BY_PATH_PREFIX, load_file, loaded_module, module_files
 from .node import Node, file_digest
 from .runconfig import RunConfig
 from .task import Task
 
-FORMAT = 2
 NODE, CONFIG, PATH, TUPLE, ENV, JSON = (f"\u0000{t}" for t in (
     "node", "config", "path", "tuple", "env", "json"))
 TIMES = {f"\u0000{t.__name__}": t for t in (dt.datetime, dt.date, dt.time)}
@@ -194,10 +195,10 @@ def _import(module_name: str, file: str | None, what: str, gate: Gate) -> Any:
         sys.path.remove(str(root))
 
 
-def load_task(record: dict[str, Any], gate: Gate = no_loading) -> Task[Any, Any]:
+def load_task(record: Record, gate: Gate = no_loading) -> Task[Any, Any]:
     """The Task whose function the record's call names, as the code defines it today."""
-    call = record.get("call") or {}
-    obj = load_object(call, f"task {record.get('task')!r}", gate)
+    call = record.call or {}
+    obj = load_object(call, f"task {record.task!r}", gate)
     if not isinstance(obj, Task):
         raise ConfigError(
             f"{call.get('module')}:{call.get('qualname')} is no longer a @ds.task"
@@ -205,7 +206,7 @@ def load_task(record: dict[str, Any], gate: Gate = no_loading) -> Task[Any, Any]
     return obj
 
 
-def decode(value: Any, store: Store, record: dict[str, Any],
+def decode(value: Any, store: Store, record: Record,
            built: dict[str, Node], gate: Gate = no_loading) -> Any:
     """Typed JSON -> the value (upstream nodes rebuilt from their records)."""
     if isinstance(value, list):
@@ -218,7 +219,7 @@ def decode(value: Any, store: Store, record: dict[str, Any],
     if tag == NODE:
         ref = value[NODE]
         path = store.root / ref["record"]
-        upstream = read_record(path)
+        upstream = read_node(path)
         if upstream is None:
             raise StoreError(f"upstream {ref['name']} has no record at {path}")
         return rebuild(store, upstream, built, gate)
@@ -228,7 +229,7 @@ def decode(value: Any, store: Store, record: dict[str, Any],
         if not (isinstance(cls, type) and issubclass(cls, RunConfig)):
             raise ConfigError(f"config class {ref.get('module')}:{ref.get('qualname')} is "
                               "not a RunConfig")
-        fields = ref.get("fields", record.get("config"))
+        fields = ref.get("fields", record.config)
         return cls.model_validate(fields)
     if tag == PATH:
         return Path(value[PATH])
@@ -243,23 +244,23 @@ def decode(value: Any, store: Store, record: dict[str, Any],
     return {k: decode(v, store, record, built, gate) for k, v in value.items()}
 
 
-def rebuild(store: Store, record: dict[str, Any], built: dict[str, Node] | None = None,
+def rebuild(store: Store, record: Record, built: dict[str, Node] | None = None,
             gate: Gate = no_loading) -> Node:
     """The node ``record`` describes, made again from today's code and its recorded
     arguments (upstream nodes from their own records); code not loaded yet only from
     files ``gate`` lets through."""
     built = {} if built is None else built
-    key = str(record.get("key"))
+    key = str(record.key)
     if key in built:
         return built[key]
-    if "call" not in record:
+    if record.call is None:
         raise ConfigError(
-            f"the record of {record.get('name')} keeps no call (written before records "
+            f"the record of {record.name} keeps no call (written before records "
             "did); run its graph again instead"
         )
     task = load_task(record, gate)
     args = {p: decode(v, store, record, built, gate)
-            for p, v in record["call"]["args"].items()}
+            for p, v in record.call["args"].items()}
     node = task(**args)
     built[key] = node
     return node

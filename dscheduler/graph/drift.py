@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import settings
 from ..errors import ConfigError, StoreError
-from ..store.records import read_record
+from ..store.record import Record
+from ..store.records import read_node
 from .node import Node
 
 if TYPE_CHECKING:
@@ -78,9 +79,9 @@ def differs(current: dict[str, str] | None, stored: Any) -> bool:
     return bool(stored.get("digest") != current["digest"])
 
 
-def stored_code(record: dict[str, Any] | None) -> Any:
+def stored_code(record: Record | None) -> Any:
     """The ``call.code`` of a record (None for records made before digests were kept)."""
-    call = (record or {}).get("call")
+    call = record.call if record is not None else None
     return call.get("code") if isinstance(call, dict) else None
 
 
@@ -93,7 +94,7 @@ def mode(value: str | None = None) -> str:
 
 def _drifted(node: Node, plan: Plan) -> bool:
     try:
-        record = read_record(node.paths(plan.store).record)
+        record = read_node(node.paths(plan.store).record)
     except (StoreError, OSError):
         return False
     return differs(code_digest(node.task.fn), stored_code(record))

@@ -31,7 +31,8 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from ..store import Store, store_of
-from ..store.records import read_record
+from ..store.record import SUCCEEDED, Record
+from ..store.records import read_node
 from ..store.runs import find, node_summaries
 from . import drift
 from .calls import CONFIG, ENV, JSON, NODE, PATH, TIMES, TUPLE, describe, rebuild
@@ -113,22 +114,23 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
             _flatten(item, f"{prefix}.{key}" if prefix else key, out)
 
 
-def identity_view(info: dict[str, Any], node: Node) -> dict[str, Any]:
-    """The identity inputs of a record (or of :func:`describe`'s fields), by field name.
+def identity_view(info: Record, node: Node) -> dict[str, Any]:
+    """The identity inputs of a record (a stored one, or one made of :func:`describe`'s
+    fields), by field name.
 
     Config fields are those ``node``'s config class hashes; env fields those
     that decide an env's content.
     """
-    call = info.get("call") or {}
-    out: dict[str, Any] = {"version": info.get("version"), "function": call.get("fn"),
-                           "env_id": info.get("env_id")}
+    call = info.call or {}
+    out: dict[str, Any] = {"version": info.version, "function": call.get("fn"),
+                           "env_id": info.env_id}
     cfg = node.cfg
     if cfg is not None:
         hashed = [f for f in type(cfg).model_fields if f not in cfg.HASH_EXCLUDE]
-        config = info.get("config") or {}
+        config = info.config or {}
         for name in hashed:
             out[f"config.{name}"] = config.get(name)
-    env = info.get("env") or {}
+    env = info.env or {}
     for name, value in env.items():
         if name not in _ENV_UNHASHED:
             out[f"env.{name}"] = value
@@ -170,37 +172,38 @@ def explain(node: Node, store: Store | str | os.PathLike[str] | None = None,
     store = store_of(store)
     if reason is None and not planned:
         reason = plan(node, store=store).reason(node)
-    current_info = describe(node, store, None)
-    current_info.update(version=node.task.version, env_id=node.env_id)
+    current_info = Record(version=node.task.version, env_id=node.env_id)
+    current_info.describe(describe(node, store, None))
     env = node.env() if node.env_id is not None else None
-    current_info["env"] = env.model_dump(mode="json") if env is not None else None
+    current_info.env = env.model_dump(mode="json") if env is not None else None
     current = identity_view(current_info, node)
     out = Explanation(node, reason)
     own = node.paths(store).record
     try:
-        record = read_record(own)
+        record = read_node(own)
     except StoreError:
         record = None
-    if record is not None and record.get("call"):
+    if record is not None and record.call:
         candidates = [("the stored record at its path", own)]
     elif reason is None:
         return out
     else:
         candidates = _candidates(store, node)
-    best: tuple[int, str, Path, list[Change], dict[str, Any]] | None = None
+    best: tuple[int, str, Path, list[Change], Record] | None = None
     for how, path in candidates:
         try:
-            stored_record = read_record(path)
+            stored_record = read_node(path)
         except StoreError:
             continue
-        if not stored_record or not stored_record.get("call"):
+        if not stored_record or not stored_record.call:
             continue
         changes = diff(identity_view(stored_record, node), current)
         if best is None or len(changes) < best[0]:
             best = (len(changes), how, path, changes, stored_record)
     if best is not None:
         _, out.how, out.compared, out.changes, stored_record = best
-        out.drift = drift.differs(current_info["call"]["code"], drift.stored_code(stored_record))
+        out.drift = drift.differs(drift.stored_code(current_info),
+                                  drift.stored_code(stored_record))
         if out.drift and not any(c.field == "version" for c in out.changes):
             out.changes.append(Change("code (version unchanged)", "stored digest",
                                       "edited since"))
@@ -242,15 +245,15 @@ class StoredExplanation:
         return "\n".join(lines)
 
 
-def explain_record(path: Path, record: dict[str, Any], missing: str) -> StoredExplanation:
+def explain_record(path: Path, record: Record, missing: str) -> StoredExplanation:
     """What the record at ``path`` says without its code: its state, and the files its
     arguments name whose content changed since (read, never run)."""
-    out = StoredExplanation(str(record.get("name")), str(record.get("case") or ""),
-                            str(record.get("task")), path, missing)
-    state = record.get("state")
-    if state != "succeeded":
+    out = StoredExplanation(str(record.name), str(record.case or ""), str(record.task), path,
+                            missing)
+    state = record.state
+    if state != SUCCEEDED:
         out.reason = f"its stored state is {state!r}"
-    args = (record.get("call") or {}).get("args") or {}
+    args = (record.call or {}).get("args") or {}
     for name, value in _paths(args, "args"):
         digest = value.get("sha256")
         if not digest:
@@ -323,7 +326,7 @@ def explain_stored(refs: list[str], store: Store | str | os.PathLike[str] | None
     alone: list[StoredExplanation] = []
     for ref in refs:
         for path, record in find(store, ref):
-            if not record.get("task"):  # not a run without a node record yet
+            if not record.task:  # not a run without a node record yet
                 continue
             try:
                 node = rebuild(store, record, built, gate)

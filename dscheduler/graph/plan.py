@@ -46,7 +46,8 @@ from ..store import Store, store_of
 from ..store.index import SUCCEEDED, View, finished
 from ..store.index.entries import order
 from ..store.lease import lease_held
-from ..store.records import done_key, next_seq, read_record, record_seq
+from ..store.record import Record
+from ..store.records import done_key, next_seq, read_node, record_seq
 from . import drift, html
 from .node import Node
 
@@ -224,7 +225,7 @@ class _Listings:
 
 
 def _why(node: Node, store: Store, listings: _Listings,
-         missed: list[tuple[Node, dict[str, Any]]]) -> str | None:
+         missed: list[tuple[Node, Record]]) -> str | None:
     """Why ``node`` runs, from its record; None when it finished after all (its record
     says succeeded with its key and its link agrees: the index missed it, and
     ``missed`` gets the node and its record)."""
@@ -232,31 +233,31 @@ def _why(node: Node, store: Store, listings: _Listings,
     if listings.absent(paths.dir):
         return NO_RECORD
     try:
-        record = read_record(paths.record)
+        record = read_node(paths.record)
     except StoreError:
         return DAMAGED
     except OSError:
         return NO_RECORD
     if record is None:
         return NO_RECORD
-    stored = record.get("key")
+    stored = record.key
     if stored != node.key:
         if isinstance(stored, str) and identity.short_id(stored) == node.key16:
             identity.check_collision(node.key, stored, str(paths.record))
-        return CHANGED if record.get("state") == "succeeded" else NO_RECORD
-    if record.get("state") == "succeeded":
+        return CHANGED if record.state == SUCCEEDED else NO_RECORD
+    if record.state == SUCCEEDED:
         if done_key(paths) != node.key:
             return UNLINKED  # docs/design.md §14.1, point 3
         missed.append((node, record))
         return None
-    if record.get("state") == "running" and _lease_held(store, node.key16):
+    if record.state == "running" and _lease_held(store, node.key16):
         return IN_PROGRESS  # e.g. a detached graph still running it (docs/design.md §13.7)
     return {
         "failed": FAILED,
         "running": INTERRUPTED,
         "cancelled": CANCELLED,
         "damaged": DAMAGED,
-    }.get(record.get("state", ""), NO_RECORD)
+    }.get(record.state or "", NO_RECORD)
 
 
 def _lease_held(store: Store, key16: str) -> bool:
@@ -302,7 +303,7 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
     values = view.values if view is not None else None
     root = f"{store.root}/"
     listings = _Listings()
-    missed: list[tuple[Node, dict[str, Any]]] = []
+    missed: list[tuple[Node, Record]] = []
     for node in order:
         done = store.done_id(node.cfg.env_id if node.cfg else None,
                              node.cfg.config_hash if node.cfg else None,
@@ -343,7 +344,7 @@ def _index(store: Store, n_nodes: int) -> View | None:
         return None
 
 
-def _restore_entries(store: Store, missed: list[tuple[Node, dict[str, Any]]],
+def _restore_entries(store: Store, missed: list[tuple[Node, Record]],
                      values: dict[str, str]) -> None:
     """Index entries for nodes found finished without one, so that the next plan reads
     the index alone for them (docs/design.md §14.1).  A cache, so failing is logged.
@@ -367,8 +368,8 @@ def _restore_entries(store: Store, missed: list[tuple[Node, dict[str, Any]]],
             if not lease.try_acquire():
                 continue  # an attempt runs: its own entries will tell
             try:
-                again = read_record(paths.record) or {}
-                if again.get("key") == node.key and again.get("state") == SUCCEEDED \
+                again = read_node(paths.record) or Record()
+                if again.key == node.key and again.state == SUCCEEDED \
                         and done_key(paths) == node.key:
                     entries.append(store.index.entry(
                         paths, again, seq=max(next_seq(again), newer + 1), state=SUCCEEDED))

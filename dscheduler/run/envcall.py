@@ -38,6 +38,7 @@ from ..envs.commands import clean_env
 from ..errors import TaskError
 from ..graph import RunConfig
 from ..store import atomic
+from ..store.record import Attempt
 from ..store.values import DATAARRAY_VARIABLE
 from . import _runner
 from .payload import SourcePickler, dumps, map_nested
@@ -184,7 +185,7 @@ def _subprocess_env(runner: Path, spec: NodeSpec, tracking: Path,
     )
 
 
-def call_in_env(spec: NodeSpec, built: BuiltEnv, attempt: dict[str, Any], fn: Any,
+def call_in_env(spec: NodeSpec, built: BuiltEnv, attempt: Attempt, fn: Any,
                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run ``fn(*args, **kwargs)`` in a subprocess of ``built``'s Python; its value.
 
@@ -200,8 +201,8 @@ def call_in_env(spec: NodeSpec, built: BuiltEnv, attempt: dict[str, Any], fn: An
         tracker, tracking = _runner.CURRENT.get(), Path(tmp) / "tracking.jsonl"
         with mount(built, spec.store) as prefix, \
                 open(atomic.open_append(spec.paths.log), "ab") as log:
-            log.write(f"=== {spec.name} attempt {attempt['attempt']} {attempt['start']} on "
-                      f"{attempt['host']} ===\n".encode())
+            log.write(f"=== {spec.name} attempt {attempt.attempt} {attempt.start} on "
+                      f"{attempt.host} ===\n".encode())
             log.flush()
             cmd = [str(Path(prefix) / "bin" / "python"), "-s", "-m", "_dscheduler_runner",
                    str(payload), str(result), str(os.getpid())]
@@ -209,7 +210,7 @@ def call_in_env(spec: NodeSpec, built: BuiltEnv, attempt: dict[str, Any], fn: An
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=_subprocess_env(runner, spec, tracking, tracker), start_new_session=True,
             )
-            attempt["subprocess_pid"] = proc.pid
+            attempt.subprocess_pid = proc.pid
             stop = threading.Event()
             watcher = threading.Thread(target=_watch_cancel, args=(spec, proc, stop),
                                        daemon=True)
@@ -219,14 +220,14 @@ def call_in_env(spec: NodeSpec, built: BuiltEnv, attempt: dict[str, Any], fn: An
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 code = proc.wait()
-                attempt["exit_code"] = code
+                attempt.exit_code = code
                 raise TaskError(f"timed out after {timeout} s (setting task.timeout or "
                                 "the task's timeout option); the process group was killed") \
                     from None
             finally:
                 stop.set()
                 _merge_tracking(tracking, tracker)
-        attempt["exit_code"] = code
+        attempt.exit_code = code
         if not result.exists():
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             raise TaskError(f"the task's process ended without a result ({how}); "
@@ -234,11 +235,11 @@ def call_in_env(spec: NodeSpec, built: BuiltEnv, attempt: dict[str, Any], fn: An
         status, value, info = cloudpickle.loads(result.read_bytes())
         if status == "success":
             value = from_exchange(value, Path(tmp) / "exchange")
-    attempt["function_seconds"] = round(float(info.get("seconds", 0.0)), 4)
+    attempt.function_seconds = round(float(info.get("seconds", 0.0)), 4)
     if status == "error":
-        attempt["error"] = f"{value['type']}: {value['message']}"
-        attempt["traceback"] = value["traceback"]
-        raise TaskError(attempt["error"])
+        attempt.error = f"{value['type']}: {value['message']}"
+        attempt.traceback = value["traceback"]
+        raise TaskError(attempt.error)
     return value
 
 

@@ -47,11 +47,12 @@ from .. import settings
 from ..envs import BuiltEnv, Env, build_env
 from ..errors import LeaseError, TaskError, tail
 from ..store import Lease, Store
-from ..store.index import SUCCEEDED, Entry
+from ..store.index import Entry
+from ..store.record import CANCELLED, FAILED, RUNNING, SUCCEEDED, Attempt, Record
 from ..store.records import (
     clear_done,
     next_seq,
-    read_record,
+    read_node,
     record_text,
     write_record,
     write_record_text,
@@ -116,43 +117,40 @@ def _take_lease(spec: NodeSpec) -> Lease:
         raise TaskError(f"{spec.name}: {err}") from None
 
 
-def _earlier_attempts(spec: NodeSpec, previous: dict[str, Any] | None
-                     ) -> list[dict[str, Any]] | None:
+def _earlier_attempts(spec: NodeSpec, previous: Record | None) -> list[Attempt] | None:
     """Attempts of the stored record with this key; None when it already succeeded."""
-    record = previous
-    if record is None or record.get("key") != spec.key:
+    if previous is None or previous.key != spec.key:
         return []
-    if record.get("state") == "succeeded" and not spec.rerun:
+    if previous.state == SUCCEEDED and not spec.rerun:
         return None
-    attempts = list(record.get("attempts", []))
-    if record.get("state") == "running" and attempts:
+    attempts = list(previous.attempts)
+    if previous.state == RUNNING and attempts:
         last = attempts[-1]
-        last.update(state="failed", error=_interrupted(last))
-        last.setdefault("end", None)
+        last.state, last.error = FAILED, _interrupted(last)
     return attempts
 
 
-def _interrupted(attempt: dict[str, Any]) -> str:
-    return (f"attempt interrupted: the process running it (host {attempt.get('host')}, "
-            f"pid {attempt.get('pid')}, worker {attempt.get('worker')}) died before finishing")
+def _interrupted(attempt: Attempt) -> str:
+    return (f"attempt interrupted: the process running it (host {attempt.host}, "
+            f"pid {attempt.pid}, worker {attempt.worker}) died before finishing")
 
 
-def _broken_attempt(attempts: list[dict[str, Any]], holder: dict[str, Any]
-                    ) -> list[dict[str, Any]]:
+def _broken_attempt(attempts: list[Attempt], holder: dict[str, Any]) -> list[Attempt]:
     """``attempts`` and the attempt whose lease this one broke, unless listed already.
 
     A first attempt killed before its "running" record was written
     (:func:`_mark_running`) leaves only its lease, which names its host, pid
     and worker.
     """
-    if any(a.get("host") == holder.get("host") and a.get("pid") == holder.get("pid")
-           for a in attempts):
+    if any(a.host == holder.get("host") and a.pid == holder.get("pid") for a in attempts):
         return attempts
     owner = str(holder.get("owner") or "").split(" ", 1)
-    attempt = {"attempt": len(attempts) + 1, "state": "failed", "host": holder.get("host"),
-               "pid": holder.get("pid"), "worker": owner[1] if len(owner) > 1 else None,
-               **{k: holder.get(k) for k in _slurm_fields()}, "end": None}
-    return [*attempts, {**attempt, "error": _interrupted(attempt)}]
+    attempt = Attempt(attempt=len(attempts) + 1, state=FAILED, host=holder.get("host"),
+                      pid=holder.get("pid"), worker=owner[1] if len(owner) > 1 else None,
+                      slurm_job_id=holder.get("slurm_job_id"),
+                      slurm_node=holder.get("slurm_node"), worker_log=holder.get("worker_log"))
+    attempt.error = _interrupted(attempt)
+    return [*attempts, attempt]
 
 
 def _slurm_fields() -> dict[str, str | None]:
@@ -162,35 +160,25 @@ def _slurm_fields() -> dict[str, str | None]:
             "worker_log": os.environ.get("DSCHEDULER_WORKER_LOG")}
 
 
-def _start_attempt(spec: NodeSpec, attempts: list[dict[str, Any]],
-                   previous: dict[str, Any] | None = None
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+def _start_attempt(spec: NodeSpec, attempts: list[Attempt], previous: Record | None = None
+                   ) -> tuple[Record, Attempt]:
     """The record "running" with a new attempt (:func:`_mark_running` writes it)."""
-    attempt: dict[str, Any] = {
-        "attempt": len(attempts) + 1,
-        "state": "running",
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "worker": _worker_address(),
-        **_slurm_fields(),
-        "submission": spec.submission,
-        "start": _now(),
-    }
-    if spec.env_id is not None:
-        attempt["log"] = str(spec.paths.log)
-    record = {
-        "task": spec.task, "version": spec.version, "key": spec.key, "name": spec.name,
-        "env_id": spec.env_id, "run_id": spec.run_id, "case": spec.case,
-        "upstream": spec.upstream, "state": "running", "attempts": [*attempts, attempt],
-    }
-    record.update(spec.info)  # label, config, env, call: what the node is (graph/calls.py)
+    slurm = _slurm_fields()
+    attempt = Attempt(attempt=len(attempts) + 1, state=RUNNING, host=socket.gethostname(),
+                      pid=os.getpid(), worker=_worker_address(),
+                      slurm_job_id=slurm["slurm_job_id"], slurm_node=slurm["slurm_node"],
+                      worker_log=slurm["worker_log"], submission=spec.submission, start=_now(),
+                      log=str(spec.paths.log) if spec.env_id is not None else None)
+    record = Record(task=spec.task, version=spec.version, key=spec.key, name=spec.name,
+                    env_id=spec.env_id, run_id=spec.run_id, case=spec.case,
+                    upstream=spec.upstream, state=RUNNING, attempts=[*attempts, attempt])
+    record.describe(spec.info)  # label, config, env, call: what the node is (graph/calls.py)
     tracking.begin(spec.paths)  # ds.log_* and ds.output of this attempt (run/tracking.py)
     _drop_result(spec, record, previous)
     return record, attempt
 
 
-def _mark_running(spec: NodeSpec, record: dict[str, Any], first: bool, announce: bool
-                  ) -> _Later:
+def _mark_running(spec: NodeSpec, record: Record, first: bool, announce: bool) -> _Later:
     """Write the record "running": the marker a killed attempt leaves; with
     ``announce``, its index entry too (for listings; a dropped result's entry was
     appended already, before its link went: :func:`_drop_result`).
@@ -273,8 +261,7 @@ def _run_later() -> None:
             item.cancelled = True
 
 
-def _drop_result(spec: NodeSpec, record: dict[str, Any],
-                 previous: dict[str, Any] | None) -> None:
+def _drop_result(spec: NodeSpec, record: Record, previous: Record | None) -> None:
     """Before an attempt: the stored result, if any, is no longer this node's (a
     rerun, or another key at this path since a version bump or a changed input).
 
@@ -283,8 +270,8 @@ def _drop_result(spec: NodeSpec, record: dict[str, Any],
     before has no link, result or partial files: nothing is touched, and its
     "running" entry goes with its running record (:func:`_mark_running`).
     """
-    record["seq"] = next_seq(previous)
-    if previous is not None and previous.get("state") == SUCCEEDED:
+    record.seq = next_seq(previous)
+    if previous is not None and previous.state == SUCCEEDED:
         spec.store.index.undone(spec.paths, record)
     elif previous is not None:
         clear_done(spec.paths)  # a link a damaged or edited record may have left
@@ -301,20 +288,20 @@ def _load_arguments(spec: NodeSpec) -> tuple[Any, tuple[Any, ...], dict[str, Any
         if not isinstance(value, Ref):
             return value
         if value.key not in cache:
-            record = read_record(value.paths.record) or {}
-            if record.get("key") != value.key or record.get("state") != "succeeded":
+            record = read_node(value.paths.record) or Record()
+            if record.key != value.key or record.state != SUCCEEDED:
                 raise TaskError(
                     f"{spec.name}: upstream {value.name} has no succeeded record at "
                     f"{value.paths.record}; was it removed while the graph ran? (after "
                     "removing results by hand, run `dscheduler index rebuild`)"
                 )
-            cache[value.key] = load_value(value.paths, record.get("output"), load=True)
+            cache[value.key] = load_value(value.paths, record.output, load=True)
         return cache[value.key]
 
     return fn, map_nested(args, resolve), map_nested(kwargs, resolve)
 
 
-def _call(spec: NodeSpec, built: BuiltEnv | None, attempt: dict[str, Any]) -> Any:
+def _call(spec: NodeSpec, built: BuiltEnv | None, attempt: Attempt) -> Any:
     if spec.cancel_path.exists():
         raise TaskError(f"{spec.name}: cancelled before it started")
     fn, args, kwargs = _load_arguments(spec)
@@ -325,30 +312,30 @@ def _call(spec: NodeSpec, built: BuiltEnv | None, attempt: dict[str, Any]) -> An
     return call_in_env(spec, built, attempt, fn, args, kwargs)
 
 
-def _succeed(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
-             output: dict[str, Any], started: float) -> Entry:
-    attempt.update(state="succeeded", end=_now(), seconds=round(time.monotonic() - started, 3))
-    record.update(state="succeeded", output=output)
+def _succeed(spec: NodeSpec, record: Record, attempt: Attempt, output: dict[str, Any],
+             started: float) -> Entry:
+    attempt.state, attempt.end = SUCCEEDED, _now()
+    attempt.seconds = round(time.monotonic() - started, 3)
+    record.state, record.output = SUCCEEDED, output
     tracking.end(record, succeeded=True)
-    record["seq"] = next_seq(record)
+    record.seq = next_seq(record)
     write_record(spec.paths, record, announce=False)  # after the value
     return spec.store.index.done(spec.paths, record)  # the link, then the index entry
 
 
-def _fail(spec: NodeSpec, record: dict[str, Any], attempt: dict[str, Any],
-          err: BaseException, started: float) -> None:
-    attempt.update(
-        state="cancelled" if spec.cancel_path.exists() else "failed",
-        end=_now(),
-        seconds=round(time.monotonic() - started, 3),
-        error=attempt.get("error") or f"{type(err).__name__}: {err}",
-        traceback=attempt.get("traceback") or _user_traceback(err),
-    )
-    if "log" in attempt:
-        attempt["log_tail"] = _log_tail(spec)
-    record["state"] = attempt["state"]
+def _fail(spec: NodeSpec, record: Record, attempt: Attempt, err: BaseException,
+          started: float) -> None:
+    attempt.state = CANCELLED if spec.cancel_path.exists() else FAILED
+    attempt.end = _now()
+    attempt.seconds = round(time.monotonic() - started, 3)
+    # call_in_env may have said already what went wrong in the env's process
+    attempt.error = attempt.error or f"{type(err).__name__}: {err}"
+    attempt.traceback = attempt.traceback or _user_traceback(err)
+    if attempt.log is not None:
+        attempt.log_tail = _log_tail(spec)
+    record.state = attempt.state
     tracking.end(record, succeeded=False)
-    record["seq"] = next_seq(record)
+    record.seq = next_seq(record)
     write_record(spec.paths, record)  # and its index entry
 
 
@@ -359,7 +346,7 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> Outcome:
     """Run ``spec`` once under its lease; its :data:`Outcome` for the driver."""
     lease = _take_lease(spec)
     try:
-        previous = read_record(spec.paths.record)
+        previous = read_node(spec.paths.record)
         attempts = _earlier_attempts(spec, previous)
         if attempts is not None and lease.broken is not None:
             attempts = _broken_attempt(attempts, lease.broken)
@@ -374,7 +361,7 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> Outcome:
         if previous is None and not fresh:
             remove_partials(spec.paths)  # of a first attempt killed before its record
         running = _mark_running(spec, record, first=fresh,
-                                announce=previous is None or previous.get("state") != SUCCEEDED)
+                                announce=previous is None or previous.state != SUCCEEDED)
         started = time.monotonic()
         try:
             output = tracking.save(spec.paths, _call(spec, built, attempt), fresh=fresh,
@@ -385,7 +372,7 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> Outcome:
             running.cancel()
             _fail(spec, record, attempt, err, started)
             if isinstance(err, Exception):  # Dask retries on it; the record has the details
-                raise TaskError(_failure_message(spec, attempt), record) from None
+                raise TaskError(_failure_message(spec, attempt), record.to_json()) from None
             raise
         entry = _succeed(spec, record, attempt, output, started)
         return "succeeded", entry.text()
@@ -393,15 +380,14 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> Outcome:
         lease.release()
 
 
-def _stored_state(spec: NodeSpec, record: dict[str, Any]) -> str:
+def _stored_state(spec: NodeSpec, record: Record) -> str:
     """"succeeded" when this submission's own attempt made the stored result, else "cached".
 
     Dask runs a task again when the worker holding its outcome left (a
     worker retiring at its lifetime with nowhere to move its data); the
     rerun finds the result its first run stored.
     """
-    last = (record.get("attempts") or [{}])[-1]
-    return "succeeded" if spec.submission and last.get("submission") == spec.submission \
+    return SUCCEEDED if spec.submission and record.last.submission == spec.submission \
         else "cached"
 
 
@@ -415,12 +401,12 @@ def _user_traceback(err: BaseException) -> str:
     return "".join(traceback.format_exception(type(err), err, tb))
 
 
-def _failure_message(spec: NodeSpec, attempt: dict[str, Any]) -> str:
-    parts = [f"{spec.name} failed (attempt {attempt['attempt']}): {attempt.get('error')}"]
-    if attempt.get("traceback"):
-        parts.append(str(attempt["traceback"]).rstrip())
-    if attempt.get("log"):
-        parts.append(f"log: {attempt['log']}")
+def _failure_message(spec: NodeSpec, attempt: Attempt) -> str:
+    parts = [f"{spec.name} failed (attempt {attempt.attempt}): {attempt.error}"]
+    if attempt.traceback:
+        parts.append(str(attempt.traceback).rstrip())
+    if attempt.log:
+        parts.append(f"log: {attempt.log}")
     return "\n".join(parts)
 
 

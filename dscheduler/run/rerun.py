@@ -51,11 +51,11 @@ def plan_rerun(store: Store, ref: str, force: bool = False,
     nodes, refusals = [], []
     gate = own_code(on_load)
     for path, record in find(store, ref):
-        if not record.get("task"):
+        if not record.task:
             continue  # a run with no node record yet
         node = rebuild(store, record, gate=gate)
         problems = []
-        if node.key != record.get("key"):
+        if node.key != record.key:
             why = explain(node, store, reason="its key differs from the record's")
             problems += [str(c) for c in why.changes] or ["an identity input changed"]
         if code_drift.differs(code_drift.code_digest(node.task.fn),
@@ -63,7 +63,7 @@ def plan_rerun(store: Store, ref: str, force: bool = False,
             problems.append(f"code of task {node.task.name!r} changed since the record was "
                             f"made (version {node.task.version!r} unchanged)")
         if problems and not force:
-            refusals.append(f"{record.get('name')} ({path}):\n    " + "\n    ".join(problems))
+            refusals.append(f"{record.name} ({path}):\n    " + "\n    ".join(problems))
             continue
         nodes.append(Node(node.task.options(cache=False), node.arguments))
     if refusals:

@@ -18,7 +18,8 @@ from typing import Any
 from ..errors import TaskError
 from ..graph import Node, Plan, html
 from ..store import atomic
-from ..store.records import read_record
+from ..store.record import Record
+from ..store.records import read_node
 from ..store.values import load_value
 from . import progress as progress_bar
 from .clusters import is_local
@@ -42,6 +43,7 @@ class Results:
         self.envs = envs  # env_id -> built | reused | failed | cancelled
         self.env_errors = env_errors
         self.dashboard = dashboard  # the scheduler's dashboard link; None: no cluster used
+        self.notes: list[str] = []  # sentences for the summary (dscheduler.run.compute)
         self._by_key = {n.key: n for n in p.nodes}
 
     def _node(self, node: Node | str) -> Node:
@@ -56,19 +58,25 @@ class Results:
         return self.states[self._node(node).key]
 
     def record(self, node: Node | str) -> dict[str, Any] | None:
-        """The node's stored record; a StoreError naming the file when it is damaged."""
-        found = self._node(node)
-        return read_record(found.paths(self.store).record)
+        """The node's stored record, as its JSON reads (docs/design.md §3, §11); a
+        StoreError naming the file when it is damaged."""
+        stored = self._stored(node)
+        return stored.to_json() if stored is not None else None
+
+    def _stored(self, node: Node | str) -> Record | None:
+        """The node's stored record as a :class:`~dscheduler.store.record.Record`."""
+        return read_node(self._node(node).paths(self.store).record)
 
     def value(self, node: Node | str) -> Any:
         """The stored value (Zarr results open lazily); a StoreError when it is damaged."""
         found = self._node(node)
         state = self.states[found.key]
-        record = self.record(found)
+        record = self._stored(found)
         if state not in ("succeeded", "cached"):
-            raise TaskError(f"{found.name} has no value: it {state}", record)
+            raise TaskError(f"{found.name} has no value: it {state}",
+                            record.to_json() if record is not None else None)
         paths = found.paths(self.store)
-        return load_value(paths, (record or {}).get("output"))
+        return load_value(paths, record.output if record is not None else None)
 
     def __getitem__(self, node: Node | str) -> Any:
         return self.value(node)
@@ -131,6 +139,7 @@ class Results:
         envs = ", ".join(f"{len(ids)} {what}" for what, ids in use.items() if ids)
         if envs:
             lines.append(f"envs: {envs}")
+        lines += self.notes
         lines.append(f"store: {self.store.root}")
         if self.dashboard:
             lines.append(f"dashboard: {self.dashboard}")
@@ -171,6 +180,7 @@ class Handle:
         self.futures = futures  # node key -> Future
         self.builds = builds  # env_id -> Future
         self.submission = submission
+        self.notes: list[str] = []  # passed on to the Results
         self._results: Results | None = None
 
     def _all(self) -> list[Any]:
@@ -208,6 +218,7 @@ class Handle:
             except _cancelled_errors():
                 pass  # cancelled futures are reported per node below
         self._results = self._collect()
+        self._results.notes = list(self.notes)
         for future in futures:
             future.release()  # a later compute of the same keys must run afresh
         self.futures, self.builds = {}, {}
@@ -287,7 +298,11 @@ def _outcomes(client: Any, futures: dict[str, Any]) -> dict[str, Any]:
 
 
 def _held(keys: list[str], dask_worker: Any = None) -> dict[str, Any]:
-    """Run on a worker by :func:`_outcomes`: the values of ``keys`` it holds."""
+    """Run on a worker by :func:`_outcomes`: the values of ``keys`` it holds.
+
+    ``Worker.data`` is distributed's documented mapping of the results a worker holds,
+    and ``client.run`` passes the worker as ``dask_worker``: public API, kept for its
+    measured reason (docs/design.md §14.2)."""
     data = dask_worker.data
     return {key: data[key] for key in keys if key in data}
 
@@ -358,10 +373,10 @@ def html_report(results: Results) -> str:
         parts.append(html.table(["env", "this call"],
                                 [[e, what] for what, ids in use.items() for e in ids]))
     for node in (results.failed + results.blocked)[:5]:
-        record = results.record(node) if node in results.failed else None
-        last = (record or {}).get("attempts", [{}])[-1]
+        record = results._stored(node) if node in results.failed else None
+        tail = record.last.log_tail if record is not None else None
         text = results.errors.get(node.key, "") + (
-            "\n--- log tail ---\n" + last["log_tail"] if last.get("log_tail") else "")
+            "\n--- log tail ---\n" + tail if tail else "")
         parts.append(html.heading(f"{node.name}: {results.states[node.key]}") + html.pre(text))
     foot = f"store: {results.store.root}"
     parts.append(f"<p>{html.text(foot)}" + (

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import TaskError
 from ..store import atomic
 from ..store.layout import NodePaths
+from ..store.record import Record
 from ..store.values import commit_dir, commit_written, save_value
 from . import _runner
 
@@ -110,13 +111,18 @@ def summarize(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v}
 
 
-def end(record: dict[str, Any], succeeded: bool) -> None:
+def end(record: Record, succeeded: bool) -> None:
     """Put the attempt's tracking into ``record``; drop outputs it did not commit."""
     tracker = _runner.CURRENT.get()
     _runner.CURRENT.set(None)
     if tracker is None:
         return
-    record.update(summarize(tracker.entries))
+    fields = summarize(tracker.entries)
+    record.params = fields.get("params", {})
+    record.metrics = fields.get("metrics", {})
+    record.metric_history = fields.get("metric_history", {})
+    record.tags = fields.get("tags", {})
+    record.artifacts = fields.get("artifacts", [])
     if not succeeded:
         for folder in (tracker.output_dir, tracker.files_dir, tracker.artifacts_dir):
             shutil.rmtree(folder, ignore_errors=True)

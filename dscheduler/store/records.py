@@ -7,7 +7,9 @@ is a :class:`StoreError` naming the file and the way out, never a raw
 ``JSONDecodeError``.  Each record carries a ``seq`` that orders the store
 index's entries of its node, and :func:`write_record` tells the index of
 what it wrote (docs/design.md §14.1); :func:`node_summary` is what the index
-keeps of a record for listings.
+keeps of a record for listings.  The record's fields are
+:class:`~dscheduler.store.record.Record`'s: :func:`read_node` gives one,
+:func:`write_record` writes one (or a dict in that format, as tools do).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .. import settings
 from ..errors import StoreError
 from . import atomic
 from .layout import NodePaths, done_name, done_task, record_task, walk_node_dirs
+from .record import DAMAGED, Record, RecordFormError
 
 REPAIR_HINT = (
     "run `dscheduler verify --repair` to demote damaged nodes so that the next run "
@@ -172,7 +175,25 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def next_seq(previous: dict[str, Any] | None) -> int:
+def read_node(path: Path, *, listed: bool = False) -> Record | None:
+    """The node record at ``path``; None when there is none; StoreError when it is
+    damaged (unreadable, or not a record's structure).  ``listed``: None also for a
+    JSON object with no ``attempts`` (not a record a listing shows), unless damaged."""
+    data = read_record(path)
+    if data is None or (listed and "attempts" not in data and data.get("state") != DAMAGED):
+        return None
+    try:
+        return Record.from_json(data)
+    except RecordFormError as err:
+        raise damaged(path, str(err)) from None
+
+
+def as_record(record: Record | dict[str, Any]) -> Record:
+    """``record`` as a Record: tools and tests may hand a dict in the stored format."""
+    return record if isinstance(record, Record) else Record.from_json(record)
+
+
+def next_seq(previous: Record | None) -> int:
     """The ``seq`` of a node's next record: above its previous record's, at least the time in us.
 
     ``seq`` orders a node's index entries (:mod:`dscheduler.store.index`).  A
@@ -183,13 +204,13 @@ def next_seq(previous: dict[str, Any] | None) -> int:
     return max(record_seq(previous) + 1, time.time_ns() // 1000)
 
 
-def record_seq(record: dict[str, Any] | None) -> int:
+def record_seq(record: Record | None) -> int:
     """A record's ``seq``; 0 for none, or for a record written before there was one."""
-    seq = (record or {}).get("seq")
-    return seq if isinstance(seq, int) else 0
+    seq = record.seq if record is not None else None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
 
 
-def node_summary(record: dict[str, Any], path: Path | None = None,
+def node_summary(record: Record | dict[str, Any], path: Path | None = None,
                  root: Path | None = None) -> dict[str, Any]:
     """The small, JSON-able dict a listing needs of one node record.
 
@@ -198,41 +219,39 @@ def node_summary(record: dict[str, Any], path: Path | None = None,
     the code digest, upstream keys, the config's scalar fields and the record's
     path relative to the store root.
     """
-    attempts = record.get("attempts") or [{}]
-    last = attempts[-1] if isinstance(attempts[-1], dict) else {}
-    first = attempts[0] if isinstance(attempts[0], dict) else {}
-    call = record.get("call")
-    call = call if isinstance(call, dict) else {}
-    config = record.get("config")
-    config = config if isinstance(config, dict) else {}
+    record = as_record(record)
+    attempts = record.attempts
+    last = attempts[-1] if attempts else None
+    config = record.config if isinstance(record.config, dict) else {}
     where = None
     if path is not None:
         where = path.relative_to(root).as_posix() if root is not None else str(path)
     return {
-        "key": record.get("key"), "name": record.get("name"), "task": record.get("task"),
-        "case": record.get("case"), "run_id": record.get("run_id"),
-        "env_id": record.get("env_id"), "label": record.get("label") or "",
-        "state": record.get("state"), "version": record.get("version"),
-        "attempts": len(record.get("attempts") or []), "host": last.get("host"),
-        "start": first.get("start"), "end": last.get("end"), "seconds": last.get("seconds"),
-        "params": record.get("params") or {}, "metrics": record.get("metrics") or {},
-        "tags": record.get("tags") or {},
-        "code": (call.get("code") or {}).get("digest") if call else None,
-        "upstream": record.get("upstream") or [],
+        "key": record.key, "name": record.name, "task": record.task,
+        "case": record.case, "run_id": record.run_id,
+        "env_id": record.env_id, "label": record.label or "",
+        "state": record.state, "version": record.version,
+        "attempts": len(attempts), "host": last.host if last else None,
+        "start": attempts[0].start if attempts else None,
+        "end": last.end if last else None, "seconds": last.seconds if last else None,
+        "params": record.params, "metrics": record.metrics,
+        "tags": record.tags,
+        "code": record.code_digest,
+        "upstream": record.upstream,
         "config": {k: v for k, v in config.items()
                    if v is None or isinstance(v, str | int | float | bool)},
         "record": where,
     }
 
 
-
-def record_text(record: dict[str, Any]) -> bytes:
+def record_text(record: Record | dict[str, Any]) -> bytes:
     """A node record's text: compact JSON.
 
     Indented JSON goes through json's pure-Python encoder, five times slower,
     a third of a tiny task's cost on a worker (docs/benchmarks.md).
     """
-    return dumps(record, "record", separators=(",", ":"), default=str).encode()
+    data = record.to_json() if isinstance(record, Record) else record
+    return dumps(data, "record", separators=(",", ":"), default=str).encode()
 
 
 def write_record_text(paths: NodePaths, text: bytes, *, final: bool = True) -> None:
@@ -241,26 +260,31 @@ def write_record_text(paths: NodePaths, text: bytes, *, final: bool = True) -> N
     atomic.write_bytes(paths.record, text, durable=bool(final and settings.get("task.fsync")))
 
 
-_listeners: list[Callable[[NodePaths, dict[str, Any]], None]] = []
+_listeners: list[Callable[[NodePaths, Record], None]] = []
 
 
-def on_write(listener: Callable[[NodePaths, dict[str, Any]], None]) -> None:
+def on_write(listener: Callable[[NodePaths, Record], None]) -> None:
     """Call ``listener(paths, record)`` after each :func:`write_record` that announces
     itself: the store index listens (:mod:`dscheduler.store.index`), which this
     module cannot import (the index reads records)."""
     _listeners.append(listener)
 
 
-def write_record(paths: NodePaths, record: dict[str, Any], *, final: bool = True,
+def write_record(paths: NodePaths, record: Record | dict[str, Any], *, final: bool = True,
                  announce: bool = True) -> None:
     """Write a node's record atomically (see :func:`write_record_text`), with a ``seq``
     (the time, unless it has one), and tell the store index unless ``announce`` is
-    False (the executor writes the index entries itself, in its own order)."""
-    record.setdefault("seq", next_seq(None))
+    False (the executor writes the index entries itself, in its own order).  A dict
+    (tools, tests) is written as it is and announced as the Record it reads as."""
+    if isinstance(record, dict):
+        record.setdefault("seq", next_seq(None))
+    elif record.seq is None:
+        record.seq = next_seq(None)
     write_record_text(paths, record_text(record), final=final)
     if announce:
+        typed = as_record(record)
         for listener in _listeners:
-            listener(paths, record)
+            listener(paths, typed)
 
 
 def done_key(paths: NodePaths) -> str | None:

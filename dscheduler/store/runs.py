@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, StoreError
 from .index import Index, Table
+from .index.rebuild import pending_record
 from .layout import RUN_RECORD, Layout, record_task, walk_node_dirs
 from .query import apply_filter, apply_order
+from .record import DAMAGED, NODE_STATES, Record
 from .records import node_summary as node_summary  # kept here too: listings use it
-from .records import read_record
+from .records import read_node, read_record
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,7 +42,7 @@ _NAN = "\x00nan:"
 #: A run's state from its nodes' states: the first of these that any node has.
 _RUN_STATE_ORDER = ("running", "failed", "damaged", "cancelled", "succeeded", "pending")
 #: The states a node row has: its record's (a run row has one of _RUN_STATE_ORDER).
-_NODE_STATES = ("running", "failed", "damaged", "cancelled", "succeeded")
+_NODE_STATES = NODE_STATES
 
 
 def _record_files(root: Path) -> Iterator[Path]:
@@ -62,14 +64,14 @@ def _run_of(layout: Layout, path: Path) -> str | None:
 
 
 def iter_node_records(layout: Layout, run_id: str | None = None
-                      ) -> Iterator[tuple[Path, dict[str, Any]]]:
+                      ) -> Iterator[tuple[Path, Record]]:
     """(path, record) of every node record in the store, or of one run.
 
     A record removed while the walk runs is skipped; a damaged one is yielded
-    as ``{"state": "damaged", "error": ...}`` with its task from the file name.
-    Records are replaced by rename, so a record read is never torn.  A run
-    whose ``run.json`` exists but none of whose nodes has a record yet comes
-    as one record ``{"state": "pending", "task": None, ...}`` (its run.json).
+    as a Record in state ``damaged`` (``damaged`` says why) with its task from
+    the file name.  Records are replaced by rename, so a record read is never
+    torn.  A run whose ``run.json`` exists but none of whose nodes has a record
+    yet comes as one Record in state ``pending`` (from its run.json).
     """
     roots = [layout.run(run_id).dir] if run_id else [layout.runs_dir, layout.tasks_dir]
     seen: set[str] = set()
@@ -80,22 +82,20 @@ def iter_node_records(layout: Layout, run_id: str | None = None
                 run_files.append(path)
                 continue
             try:
-                record = read_record(path)
+                record = read_node(path, listed=True)
             except StoreError as err:
-                record = {"state": "damaged", "task": record_task(path.name),
-                          "error": err.why, "run_id": _run_of(layout, path)}
+                record = Record(state=DAMAGED, task=record_task(path.name),
+                                damaged=str(err.why), run_id=_run_of(layout, path))
             except OSError:
                 continue
-            if record is not None and ("attempts" in record or record.get("state") == "damaged"):
-                seen.add(str(record.get("run_id")))
+            if record is not None:
+                seen.add(str(record.run_id))
                 yield path, record
     for path in run_files:
         with contextlib.suppress(StoreError, OSError):
             run = read_record(path)
             if run and run.get("run_id") not in seen:
-                yield path, {"run_id": run.get("run_id"), "env_id": run.get("env_id"),
-                             "label": run.get("label"), "config": run.get("config"),
-                             "state": "pending", "task": None, "attempts": []}
+                yield path, pending_record(run)
 
 
 class Summaries:
@@ -302,7 +302,7 @@ def _check_states(wanted: list[str], by: str) -> None:
                           "pass one of those")
 
 
-def find(layout: Layout, ref: str) -> list[tuple[Path, dict[str, Any]]]:
+def find(layout: Layout, ref: str) -> list[tuple[Path, Record]]:
     """Node records that ``ref`` names: a run_id (or a prefix of one), a label, a node
     name or key (or a prefix of 8+ characters); a ConfigError when nothing matches."""
     matches = []
@@ -321,7 +321,7 @@ def find(layout: Layout, ref: str) -> list[tuple[Path, dict[str, Any]]]:
     out = []
     for s in matches:
         path = layout.root / s["record"]
-        record = read_record(path)
+        record = read_node(path)
         if record is not None:
             out.append((path, record))
     return out

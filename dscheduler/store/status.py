@@ -30,7 +30,8 @@ from .. import settings
 from ..errors import StoreError, tail
 from .layout import RUN_RECORD, Layout, done_name, record_task, walk_node_dirs
 from .lease import lease_held
-from .records import read_record
+from .record import FAILED, RUNNING, Record
+from .records import read_node, read_record
 
 #: Node states, in the order tables show them.
 STATES = ("queued", "running", "cached", "succeeded", "failed", "blocked", "cancelled",
@@ -175,16 +176,16 @@ def env_row(layout: Layout, env_id: str, state: str | None = None) -> EnvRow:
     """
     paths = layout.env(env_id)
     try:
-        record = read_record(paths.record)
+        published = read_record(paths.record)  # env.json, not a node record
     except StoreError:
-        record = None
-    if record is not None:
-        sizes = record.get("sizes") or {}
-        size = sizes.get("image_bytes") if record.get("kind") == "squashfs" else \
+        published = None
+    if published is not None:
+        sizes = published.get("sizes") or {}
+        size = sizes.get("image_bytes") if published.get("kind") == "squashfs" else \
             sizes.get("venv_bytes")
-        return EnvRow(env_id, "built", record.get("kind"),
-                      (record.get("timings") or {}).get("total"),
-                      int(size) if size is not None else None, record.get("created"))
+        return EnvRow(env_id, "built", published.get("kind"),
+                      (published.get("timings") or {}).get("total"),
+                      int(size) if size is not None else None, published.get("created"))
     if state is None:
         if lease_held(layout.env_lease_path(env_id)):
             state = "building"
@@ -196,26 +197,25 @@ def env_row(layout: Layout, env_id: str, state: str | None = None) -> EnvRow:
     return EnvRow(env_id, state, log_tail=log)
 
 
-def failure_of(path: Path, record: dict[str, Any], label: str, when: float | None = None
+def failure_of(path: Path, record: Record, label: str, when: float | None = None
                ) -> Failure:
     """A failed node's :class:`Failure` from its record: the last attempt's error and log tail.
 
     Tasks in an env keep the tail of their log in the attempt; tasks in the
     worker have no log, so their traceback's tail stands in for it.
     """
-    attempts = record.get("attempts") or [{}]
-    last = attempts[-1] if isinstance(attempts[-1], dict) else {}
-    log = str(last.get("log_tail") or "")
-    if not log and last.get("traceback"):
-        log = tail(str(last["traceback"]), int(settings.get("dashboard.log_lines")))
+    last = record.last
+    log = str(last.log_tail or "")
+    if not log and last.traceback:
+        log = tail(str(last.traceback), int(settings.get("dashboard.log_lines")))
     if when is None:
         try:
             when = path.stat().st_mtime
         except OSError:
             when = time.time()
-    return Failure(str(record.get("name") or path.stem), str(record.get("task") or path.stem),
-                   label, when, str(last.get("error") or record.get("error") or ""), log,
-                   str(last.get("log") or path))
+    return Failure(str(record.name or path.stem), str(record.task or path.stem),
+                   label, when, str(last.error or record.damaged or ""), log,
+                   str(last.log or path))
 
 
 # -- the whole store -----------------------------------------------------------------
@@ -239,7 +239,7 @@ def summarize(layout: Layout, failures: int | None = None) -> Summary:
     """
     keep = int(settings.get("dashboard.failures", failures))
     out = Summary("store", layout.root, runs=0)
-    failed: list[tuple[float, Path, dict[str, Any], str]] = []
+    failed: list[tuple[float, Path, Record, str]] = []
     labels: dict[str, str] = {}  # run directory -> label
     for top, bound in ((layout.runs_dir, True), (layout.tasks_dir, False)):
         for dirpath, filenames in walk_node_dirs([top]):
@@ -275,7 +275,7 @@ def _label(run_record: Path) -> str:
 
 
 def _count_dir(layout: Layout, out: Summary, folder: Path, filenames: Iterable[str],
-               label: str, failed: list[tuple[float, Path, dict[str, Any], str]]) -> None:
+               label: str, failed: list[tuple[float, Path, Record, str]]) -> None:
     names = set(filenames)
     for name in names:
         task = record_task(name)
@@ -286,19 +286,19 @@ def _count_dir(layout: Layout, out: Summary, folder: Path, filenames: Iterable[s
             continue
         path = folder / name
         try:
-            record = read_record(path)
+            record = read_node(path, listed=True)
         except StoreError:
             out.damaged.append(path)
             out.count(task, label, "damaged")
             continue
-        if not record or "attempts" not in record:
+        if record is None:
             continue
-        state = str(record.get("state"))
-        if state == "running" and not lease_held(
-                layout.node_lease_path(str(record.get("key", ""))[:16] or "x")):
+        state = str(record.state)
+        if state == RUNNING and not lease_held(
+                layout.node_lease_path(str(record.key or "")[:16] or "x")):
             state = "interrupted"  # its process died: nobody holds the node's lease
         out.count(task, label, state)
-        if state == "failed":
+        if state == FAILED:
             with contextlib.suppress(OSError):  # removed meanwhile
                 failed.append((path.stat().st_mtime, path, record, label))
 

@@ -35,7 +35,8 @@ from typing import Any
 from ..errors import StoreError
 from .index import Index
 from .layout import Layout, NodePaths
-from .records import loads, next_seq, node_folders, nodes_in, read_record, write_record
+from .record import DAMAGED, SUCCEEDED, Record
+from .records import loads, next_seq, node_folders, nodes_in, read_node, write_record
 from .values import missing_chunks, unreadable_chunk
 
 THREADS = 8
@@ -128,7 +129,7 @@ def _check(paths: NodePaths, link: str | None, repair: bool, index: Index,
            deep: bool = False) -> tuple[bool, Problem | None]:
     """(whether the node is finished, its problem or None), repaired if asked."""
     try:
-        record = read_record(paths.record)
+        record = read_node(paths.record)
     except StoreError as err:  # a damaged record counts as finished: it may say "succeeded"
         problem = Problem(paths.record, f"its record is unreadable ({err.why})")
         if repair:
@@ -138,7 +139,7 @@ def _check(paths: NodePaths, link: str | None, repair: bool, index: Index,
             os.replace(paths.record, aside)
             problem.action = f"demoted; the record was moved to {aside.name}"
         return True, problem
-    succeeded = record is not None and record.get("state") == "succeeded"
+    succeeded = record is not None and record.state == SUCCEEDED
     if link is None and not succeeded:
         return False, None  # not finished: failed, running or never run
     if record is None:
@@ -146,12 +147,12 @@ def _check(paths: NodePaths, link: str | None, repair: bool, index: Index,
         return True, _demote(paths, None, problem, repair, index)
     if not succeeded:
         problem = Problem(paths.record, f"its .done link exists but the record says "
-                                        f"{record.get('state')!r}")
+                                        f"{record.state!r}")
         return True, _demote(paths, None, problem, repair, index)
-    why = _value_problem(paths, record.get("output"), deep)
+    why = _value_problem(paths, record.output, deep)
     if why is not None:
         return True, _demote(paths, record, Problem(paths.record, why), repair, index)
-    key = str(record.get("key"))
+    key = str(record.key)
     if link == key:
         return True, None
     problem = Problem(paths.record, "its .done link is missing" if link is None
@@ -162,13 +163,13 @@ def _check(paths: NodePaths, link: str | None, repair: bool, index: Index,
     return True, problem
 
 
-def _demote(paths: NodePaths, record: dict[str, Any] | None, problem: Problem,
+def _demote(paths: NodePaths, record: Record | None, problem: Problem,
             repair: bool, index: Index) -> Problem:
     if repair:
         if record is None:
             index.damaged(paths, problem.why)
         else:
-            record.update(state="damaged", damaged=problem.why, seq=next_seq(record))
+            record.state, record.damaged, record.seq = DAMAGED, problem.why, next_seq(record)
             index.undone(paths, record)  # the index first, then the link goes
             write_record(paths, record, announce=False)
         problem.action = "demoted: the next run redoes it"

@@ -24,7 +24,8 @@ from typing import Any, Protocol
 from ..errors import ConfigError, StoreError, TaskError
 from . import atomic
 from .layout import Layout, NodePaths, record_task
-from .records import read_record
+from .record import SUCCEEDED, Record
+from .records import read_node
 from .runs import find, iter_node_records
 from .values import DATAARRAY_VARIABLE, load_value, write_zarr
 
@@ -43,18 +44,18 @@ def _paths_of(layout: Layout, path: Path) -> NodePaths:
 
 
 def targets(layout: Layout, what: Any, task: str | None = None
-            ) -> list[tuple[NodePaths, dict[str, Any]]]:
+            ) -> list[tuple[NodePaths, Record]]:
     """(paths, record) of the nodes ``what`` names: a node, a list of nodes, a RunConfig,
     a record path, or a run_id / label / node name (:func:`~.runs.find`)."""
-    found: list[tuple[NodePaths, dict[str, Any] | None]] = []
+    found: list[tuple[NodePaths, Record | None]] = []
     items = what if isinstance(what, list | tuple) else [what]
     for item in items:
         if hasattr(item, "paths"):
             paths = item.paths(layout)
-            found.append((paths, read_record(paths.record)))
+            found.append((paths, read_node(paths.record)))
         elif isinstance(item, os.PathLike):
             paths = _paths_of(layout, Path(item))
-            found.append((paths, read_record(paths.record)))
+            found.append((paths, read_node(paths.record)))
         elif isinstance(getattr(item, "run_id", None), str):
             found += [(_paths_of(layout, p), r) for p, r in
                       iter_node_records(layout, item.run_id)]
@@ -63,8 +64,8 @@ def targets(layout: Layout, what: Any, task: str | None = None
         else:
             raise ConfigError(f"cannot open {item!r}: give nodes, a RunConfig, a run_id, a "
                               "label, a node name or a record path")
-    out = [(p, r) for p, r in found if r is not None and (task is None or r.get("task") == task)]
-    tasks = sorted({str(r.get("task")) for _, r in out})
+    out = [(p, r) for p, r in found if r is not None and (task is None or r.task == task)]
+    tasks = sorted({str(r.task) for _, r in out})
     if len(tasks) > 1:
         raise ConfigError(f"{what!r} holds results of several tasks ({', '.join(tasks)}); "
                           "choose one with task=")
@@ -74,18 +75,18 @@ def targets(layout: Layout, what: Any, task: str | None = None
     return out
 
 
-def _value(paths: NodePaths, record: dict[str, Any], chunks: Any) -> Any:
-    if record.get("state") != "succeeded":
-        raise TaskError(f"{record.get('name')} has no value: it is {record.get('state')} "
-                        f"({paths.record})", record)
-    return load_value(paths, record.get("output"), view=True, chunks=chunks)
+def _value(paths: NodePaths, record: Record, chunks: Any) -> Any:
+    if record.state != SUCCEEDED:
+        raise TaskError(f"{record.name} has no value: it is {record.state} "
+                        f"({paths.record})", record.to_json())
+    return load_value(paths, record.output, view=True, chunks=chunks)
 
 
 def open_node(layout: Layout, node: Any, *, chunks: Any = None) -> Any:
     """The stored value of one node (see the module docstring)."""
     found = targets(layout, node)
     if len(found) != 1:
-        names = ", ".join(str(r.get("name")) for _, r in found[:5])
+        names = ", ".join(str(r.name) for _, r in found[:5])
         raise ConfigError(f"{node!r} names {len(found)} nodes ({names}); open one")
     return _value(*found[0], chunks)
 
@@ -96,10 +97,10 @@ def open_results(layout: Layout, what: Any, *, task: str | None = None, dim: str
     import pandas as pd
     import xarray as xr
 
-    found = sorted(targets(layout, what, task), key=lambda pr: str(pr[1].get("case")))
-    cases = [r.get("case") for _, r in found]
+    found = sorted(targets(layout, what, task), key=lambda pr: str(pr[1].case))
+    cases = [r.case for _, r in found]
     if None in cases or len(set(cases)) < len(cases):
-        cases = [r.get("name") for _, r in found]  # nodes of several runs: by node name
+        cases = [r.name for _, r in found]  # nodes of several runs: by node name
     values = [_value(p, r, {} if chunks is None else chunks) for p, r in found]
     if not all(isinstance(v, xr.Dataset | xr.DataArray) for v in values):
         return dict(zip(cases, values, strict=True))

@@ -30,7 +30,8 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from ... import settings
 from ...errors import StoreError
 from ...store.layout import Layout
-from ...store.records import read_record
+from ...store.record import FAILED
+from ...store.records import read_node
 from ...store.status import (
     EnvRow,
     Failure,
@@ -279,11 +280,11 @@ class Reader:
         else:
             path = layout.root / record
             try:
-                data = read_record(path)
+                data = read_node(path)
             except (StoreError, OSError) as err:  # the scheduler's text stands in for it
                 log.debug("dashboard: %s", err)
                 data = None
-            if data is not None and data.get("state") == "failed":
+            if data is not None and data.state == FAILED:
                 found = failure_of(path, data, label, when)
             else:
                 found = Failure(key, task, label, when, _first_line(text), "", str(path))

@@ -30,7 +30,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..layout import Layout, NodePaths
-from ..records import clear_done, next_seq, node_summary, on_write, record_seq, set_done
+from ..record import Record
+from ..records import (
+    as_record,
+    clear_done,
+    next_seq,
+    node_summary,
+    on_write,
+    record_seq,
+    set_done,
+)
 from . import snapshot
 from .columns import Table
 from .entries import RUN, RUNNING, SUCCEEDED, UNLINKED, Entry, finished
@@ -112,22 +121,23 @@ class Index:
         driver copies its workers' entries (docs/design.md §14.2)."""
         writer(self.layout).append_lines(data)
 
-    def entry(self, paths: NodePaths, record: dict[str, Any], *, seq: int | None = None,
-              state: str | None = None) -> Entry:
-        """The entry that says what ``record`` (the node's, at ``paths``) says."""
+    def entry(self, paths: NodePaths, record: Record | dict[str, Any], *,
+              seq: int | None = None, state: str | None = None) -> Entry:
+        """The entry that says what ``record`` (the node's, at ``paths``) says (a dict in
+        the stored format, from tools and tests, is read as a Record)."""
+        record = as_record(record)
         return Entry(self.layout.node_id(paths), record_seq(record) if seq is None else seq,
-                     state or str(record.get("state")), str(record.get("key")),
+                     state or str(record.state), str(record.key),
                      node_summary(record, paths.record, self.layout.root))
 
-    def done(self, paths: NodePaths, record: dict[str, Any], *,
-             seq: int | None = None) -> Entry:
+    def done(self, paths: NodePaths, record: Record, *, seq: int | None = None) -> Entry:
         """Make the ``.done`` link of a succeeded record, then append its entry."""
-        set_done(paths, str(record["key"]))
+        set_done(paths, str(record.key))
         entry = self.entry(paths, record, seq=seq, state=SUCCEEDED)
         self.append([entry])
         return entry
 
-    def undone(self, paths: NodePaths, record: dict[str, Any]) -> Entry:
+    def undone(self, paths: NodePaths, record: Record) -> Entry:
         """Append a durable entry saying the node is not finished, then remove its link.
 
         ``record`` is what the node's record becomes (running, damaged): its
@@ -144,14 +154,14 @@ class Index:
         self.append([damaged_entry(self.layout, paths, why, next_seq(None), key)], durable=True)
         clear_done(paths)
 
-    def note(self, paths: NodePaths, record: dict[str, Any]) -> Entry:
+    def note(self, paths: NodePaths, record: Record) -> Entry:
         """Append the entry of a record that is not finished (running, failed, cancelled)."""
         entry = self.entry(paths, record)
         self.append([entry])
         return entry
 
 
-def _announced(paths: NodePaths, record: dict[str, Any]) -> None:
+def _announced(paths: NodePaths, record: Record) -> None:
     """The entry of a record written with :func:`~dscheduler.store.records.write_record`
     by code that keeps no index itself.  A succeeded record is ``unlinked`` (not
     finished) one ``seq`` below its own until its link is made, as a rebuild has it."""

@@ -27,11 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..record import DAMAGED as DAMAGED  # the states an entry shares with its record
+from ..record import RUNNING as RUNNING
+from ..record import SUCCEEDED
 from ..records import dumps, loads
 
-SUCCEEDED = "succeeded"
-RUNNING = "running"
-DAMAGED = "damaged"
 UNLINKED = "unlinked"  # a succeeded record whose .done link is not made (yet)
 RUN = "run"
 

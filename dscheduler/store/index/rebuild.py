@@ -34,7 +34,16 @@ from ... import settings
 from ...errors import StoreError
 from ..layout import RUN_RECORD, Layout, NodePaths
 from ..lease import Lease
-from ..records import loads, node_folders, node_summary, nodes_in, read_record, record_seq
+from ..record import Record
+from ..records import (
+    loads,
+    node_folders,
+    node_summary,
+    nodes_in,
+    read_node,
+    read_record,
+    record_seq,
+)
 from .entries import DAMAGED, RUN, SUCCEEDED, UNLINKED, Entry, Merged
 from .segments import LOG, SEALED, names, read_tail
 from .snapshot import Corrupt, Missing, View, cleanup, load, publish, read_header, stem
@@ -42,22 +51,27 @@ from .snapshot import Corrupt, Missing, View, cleanup, load, publish, read_heade
 THREADS = 8
 
 
-def run_entry(layout: Layout, record: dict[str, Any]) -> Entry:
+def pending_record(run: dict[str, Any]) -> Record:
+    """What a listing shows of a run (its ``run.json`` dict) none of whose nodes has a
+    record yet: a pseudo-record in state ``pending``."""
+    return Record(run_id=run.get("run_id"), env_id=run.get("env_id"),
+                  label=run.get("label") or "", config=run.get("config"), state="pending")
+
+
+def run_entry(layout: Layout, run: dict[str, Any]) -> Entry:
     """The entry of a run (its ``run.json``): the summary a listing shows of a run none
     of whose nodes has a record yet (state ``pending``)."""
-    path = layout.run(str(record["run_id"])).record
-    pending: dict[str, Any] = {"run_id": record.get("run_id"), "env_id": record.get("env_id"),
-               "label": record.get("label"), "config": record.get("config"),
-               "state": "pending", "task": None, "attempts": []}
-    return Entry(layout.run_id_path(str(record["run_id"])), 0, RUN,
-                 str(record.get("config_digest", "")), node_summary(pending, path, layout.root))
+    path = layout.run(str(run["run_id"])).record
+    return Entry(layout.run_id_path(str(run["run_id"])), 0, RUN,
+                 str(run.get("config_digest", "")),
+                 node_summary(pending_record(run), path, layout.root))
 
 
 def damaged_entry(layout: Layout, paths: NodePaths, why: str, seq: int, key: str = "") -> Entry:
     """The entry of a node whose record cannot be read."""
     path = layout.node_id(paths)
-    pseudo = {"state": DAMAGED, "task": paths.task, "error": why,
-              "run_id": layout.run_of_node_id(path)}
+    pseudo = Record(state=DAMAGED, task=paths.task, damaged=why,
+                    run_id=layout.run_of_node_id(path))
     return Entry(path, seq, DAMAGED, key, node_summary(pseudo, paths.record, layout.root))
 
 
@@ -67,20 +81,20 @@ def _folder_entries(layout: Layout, folder: Path, files: list[str]) -> list[Entr
         path = (folder / RUN_RECORD).relative_to(layout.root).as_posix()
         if layout.run_of_id(path) is not None:
             try:
-                record = read_record(folder / RUN_RECORD)
+                run = read_record(folder / RUN_RECORD)
             except StoreError:
-                record = None
-            if record and "run_id" in record:
-                out.append(run_entry(layout, record))
+                run = None
+            if run and "run_id" in run:
+                out.append(run_entry(layout, run))
     for paths, link in nodes_in(folder, files):
         try:
-            record = read_record(paths.record)
+            record = read_node(paths.record)
         except StoreError as err:
             out.append(damaged_entry(layout, paths, str(err.why), 0, link or ""))
             continue
-        if record is None or not isinstance(record.get("key"), str):
+        if record is None or not isinstance(record.key, str):
             continue
-        state, key, seq = str(record.get("state")), record["key"], record_seq(record)
+        state, key, seq = str(record.state), record.key, record_seq(record)
         if state == SUCCEEDED and link != key:
             state, seq = UNLINKED, seq - 1
         out.append(Entry(layout.node_id(paths), seq, state, key,
