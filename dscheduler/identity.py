@@ -34,17 +34,16 @@ from .errors import CollisionError, IdentityError
 FORMAT = "1"
 SHORT = 16
 
+# json's public encoder, made once: ``json.dumps`` makes one per call with these
+# options.  No circular check: a cycle ends in RecursionError, named by _find_problem.
 _encoder = json.JSONEncoder(
     sort_keys=True,
     separators=(",", ":"),
     ensure_ascii=False,
     allow_nan=False,
+    check_circular=False,
     default=lambda o: _default(o),
 )
-# The C encoder behind ``json.dumps``, called directly with the same options:
-# json's Python-level wrapper is a large part of the cost of hashing a small
-# config (docs/benchmarks.md), and ids for 100,000 configs must take well under a second.
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
 
 
 def _utc(value: dt.datetime) -> str:
@@ -88,13 +87,13 @@ def _str_keys(value: Any) -> bool:
     while stack:
         item = stack.pop()
         if type(item) is dict:
-            for key, inner in item.items():
+            for key in item:
                 if type(key) is not str:
                     return False
-                if type(inner) in _CONTAINERS:
-                    stack.append(inner)
-        else:
-            stack.extend(x for x in item if type(x) in _CONTAINERS)
+            item = item.values()
+        for inner in item:
+            if type(inner) in _CONTAINERS:
+                stack.append(inner)
     return True
 
 
@@ -106,22 +105,11 @@ def canonical_json(value: Any, path: str = "value") -> str:
     try:
         if type(value) in _CONTAINERS and not _str_keys(value):
             raise TypeError("a mapping key is not a str")
-        if _fast is not None:
-            return "".join(_fast(value, 0))
         return _encoder.encode(value)
     except (TypeError, ValueError, RecursionError):
-        # The fast encoder failed: walk the value to name the field that did.
+        # The encoder failed: walk the value to name the field that did.
         _find_problem(value, path)
         raise
-
-
-_fast = (
-    _c_make_encoder(
-        None, _default, json.encoder.encode_basestring, None, ":", ",", True, False, False
-    )
-    if _c_make_encoder is not None
-    else None
-)
 
 
 def _find_problem(value: Any, path: str) -> None:

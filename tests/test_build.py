@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wheelhouse import write_wheel
+from helpers import sha256
+from wheelhouse import MakeEnv, write_wheel
 
 import dscheduler as ds
 from dscheduler.envs.build import build_env
@@ -38,15 +39,7 @@ from dscheduler.envs.smoke import top_level_modules
 from dscheduler.envs.uv import explain_uv_failure
 from dscheduler.errors import ConfigError, EnvBuildError
 
-MakeEnv = Callable[..., ds.Env]
-
 needs_squashfs = pytest.mark.squashfs
-
-
-@pytest.fixture
-def squashfs_tools() -> None:
-    if shutil.which("mksquashfs") is None:
-        pytest.skip("mksquashfs not installed (apt-get install squashfs-tools)")
 
 
 def leftovers(store: ds.Store, scratch: Path, env_id: str) -> list[Path]:
@@ -59,10 +52,6 @@ def leftovers(store: ds.Store, scratch: Path, env_id: str) -> list[Path]:
 def phase_count(store: ds.Store, env_id: str, phase: str) -> int:
     text = store.env(env_id).log.read_text()
     return sum(1 for line in text.splitlines() if line.startswith(f"== {phase}"))
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # -- a published env ---------------------------------------------------------------------
@@ -318,23 +307,6 @@ def test_failing_smoke_import_is_named(
     with pytest.raises(EnvBuildError, match="`import dstest_nope` failed"):
         build_env(store, other, smoke_imports=["dstest_base", "dstest_nope"])
     assert build_env(store, other, smoke_imports=[]).record["smoke_imports"] == []
-
-
-def test_build_tools_run_without_the_nannys_trim_threshold(
-    store: ds.Store, tmp_path: Path, node_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in every worker, where envs are built;
-    with it mksquashfs spends about 20% more CPU, so the build's tools go without."""
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    write_wheel(wheels, "dstest-environ", "1.0", [], (
-        "import os\n"
-        "raise RuntimeError('trim threshold: %r' % os.environ.get('MALLOC_TRIM_THRESHOLD_'))\n"))
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
-    env = ds.Env(requirements=["dstest-environ"], find_links=[wheels], offline=True, image="dir")
-    with pytest.raises(EnvBuildError) as info:  # the smoke test shows the tools' environment
-        build_env(store, env)
-    assert "trim threshold: None" in info.value.tail
 
 
 @needs_squashfs

@@ -116,9 +116,12 @@ def test_output_paths(tmp_path: Path) -> None:
     free = add(1)
     assert free.paths(store) == store.task("add", free.key16)
     # The fast marker path of planning is the layout's own.
-    assert store.done_marker(cfg.env_id, cfg.config_hash, "c1", "work", node.key16) == \
-        str(node.paths(store).done)
-    assert store.done_marker(None, None, None, "add", free.key16) == str(free.paths(store).done)
+    assert store.done_id(cfg.env_id, cfg.config_hash, "c1", "work", node.key16) == \
+        store.node_id(node.paths(store)) == f"runs/{cfg.run_id}/c1/.work.done"
+    assert store.done_id(cfg.env_id, cfg.config_hash, None, "work", node.key16) == \
+        store.node_id(store.run(cfg.run_id).node(None, "work"))
+    assert store.done_id(None, None, None, "add", free.key16) == \
+        store.node_id(free.paths(store)) == f"tasks/add/{free.key16}/.add.done"
 
     @ds.task(case="when")
     def at(cfg: Cfg, other: int, when: str) -> None: ...

@@ -236,10 +236,6 @@ class _Builder:
         self.paths = store.env(env.env_id)
         self.timings: dict[str, float] = {}
         self.subenv = commands.clean_env()
-        # Dask's nanny fixes glibc's trim threshold in every worker, which also pins
-        # its mmap threshold: mksquashfs then maps and faults in every block buffer
-        # anew (20% more CPU).  The build's tools do better with glibc's own tuning.
-        self.subenv.pop("MALLOC_TRIM_THRESHOLD_", None)
         # Set by run() and the steps:
         self.out = self.work = self.venv = self.python = scratch
         self.prefix = IMAGE_PREFIX

@@ -33,9 +33,16 @@ def temp_sibling(path: Path, suffix: str = ".partial") -> Path:
     return path.with_name(temp_name(path.name, suffix=suffix))
 
 
+#: The umask taken when it cannot be read: every bit, so that every mode is set explicitly.
+_UNKNOWN_UMASK = 0o777
+
+
 def _umask() -> int:
-    """This process's umask, read without changing it (``os.umask`` sets it for every
-    thread while it reads); 0o022 when /proc is not there."""
+    """This process's umask, from the ``Umask:`` line of ``/proc/self/status`` (proc(5),
+    Linux 4.7 and later).  Python can read it only by setting it (``os.umask``), for every
+    thread at once, which would give files other threads create meanwhile the wrong modes.
+    Where the line is missing, :data:`_UNKNOWN_UMASK`: modes are then always set, which is
+    correct and costs a ``chmod`` per file (docs/design.md §3)."""
     try:
         with open("/proc/self/status", "rb") as f:
             for line in f:
@@ -43,7 +50,7 @@ def _umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
-    return 0o022
+    return _UNKNOWN_UMASK
 
 
 _umasks: dict[int, int] = {}  # by pid

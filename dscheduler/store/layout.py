@@ -372,10 +372,6 @@ class Layout:
         return sorted(p for p in self.tasks_dir.glob("*/*/*.json") if record_task(p.name)
                       and p.name == f"{p.parent.parent.name}.json")
 
-    def env_records(self) -> list[Path]:
-        """Every published env's ``envs/*/env.json``."""
-        return sorted(self.envs_dir.glob("*/env.json"))
-
     def task(self, task: str, key16: str) -> NodePaths:
         name = check_name(task, "task name")
         return NodePaths(self.tasks_dir / name / check_name(key16, "key"), name, self.root)
@@ -407,26 +403,21 @@ class Layout:
         """The file whose existence cancels every task of one submission."""
         return self.locks_dir / f"cancel-{check_name(submission, 'submission id')}"
 
-    def done_marker(self, env_id: str | None, config_hash: str | None, case: str | None,
-                    task: str, key16: str) -> str:
-        """``NodePaths.done`` as a plain string, for planning's hot loop.
-
-        Three Path joins and four name checks per node were most of the time of
-        planning 100,000 nodes (docs/benchmarks.md); the names here were checked when the
-        node was made.  ``tests/test_graph_keys.py`` checks both give one path.
-        """
-        return f"{self.root}/{self.done_id(env_id, config_hash, case, task, key16)}"
-
     @staticmethod
     def done_id(env_id: str | None, config_hash: str | None, case: str | None,
                 task: str, key16: str) -> str:
-        """:meth:`node_id` from a node's names, the way :meth:`done_marker` builds it."""
-        # literals, not the constants above: this runs once per node of a plan
+        """:meth:`node_id` from a node's names, without making its :class:`NodePaths`.
+
+        Planning's hot loop: three Path joins and four name checks per node were most of
+        the time of planning 100,000 nodes (docs/benchmarks.md), and the names were checked
+        when the node was made.  The same constants as :class:`NodePaths`; a test checks
+        that both give one path.
+        """
         if env_id is None:
-            return f"tasks/{task}/{key16}/.{task}.done"
+            return f"{TASKS_DIR}/{task}/{key16}/.{task}{_DONE_SUFFIX}"
         if case is None:
-            return f"runs/{env_id}/{config_hash}/.{task}.done"
-        return f"runs/{env_id}/{config_hash}/{case}/.{task}.done"
+            return f"{RUNS_DIR}/{env_id}/{config_hash}/.{task}{_DONE_SUFFIX}"
+        return f"{RUNS_DIR}/{env_id}/{config_hash}/{case}/.{task}{_DONE_SUFFIX}"
 
     # -- SLURM clusters (docs/design.md §13) ----------------------------------------
 
@@ -438,10 +429,6 @@ class Layout:
     def slurm_logs_dir(self) -> Path:
         """Default directory of worker logs (setting ``slurm.log_directory``)."""
         return self.slurm_dir / "logs"
-
-    def slurm_log(self, job_name: str, job_id: str) -> Path:
-        """A job's log in the default worker log directory."""
-        return self.slurm_logs_dir / slurm_log_name(job_name, job_id)
 
     @property
     def slurm_cluster_record(self) -> Path:

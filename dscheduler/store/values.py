@@ -20,21 +20,17 @@ opens every one of them the same way.  Anything else is refused rather than
 pickled: a pickle ties the result to the library versions that wrote it
 (docs/design.md §3, §11).  Outputs are written to a temporary sibling and
 renamed into place (:func:`atomic.publish_dir`); the returned description
-goes into the node's record, which is written after the output.  In a Dask
-worker a large value is written with freed memory reused (:func:`reused_heap`).
+goes into the node's record, which is written after the output.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import itertools
 import json
 import math
 import os
 import shutil
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,81 +149,6 @@ def _quiet_zarr() -> Iterator[None]:
         yield
 
 
-#: glibc's ``mallopt`` parameters (malloc.h), and the values it starts with.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_DEFAULT = 128 * 1024
-_MMAP_THRESHOLD_MAX = 32 * 2**20  # HEAP_MAX_SIZE / 2 on 64-bit: glibc refuses more
-#: Values smaller than this are written as they are: their chunks are too small for
-#: the mapping to matter, and malloc_trim afterwards costs a walk of the heap.
-_REUSE_FROM_BYTES = 4 * 2**20
-
-_reuse_lock = threading.Lock()
-_reuse_writers = 0
-
-
-@functools.cache
-def _glibc() -> Any:
-    """glibc's functions, or None on another C library (musl, macOS): no mallopt there."""
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return None
-        return ctypes.CDLL(None)
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _fixed_trim_threshold() -> int | None:
-    """The trim threshold this process's environment fixed (Dask's nanny sets
-    ``MALLOC_TRIM_THRESHOLD_``), or None: glibc adapts its thresholds itself, or they were
-    set some way this module cannot read back (``GLIBC_TUNABLES``)."""
-    if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return None
-    try:
-        return int(os.environ["MALLOC_TRIM_THRESHOLD_"])
-    except (KeyError, ValueError):
-        return None
-
-
-@contextlib.contextmanager
-def reused_heap(nbytes: int) -> Iterator[None]:
-    """While writing ``nbytes``, let glibc hand out freed memory again, in a process
-    whose environment makes it return every free block to the OS at once.
-
-    Dask's nanny starts each worker with ``MALLOC_TRIM_THRESHOLD_=65536`` (so that
-    memory a task frees goes back to the OS).  Setting it also fixes glibc's mmap
-    threshold at 128 KiB: each buffer the Zarr write makes per chunk (the chunk
-    compressed, several MB) is then mapped, faulted in page by page and unmapped
-    again.  A 100 MB value took 47,000 page faults and 70 mmap/munmap pairs to write
-    (22,000 and 17 in a driver, 6,000 to 10,000 here), and its write was a quarter
-    slower in a worker than in the driver (bench/records.py).  During the write such
-    buffers come from the heap and stay there; afterwards the process's settings are
-    put back and the free memory is returned (``malloc_trim``).  Writes in several
-    threads share one such period.
-    """
-    global _reuse_writers
-    trim = _fixed_trim_threshold() if nbytes >= _REUSE_FROM_BYTES else None
-    libc = _glibc() if trim is not None else None
-    if libc is None:
-        yield
-        return
-    with _reuse_lock:
-        _reuse_writers += 1
-        if _reuse_writers == 1:
-            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
-            libc.mallopt(_M_TRIM_THRESHOLD, 2**30)
-    try:
-        yield
-    finally:
-        with _reuse_lock:
-            _reuse_writers -= 1
-            if _reuse_writers == 0:
-                mmap = os.environ.get("MALLOC_MMAP_THRESHOLD_", "")
-                libc.mallopt(_M_MMAP_THRESHOLD,
-                             int(mmap) if mmap.isdigit() else _MMAP_THRESHOLD_DEFAULT)
-                libc.mallopt(_M_TRIM_THRESHOLD, trim)
-                libc.malloc_trim(0)
-
-
 def write_zarr(dataset: Any, path: Path, *, compute: bool = True) -> Any:
     """Write ``dataset`` to the (empty or missing) directory ``path`` as zarr v3.
 
@@ -271,7 +192,7 @@ def save_value(paths: NodePaths, value: Any, *, fresh: bool = False) -> dict[str
     kind = zarr_kind(value)
     if kind is not None:
         dataset = as_dataset(value, kind)
-        with atomic.publish_dir(paths.zarr) as tmp, reused_heap(dataset.nbytes):
+        with atomic.publish_dir(paths.zarr) as tmp:
             write_zarr(dataset, tmp)
             atomic.fix_tree(tmp)  # zarr writes with open(): the umask's modes
         if not fresh:

@@ -11,8 +11,8 @@ dask-jobqueue writes:
   ``DSCHEDULER_WORKER_LOG`` naming it, which node records quote;
 * ``--lifetime``/``--lifetime-stagger`` from the walltime, without restart
   (:meth:`SlurmOptions.lifetime_seconds`);
-* the driver's ``dscheduler`` settings (``DASK_INTERNAL_INHERIT_CONFIG``),
-  as for the embedded cluster's workers;
+* the driver's ``dscheduler`` settings and :data:`NANNY_CONFIG`
+  (``DASK_INTERNAL_INHERIT_CONFIG``), as for the embedded cluster's workers;
 * the workers' scratch (``--local-directory``), made 0700 and checked on the
   node before they start, else the job ends (:func:`.preload.main`);
 * the preload that releases env mounts (:mod:`.preload`);
@@ -27,11 +27,11 @@ import shlex
 from pathlib import Path
 from typing import Any, ClassVar
 
-import dask.config
-from dask_jobqueue.slurm import SLURMJob
 from distributed.deploy.spec import ProcessInterface
 
+from ... import settings
 from ...store.layout import slurm_log_name
+from .jobqueue import SLURMJob
 from .ledger import Ledger
 from .options import SlurmOptions
 
@@ -55,9 +55,20 @@ def worker_dir_line(options: SlurmOptions) -> str:
     return f"{WORKER_DIR}=$({cmd}) || exit 1"
 
 
+#: Dask config for the nannies of every worker dscheduler starts (here and the embedded
+#: cluster's): Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` unset.  Setting it at all also fixes
+#: glibc's mmap threshold at 128 KiB, so each buffer of a Zarr write (several MB per chunk)
+#: is mapped, faulted in and unmapped again (docs/design.md §11).  A variable of the
+#: driver's own environment still reaches the workers.
+NANNY_CONFIG: dict[str, Any] = {
+    "distributed": {"nanny": {"pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": None}}}}
+
+
 def inherited_config() -> str:
-    """The driver's ``dscheduler`` settings, serialized for the workers' environment."""
-    return dask.config.serialize({"dscheduler": dask.config.get("dscheduler")})
+    """The driver's ``dscheduler`` settings and :data:`NANNY_CONFIG`, serialized for the
+    workers' environment."""
+    config = settings.dask_config()  # the packaged defaults merged in, if not yet
+    return config.serialize({"dscheduler": config.get("dscheduler"), **NANNY_CONFIG})
 
 
 class CpuJob(SLURMJob):
