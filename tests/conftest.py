@@ -1,13 +1,20 @@
 """Shared pytest setup for dscheduler's tests.
 
-Sections, top to bottom: CI guard, SLURM. Add further fixtures below, each in a
-section of its own.
+Sections, top to bottom: CI guard, cleanup, SLURM. Add further fixtures below,
+each in a section of its own.  Helpers shared by test modules (not fixtures)
+are in tests/helpers.py: no test module imports another.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import uuid
+from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -20,6 +27,91 @@ import pytest
 # "pytester" gives tests the `pytester` fixture for running inner pytest sessions.
 # =====================================================================================
 pytest_plugins = ["ci_guard", "pytester", "wheelhouse", "graphfixtures"]
+
+
+# =====================================================================================
+# Cleanup: nothing a test started outlives the session, even a killed one.
+# Every process started under this session (detached schedulers in sessions of
+# their own, reapers, drivers, SLURM workers: sbatch passes the environment on)
+# carries DSCHEDULER_TEST_SPAWNED_BY=<run>; <run> is $DSCHEDULER_TEST_RUN when
+# ci/test set it, else new.  At the end of the session, after all fixtures are
+# torn down, what still carries it is killed, and SLURM jobs writing under the
+# session's basetemp are cancelled.  SIGTERM (ci/test's timeout) becomes a
+# KeyboardInterrupt, so that finalizers and this sweep run; after a SIGKILL,
+# ci/test does the same sweep itself.
+# =====================================================================================
+SPAWNED_BY = "DSCHEDULER_TEST_SPAWNED_BY"
+_SWEEPS = SPAWNED_BY not in os.environ  # an inner pytest process leaves it to the outer one
+if _SWEEPS:
+    os.environ[SPAWNED_BY] = os.environ.get("DSCHEDULER_TEST_RUN") or f"pytest-{uuid.uuid4().hex}"
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise KeyboardInterrupt(f"signal {signum}: stopping, cleaning up")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _SWEEPS and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def spawned_pids(run: str) -> list[int]:
+    """Processes other than this one whose environment says this run started them."""
+    mark = f"{SPAWNED_BY}={run}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if mark in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+    return found
+
+
+def jobs_writing_under(root: Path) -> list[str]:
+    """This user's SLURM jobs whose output file is under ``root``."""
+    if shutil.which("squeue") is None:
+        return []
+    try:
+        out = subprocess.run(["squeue", "-h", f"--user={os.getuid()}", "-O", "JobID:|,StdOut:|"],
+                             capture_output=True, text=True, timeout=30, check=False).stdout
+    except subprocess.TimeoutExpired:
+        return []
+    rows = (line.split("|") for line in out.splitlines())
+    return [row[0].strip() for row in rows
+            if len(row) > 1 and row[1].strip().startswith(f"{root}/")]
+
+
+@pytest.hookimpl(trylast=True)  # after the runner's hook has torn down every fixture
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not _SWEEPS:
+        return
+    clusters = sys.modules.get("dscheduler.run.clusters")
+    if clusters is not None:  # the process's own clusters, closed as at exit: no kill
+        try:
+            clusters.close_slurm()
+            clusters.close_local()
+        except Exception as err:  # the sweep below still runs
+            print(f"conftest: closing the process's clusters failed: {err!r}", file=sys.stderr)
+    left = {}
+    for pid in spawned_pids(os.environ[SPAWNED_BY]):
+        try:
+            left[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, UnicodeDecodeError):
+            continue
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)  # None: no test asked for a tmp dir
+    jobs = jobs_writing_under(basetemp) if basetemp is not None else []
+    if jobs:
+        subprocess.run(["scancel", *jobs], check=False, timeout=60)
+    if left or jobs:
+        print(f"\nconftest: killed {len(left)} processes and cancelled SLURM jobs {jobs} left "
+              "behind by the tests:", *(f"  {pid} {cmd[:200]}" for pid, cmd in left.items()),
+              sep="\n", file=sys.stderr)
 
 
 # =====================================================================================

@@ -48,6 +48,19 @@ class Cfg(ds.RunConfig):
         return ds.Env(image="dir")
 
 
+class Broken(Cfg):
+    """Flavor "broken" asks for a package no index has: its env build fails."""
+
+    def env(self) -> ds.Env:
+        if self.flavor != "broken":
+            return super().env()
+        return ds.Env(image="dir", requirements=["dstest-does-not-exist==9.9"],
+                      find_links=[str(BROKEN_INDEX)], offline=True)
+
+
+BROKEN_INDEX = Path(__file__).parent  # no wheels here: nothing resolves
+
+
 class Small(ds.RunConfig):
     """The smallest run config: one env field and a label (for store and listing tests)."""
 
@@ -146,6 +159,11 @@ def driver_graph(log: str, n: int, sleep: float) -> list[ds.Node]:
     cfgs = [Cfg(flavor="ab"[i % 2], x=i, log=log, sleep=sleep) for i in range(n)]
     nodes = [work(cfg, "c0") for cfg in cfgs]
     return [*nodes, total(nodes, log)]
+
+
+def slow_nodes(log: str) -> list[ds.Node]:
+    """Three 4-second runs over two envs: the same keys in every process."""
+    return [work(Cfg(flavor="ab"[i % 2], x=i, log=log, sleep=4), "c0") for i in range(3)]
 
 
 def driver_main(argv: list[str]) -> int:

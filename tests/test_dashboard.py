@@ -6,23 +6,18 @@ The browser's view of the same pages is in tests/test_dashboard_browser.py.
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import socket
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import dask
-import psutil
 import pytest
-from graphfixtures import Cfg, boom, total, work
-from test_graph_run import Broken
+from graphfixtures import Broken, Cfg, boom, total, work
+from helpers import assert_loopback_only, wait_for
 from typer.testing import CliRunner
 
 import dscheduler as ds
@@ -36,18 +31,6 @@ def get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=30) as response:
         assert response.headers["Content-Type"].startswith("application/json")
         return dict(json.load(response))
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    """Call ``check`` until it returns something true; that value."""
-    end = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.1)
 
 
 def page_url(client: Any) -> str:
@@ -285,32 +268,6 @@ def test_printed_link_follows_the_dashboard_link_setting(
     assert f"dashboard at /user/ana/proxy/{port}/status " \
            f"(dscheduler page: /user/ana/proxy/{port}/dscheduler)" in err
     assert dashboard.page_link("http://h:1/other/") == "http://h:1/other/dscheduler"
-
-
-def off_loopback_addresses() -> list[str]:
-    """This machine's IPv4 addresses outside the loopback range (eth0's, say)."""
-    return sorted({a.address for addrs in psutil.net_if_addrs().values() for a in addrs
-                   if a.family == socket.AF_INET
-                   and not ipaddress.ip_address(a.address).is_loopback})
-
-
-def assert_loopback_only(link: str) -> list[str]:
-    """The dashboard at ``link`` listens on 127.0.0.1 only, answers there and is
-    refused on every non-loopback IPv4 address of the machine; those addresses."""
-    port = urlparse(link).port
-    assert port
-    listening = {c.laddr.ip for c in psutil.net_connections("tcp")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
-    assert listening == {"127.0.0.1"}, listening
-    with socket.create_connection(("127.0.0.1", port), timeout=5):
-        pass
-    addresses = off_loopback_addresses()
-    for address in addresses:
-        # a server bound to every interface (0.0.0.0) would answer here
-        with pytest.raises(ConnectionRefusedError), \
-                socket.create_connection((address, port), timeout=5):
-            pass
-    return addresses
 
 
 def test_dashboard_listens_on_loopback_only(cluster: Any) -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from graphfixtures import Cfg, boom, total, work
+from helpers import wait_for
 
 import dscheduler as ds
 from dscheduler.run import dashboard
@@ -62,18 +62,9 @@ def shot(web: Any, name: str) -> Path:
     return path
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            found = check()
-        except Exception:  # the page is being replaced by its script: look again
-            found = None
-        if found:
-            return found
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+def page_wait(check: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
+    """helpers.wait_for, looking again while the page is being replaced by its script."""
+    return wait_for(check, timeout, what, interval=0.2, ignore=(Exception,))
 
 
 def table(web: Any, section_id: str, cls: str) -> dict[str, dict[str, int]]:
@@ -115,14 +106,14 @@ def test_dashboard_pages_in_chromium_while_a_graph_runs_and_after(
     # Dask's own dashboard: the task stream, not the missing-bokeh message.
     browser.get(status)
     assert "Dask needs bokeh" not in browser.page_source
-    wait_for(lambda: any(k.startswith("work-") for k in task_stream(browser)),
-             what="work tasks in the task stream of /status")
+    page_wait(lambda: any(k.startswith("work-") for k in task_stream(browser)),
+              what="work tasks in the task stream of /status")
     shot(browser, "status-running.png")
 
     # The dscheduler page while the graph runs.
     browser.get(page)
-    running = wait_for(lambda: table(browser, section, "by-task").get("work", {})
-                       .get("running"), what="running nodes on /dscheduler")
+    running = page_wait(lambda: table(browser, section, "by-task").get("work", {})
+                        .get("running"), what="running nodes on /dscheduler")
     assert running >= 1
     assert browser.find_element("id", section).get_attribute("data-done") == "false"
     shot(browser, "dscheduler-running.png")
@@ -130,8 +121,8 @@ def test_dashboard_pages_in_chromium_while_a_graph_runs_and_after(
     results = handle.wait(progress=False)
     assert results.counts() == {"succeeded": 6, "cached": 1, "failed": 1}
     # No reload: the page's script updates it.
-    wait_for(lambda: browser.find_element("id", section).get_attribute("data-done") == "true",
-             what="the page to show the graph finished")
+    page_wait(lambda: browser.find_element("id", section).get_attribute("data-done") == "true",
+              what="the page to show the graph finished")
     by_task = table(browser, section, "by-task")
     assert by_task == {"work": {"cached": 1, "succeeded": 5}, "total": {"succeeded": 1},
                        "boom": {"failed": 1}}
@@ -146,7 +137,7 @@ def test_dashboard_pages_in_chromium_while_a_graph_runs_and_after(
     # The counts on the page agree with the store.
     stored = summarize(graph_store)
     store_id = f"store-{graph_store.root}"
-    wait_for(lambda: table(browser, store_id, "by-task") == {
+    page_wait(lambda: table(browser, store_id, "by-task") == {
         task: dict(c) for task, c in stored.by_task().items()}, timeout=30,
         what="the page's store section to match the store")
     for task, counts in by_task.items():
@@ -162,7 +153,7 @@ def test_dashboard_pages_in_chromium_while_a_graph_runs_and_after(
     # the last one (total) included.
     browser.get(status)
     assert "Dask needs bokeh" not in browser.page_source
-    ended = wait_for(lambda: (keys := task_stream(browser)) and any(
+    ended = page_wait(lambda: (keys := task_stream(browser)) and any(
         k.startswith("total-") for k in keys) and keys,
         what="the graph's tasks, total included, in the task stream of /status after it ended")
     assert {k.rsplit("-", 1)[0] for k in ended} >= {"work", "total", "boom"}, ended

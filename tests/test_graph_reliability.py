@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from graphfixtures import Cfg, count, lines
+from helpers import wait_for
 
 import dscheduler as ds
 from dscheduler.envs.mount import mount_root
@@ -42,18 +43,8 @@ def victim(cfg: Any, case: str) -> dict[str, Any]:
     return {"starts": starts}
 
 
-def _wait_for(predicate: Any, timeout: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def _first_start(log: str) -> tuple[int, int]:
-    line = _wait_for(lambda: next((x for x in lines(log) if x.startswith("start")), None),
+    line = wait_for(lambda: next((x for x in lines(log) if x.startswith("start")), None),
                      what="the task to start")
     _, pid, ppid = line.split()
     return int(pid), int(ppid)
@@ -101,7 +92,7 @@ def test_kill9_worker_is_rescheduled(cluster: Any, graph_store: ds.Store,
         assert first["pid"] == worker_pid and second["state"] == "succeeded"
         assert count(log, "start") == 2
         # The killed worker's task subprocess did not outlive it.
-        _wait_for(lambda: not _alive(task_pid), 10, "the orphaned task to exit")
+        wait_for(lambda: not _alive(task_pid), 10, "the orphaned task to exit")
         _no_partials(node.paths(graph_store).dir)
     finally:
         cluster.wait_for_workers(2, timeout=60)
@@ -158,7 +149,7 @@ def test_driver_killed_midgraph_then_restarted(cluster: Any, tmp_path: Path) -> 
     store, log = tmp_path / "data", str(tmp_path / "log")
     first = _driver(store, log, 8, 0.7)
     try:
-        done_before = _wait_for(lambda: len(_done_xs(store)) >= 2 and _done_xs(store), 120,
+        done_before = wait_for(lambda: len(_done_xs(store)) >= 2 and _done_xs(store), 120,
                                 "two finished tasks")
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
@@ -207,9 +198,9 @@ def test_cancel_kills_running_subprocess(cluster: Any, graph_store: ds.Store,
     pid, _ = _first_start(log)
     assert handle.status().get("pending") == 1
     handle.cancel()
-    _wait_for(lambda: not _alive(pid), 10, "the task subprocess to be killed")
+    wait_for(lambda: not _alive(pid), 10, "the task subprocess to be killed")
     paths = node.paths(graph_store)
-    _wait_for(lambda: (atomic.read_json(paths.record) or {}).get("state") == "cancelled",
+    wait_for(lambda: (atomic.read_json(paths.record) or {}).get("state") == "cancelled",
               10, "the record to say cancelled")
     results = handle.wait(timeout=30, progress=False)
     assert results.state(node) == "cancelled"
@@ -226,7 +217,7 @@ def test_timeout_kills_the_task(cluster: Any, graph_store: ds.Store, tmp_path: P
     record = results.record(node)
     assert record is not None and "timed out after 1 s" in record["attempts"][0]["error"]
     pid = int(lines(log)[0].split()[1])
-    _wait_for(lambda: not _alive(pid), 5, "the timed-out task to be gone")
+    wait_for(lambda: not _alive(pid), 5, "the timed-out task to be gone")
 
 
 @pytest.mark.squashfs

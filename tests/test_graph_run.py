@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from graphfixtures import Cfg, boom, count, total, transitions, work
+from graphfixtures import Broken, Cfg, boom, count, total, transitions, work
 
 import dscheduler as ds
 
@@ -172,19 +172,6 @@ def test_bad_input_rejected_before_submission(cluster: Any, graph_store: ds.Stor
                    progress=False)
     assert transitions(cluster) == before
     assert not (tmp_path / "good").exists()
-
-
-class Broken(Cfg):
-    """Flavor "broken" asks for a package no index has: its env build fails."""
-
-    def env(self) -> ds.Env:
-        if self.flavor != "broken":
-            return super().env()
-        return ds.Env(image="dir", requirements=["dstest-does-not-exist==9.9"],
-                      find_links=[str(BROKEN_INDEX)], offline=True)
-
-
-BROKEN_INDEX = Path(__file__).parent  # no wheels here: nothing resolves
 
 
 def test_env_build_failure_blocks_its_nodes_only(cluster: Any, graph_store: ds.Store,

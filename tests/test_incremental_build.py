@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_build import MakeEnv, sha256, squashfs_tools
-from wheelhouse import STRAY_BYTES, STRAY_PYC, write_wheel
+from helpers import sha256
+from wheelhouse import STRAY_BYTES, STRAY_PYC, MakeEnv, write_wheel
 
 import dscheduler as ds
 from dscheduler.envs.build import build_env
@@ -25,7 +25,6 @@ from dscheduler.envs.compiling import Compilers, cores
 from dscheduler.envs.reproducible import PycCache
 
 pytestmark = pytest.mark.squashfs
-__all__ = ["squashfs_tools"]  # a fixture of test_build.py, used here too
 
 
 def test_warm_build_uses_the_cache_and_gives_the_same_image(

@@ -1,8 +1,9 @@
 """The store index in one process: entries, torn files, rebuilds, reruns, listing.
 
-Nodes run through the worker's own code path (``run_node``) without a
-cluster, so records, links and index entries are the real ones.  Tasks
-count their executions in a log file, as tests/graphfixtures.py does.
+Nodes run through the worker's own code path (``run_node``, in
+helpers.run_inline) without a cluster, so records, links and index entries
+are the real ones.  Tasks count their executions in a log file, as
+tests/graphfixtures.py does.
 Tests with many processes and kill -9 are in tests/test_index_processes.py.
 """
 
@@ -13,19 +14,21 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import dask.config
 import pytest
+from helpers import BoundCfg, bound_v1, bound_v2, run_inline
 from typer.testing import CliRunner
 
 import dscheduler as ds
+from dscheduler import settings
 from dscheduler.cli import app
 from dscheduler.graph.plan import CHANGED, DAMAGED, FAILED, INTERRUPTED, NO_RECORD
-from dscheduler.run.execute import run_node
-from dscheduler.run.spec import make_specs
+from dscheduler.run import execute
 from dscheduler.store.index import Entry, Index
 from dscheduler.store.index import segments as segments_mod
 from dscheduler.store.index.entries import Merged
@@ -48,20 +51,6 @@ def runs_of(log: str, i: int) -> int:
         return Path(log).read_text().split().count(str(i))
     except FileNotFoundError:
         return 0
-
-
-def run_inline(nodes: list[ds.Node], store: ds.Store, force: bool = False) -> dict[str, str]:
-    """Run what the plan says, upstream first, in this process: state per node name."""
-    p = ds.plan(nodes, store=store, force=force)
-    specs = make_specs(p, os.urandom(4).hex())  # a submission of its own
-    store.ensure()
-    states = {}
-    for node in p.to_run:
-        try:
-            states[node.name] = run_node(specs[node.key])[0]
-        except ds.TaskError:
-            states[node.name] = "failed"
-    return states
 
 
 def truth(store: ds.Store, node: ds.Node) -> bool:
@@ -121,7 +110,7 @@ def test_torn_lines_and_zeros_are_skipped(store: ds.Store, log: str) -> None:
 def test_deleted_or_corrupt_index_is_rebuilt(store: ds.Store, log: str) -> None:
     nodes = [step(i, log) for i in range(4)]
     run_inline(nodes, store)
-    store.write_run(Cfg(x=1, label="one"))
+    store.write_run(BoundCfg(x=1, label="one"))
     segments_mod.writer(store).close()  # this process's writer, as another process's would be
 
     import shutil
@@ -201,35 +190,10 @@ def test_forced_rerun_that_fails_or_dies_is_not_hidden(
     assert [runs_of(log, i) for i in range(3)] == [3, 2, 1]
 
 
-class Cfg(ds.RunConfig):
-    ENV_FIELDS: ClassVar = ()
-    x: int = 0
-    label: str = ""
-
-    def env(self) -> ds.Env:
-        return ds.Env(image="dir")
-
-
-@ds.task(version="1", env=None, name="bound")
-def bound_v1(cfg: Cfg, case: str, log: str) -> int:
-    with open(log, "a") as f:
-        f.write("v1\n")
-    return 1
-
-
-@ds.task(version="2", env=None, name="bound")
-def bound_v2(cfg: Cfg, case: str, log: str) -> int:
-    with open(log, "a") as f:
-        f.write("v2\n")
-    if os.path.exists(log + ".fail"):
-        raise ValueError("v2 told to fail")
-    return 2
-
-
 def test_version_bump_at_the_same_path_is_not_hidden(
     store: ds.Store, log: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cfg = Cfg(x=1)
+    cfg = BoundCfg(x=1)
     old, new = bound_v1(cfg, "c", log), bound_v2(cfg, "c", log)
     assert old.paths(store) == new.paths(store)
     run_inline([old], store)
@@ -321,7 +285,7 @@ def test_runs_are_listed_through_the_index(
 ) -> None:
     from dscheduler.store import runs as runs_mod
 
-    cfgs = [Cfg(x=i, label=f"run{i}") for i in range(20)]
+    cfgs = [BoundCfg(x=i, label=f"run{i}") for i in range(20)]
     for cfg in cfgs:
         store.write_run(cfg)
     run_inline([bound_v1(cfg, "c", log) for cfg in cfgs[:5]], store)
@@ -330,6 +294,7 @@ def test_runs_are_listed_through_the_index(
     # Listing reads the index, not one record per node: with the walk made
     # impossible, it still lists every run, finished or pending.
     monkeypatch.setattr(runs_mod, "read_record", None)
+    monkeypatch.setattr(runs_mod, "read_node", None)
     monkeypatch.setattr(runs_mod, "iter_node_records", None)
     frame = store.runs()
     assert sorted(frame["run_id"]) == sorted(c.run_id for c in cfgs)
@@ -457,7 +422,12 @@ def test_tiny_first_attempt_writes_its_record_once_and_a_kill_is_still_listed(
 
     monkeypatch.setattr(atomic, "write_bytes", counting)
     run_inline([step(0, log)], store)
-    time.sleep(0.3)  # past task.running_record_after: a deferred write would have happened
+    # A deferred "running" write waits on execute's one timer thread, which runs its
+    # calls in time order: once a marker queued now, running_record_after from now, has
+    # run, a deferred write the attempt failed to cancel would have run before it.
+    passed = threading.Event()
+    execute._later(float(settings.get("task.running_record_after")), passed.set)
+    assert passed.wait(60), "the timer thread did not run the marker"
     assert writes.count("step.json") == 1  # once, not "running" then "succeeded"
     # A first attempt killed before its "running" record leaves only its lease:
     # the next attempt, breaking it, lists the killed one.

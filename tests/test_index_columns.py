@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_index import Cfg, bound_v1, bound_v2, run_inline
+from helpers import BoundCfg, bound_v1, bound_v2, run_inline
 from typer.testing import CliRunner
 
 import dscheduler as ds
@@ -131,7 +131,7 @@ def test_a_name_only_dropped_rows_have_is_no_column(tmp_path: Path, small_blocks
 def test_listing_and_compaction_in_blocks(
     store: ds.Store, log: str, small_blocks: int,
 ) -> None:
-    cfgs = [Cfg(x=i, label=f"run{i}") for i in range(14)]
+    cfgs = [BoundCfg(x=i, label=f"run{i}") for i in range(14)]
     for cfg in cfgs:
         store.write_run(cfg)
     run_inline([bound_v1(cfg, "c", log) for cfg in cfgs[:9]], store)
@@ -177,7 +177,7 @@ def old_format(store: ds.Store) -> None:
 def test_an_index_of_the_old_format_is_rebuilt(
     store: ds.Store, log: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cfgs = [Cfg(x=i, label=f"run{i}") for i in range(3)]
+    cfgs = [BoundCfg(x=i, label=f"run{i}") for i in range(3)]
     nodes = [bound_v1(cfg, "c", log) for cfg in cfgs[:2]]
     for cfg in cfgs:
         store.write_run(cfg)
@@ -195,7 +195,7 @@ def test_an_index_of_the_old_format_is_rebuilt(
 
 
 def test_a_damaged_summaries_file(store: ds.Store, log: str) -> None:
-    cfgs = [Cfg(x=i, label=f"run{i}") for i in range(3)]
+    cfgs = [BoundCfg(x=i, label=f"run{i}") for i in range(3)]
     run_inline([bound_v1(cfg, "c", log) for cfg in cfgs], store)
     assert store.index.compact()
     listed = store.runs()

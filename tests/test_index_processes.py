@@ -17,10 +17,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import dask.config
 import pytest
+from helpers import wait_for
 
 import dscheduler as ds
 from dscheduler.graph.plan import INTERRUPTED
@@ -135,14 +135,6 @@ def test_many_processes_finish_tasks_at_once(tmp_path: Path) -> None:
     assert finished_index(store, nodes) == truth
 
 
-def _wait_for(predicate: Any, timeout: float = 120) -> None:
-    end = time.time() + timeout
-    while not predicate():
-        if time.time() > end:
-            raise AssertionError("timed out")
-        time.sleep(0.005)
-
-
 def test_kill9_mid_update_then_plan_is_right(tmp_path: Path) -> None:
     store = ds.Store(tmp_path / "data").ensure()
     log, n = str(tmp_path / "log"), 40
@@ -158,9 +150,11 @@ def test_kill9_mid_update_then_plan_is_right(tmp_path: Path) -> None:
                      env={"STEP_SLEEP": "0.002", "STEP_HANG": str(hang)})
         if hang >= 0:
             before = count(log, "start").get(hang, 0)
-            _wait_for(lambda: count(log, "start").get(hang, 0) > before)  # noqa: B023
+            wait_for(lambda: count(log, "start").get(hang, 0) > before, 120,  # noqa: B023
+                     f"node {hang} to start", interval=0.005)
         else:
-            _wait_for(lambda: sum(count(log, "start").values()) > started)  # noqa: B023
+            wait_for(lambda: sum(count(log, "start").values()) > started, 120,  # noqa: B023
+                     "a node to start", interval=0.005)
             time.sleep(rng.uniform(0, 0.3))
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 import dscheduler as ds
 from dscheduler.store.lease import lease_held
@@ -21,7 +23,10 @@ from dscheduler import Lease
 lease = Lease(sys.argv[1], ttl=float(sys.argv[2]), poll=0.02, owner="holder")
 lease.acquire(timeout=30)
 open(sys.argv[3], "w").write(str(os.getpid()))
-time.sleep(float(sys.argv[4]))
+# hold until the file sys.argv[4] appears (the test says when), 120 s at most
+end = time.monotonic() + 120
+while not os.path.exists(sys.argv[4]) and time.monotonic() < end:
+    time.sleep(0.02)
 lost = lease.lost
 lease.release()
 print("lost" if lost else "kept")
@@ -45,17 +50,29 @@ print("ok")
 """
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftovers() -> Iterator[None]:
+    """A test that fails half-way leaves no holder behind."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)
+
+
 def _start(code: str, *args: object) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _STARTED.append(proc)
+    return proc
 
 
-def _wait_for(path: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.02)
+def _started(path: Path) -> None:
+    wait_for(path.exists, 60, f"the holder to write {path}")
 
 
 def test_contending_processes_never_overlap(tmp_path: Path) -> None:
@@ -68,9 +85,9 @@ def test_contending_processes_never_overlap(tmp_path: Path) -> None:
 
 def test_holder_killed_is_broken_after_ttl(tmp_path: Path) -> None:
     lease, started = tmp_path / "x.lease", tmp_path / "started"
-    ttl = 1.0
-    holder = _start(HOLDER, lease, ttl, started, 60)
-    _wait_for(started)
+    ttl = 3.0  # heartbeats every 0.75 s: "not yet breakable" has 2 s to spare under load
+    holder = _start(HOLDER, lease, ttl, started, tmp_path / "never")
+    _started(started)
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     killed_at = time.time()
@@ -82,24 +99,33 @@ def test_holder_killed_is_broken_after_ttl(tmp_path: Path) -> None:
     try:
         took = time.time() - killed_at
         assert time.time() - heartbeat > ttl  # broken only once the heartbeat was stale
-        assert took < ttl + 2, f"took {took:.2f} s to break a dead holder's lease"
+        assert took < ttl + 5, f"took {took:.2f} s to break a dead holder's lease"
         assert json.loads(lease.read_text())["token"] == waiter.token
     finally:
         waiter.release()
 
 
 def test_live_holder_is_never_broken(tmp_path: Path) -> None:
-    lease, started = tmp_path / "x.lease", tmp_path / "started"
-    ttl, hold = 0.4, 3.0  # several TTLs
-    holder = _start(HOLDER, lease, ttl, started, hold)
-    _wait_for(started)
-    waiter = ds.Lease(lease, ttl=ttl, poll=0.02)
-    with pytest.raises(ds.LeaseTimeout, match="still held"):
-        waiter.acquire(timeout=hold - 0.5)
-    out, err = holder.communicate(timeout=30)
+    # ttl 3 s: the holder heartbeats every ttl/4 = 0.75 s, so only a holder process
+    # starved for 3 s in a row loses its lease (a 0.4 s ttl broke on a loaded 2-core
+    # machine).  The waiter tries for two TTLs: without heartbeats it would break the
+    # lease after one.  The holder lets go only when told: no race at the end.
+    lease, started, release = tmp_path / "x.lease", tmp_path / "started", tmp_path / "release"
+    ttl = 3.0
+    holder = _start(HOLDER, lease, ttl, started, release)
+    try:
+        _started(started)
+        first = json.loads(lease.read_text())["heartbeat"]
+        waiter = ds.Lease(lease, ttl=ttl, poll=0.05)
+        with pytest.raises(ds.LeaseTimeout, match="still held"):
+            waiter.acquire(timeout=2 * ttl)
+        assert json.loads(lease.read_text())["heartbeat"] > first + ttl  # it was kept alive
+    finally:
+        release.touch()
+    out, err = holder.communicate(timeout=60)
     assert holder.returncode == 0, err
     assert out.strip() == "kept"
-    waiter.acquire(timeout=5)  # free once the holder let go
+    waiter.acquire(timeout=30)  # free once the holder let go
     waiter.release()
 
 
@@ -119,8 +145,8 @@ def test_release_only_removes_own_lease(tmp_path: Path) -> None:
 
 def test_dead_local_holder_is_broken_at_once_only_when_asked(tmp_path: Path) -> None:
     lease, started = tmp_path / "x.lease", tmp_path / "started"
-    holder = _start(HOLDER, lease, 60, started, 60)  # a TTL far longer than the test
-    _wait_for(started)
+    holder = _start(HOLDER, lease, 60, started, tmp_path / "never")  # a TTL past the test
+    _started(started)
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     patient = ds.Lease(lease, ttl=60, poll=0.02)
@@ -132,24 +158,27 @@ def test_dead_local_holder_is_broken_at_once_only_when_asked(tmp_path: Path) -> 
 
 
 def test_live_local_holder_is_not_broken_by_break_dead_local(tmp_path: Path) -> None:
-    lease, started = tmp_path / "x.lease", tmp_path / "started"
-    holder = _start(HOLDER, lease, 60, started, 2)
-    _wait_for(started)
-    eager = ds.Lease(lease, ttl=60, poll=0.02, break_dead_local=True)
-    assert not eager.try_acquire()
-    out, _ = holder.communicate(timeout=30)
+    lease, started, release = tmp_path / "x.lease", tmp_path / "started", tmp_path / "release"
+    holder = _start(HOLDER, lease, 60, started, release)
+    try:
+        _started(started)
+        eager = ds.Lease(lease, ttl=60, poll=0.02, break_dead_local=True)
+        assert not eager.try_acquire()
+    finally:
+        release.touch()
+    out, _ = holder.communicate(timeout=60)
     assert out.strip() == "kept"
 
 
 def test_lease_held_means_readable_fresh_and_holder_alive(tmp_path: Path) -> None:
     path = tmp_path / "x.lease"
     assert not lease_held(path)  # no lease
-    lease = ds.Lease(path, ttl=0.3, poll=0.01)
+    lease = ds.Lease(path, ttl=30, poll=0.01)  # fresh for the test even when it stalls
     assert lease.try_acquire()
     assert lease_held(path)
     info = json.loads(path.read_text())
     lease.stop_heartbeat()
-    time.sleep(0.4)
+    path.write_text(json.dumps({**info, "heartbeat": time.time() - 31}))
     assert not lease_held(path)  # stale: its heartbeat is older than its ttl
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()

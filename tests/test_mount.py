@@ -206,8 +206,9 @@ def test_dead_fuse_mount_is_detected_and_replaced(envs: dict[str, BuiltEnv]) -> 
         pytest.skip(f"squashfuse unavailable: {reason or 'no squashfs env'}")
     built = envs["squashfs"]
     with ds.mount(built, backend="squashfuse") as first:
-        squashfuse_daemon(first).kill()  # the FUSE server dies under a live holder
-        time.sleep(0.2)
+        daemon = squashfuse_daemon(first)
+        daemon.kill()  # the FUSE server dies under a live holder
+        daemon.wait(timeout=60)
         with pytest.raises(OSError) as info:
             os.listdir(first)
         assert "not connected" in str(info.value)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from graphfixtures import lines
-from test_graph_reliability import _wait_for
+from helpers import wait_for
 
 import dscheduler as ds
 
@@ -49,7 +49,7 @@ def test_killed_while_writing_leaves_nothing_visible_and_retry_completes(
     node = slow_writer(log, 100)
     paths = node.paths(graph_store)
     handle = ds.submit(node, store=graph_store, cluster=cluster)
-    _wait_for(lambda: "writing" in lines(log), what="the write to start")
+    wait_for(lambda: "writing" in lines(log), what="the write to start")
     pid = int(lines(log)[0].split()[1])
     partial = [p.name for p in paths.dir.iterdir() if p.name.startswith(".slow_writer.zarr.")]
     assert partial and not paths.zarr.exists()  # written so far: only a hidden sibling

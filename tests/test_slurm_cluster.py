@@ -7,15 +7,12 @@ GPU job fit the 2-CPU node at once; every test ends with none of its jobs in
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,13 +20,11 @@ from typing import Any
 import dask.config
 import pytest
 from graphfixtures import Cfg, count, lines, work
-from test_dashboard import assert_loopback_only
-from test_graph_reliability import _wait_for as wait_for
+from helpers import assert_loopback_only, our_jobs, page_json, run, wait_for, wait_until_gone
 
 import dscheduler as ds
 from dscheduler.envs.mount import BACKENDS, SharedMount, release_unused
 from dscheduler.identity import short_id
-from dscheduler.run import dashboard
 from dscheduler.run.clusters import close_slurm
 
 pytestmark = pytest.mark.slurm
@@ -38,50 +33,10 @@ SMALL = {"cores": 1, "memory": "1GB", "max_jobs": 1, "walltime": "00:15:00",
          "idle_timeout": 2, "interval": 0.5, "gpu": {"gpus": 1, "max_jobs": 1}}
 
 
-# -- helpers (test_slurm_detached.py uses them too) ---------------------------------------
-
-
-def our_jobs() -> dict[str, tuple[str, str]]:
-    """This user's jobs in squeue: id -> (state, name)."""
-    out = subprocess.run(["squeue", "-h", f"--user={os.getuid()}", "-o", "%i|%T|%j"],
-                         capture_output=True, text=True, check=True, timeout=30).stdout
-    rows = (line.split("|") for line in out.splitlines() if line.strip())
-    return {job: (state, name) for job, state, name in rows}
-
-
-def wait_until_gone(job_ids: set[str], timeout: float = 60.0) -> float:
-    """Seconds until none of ``job_ids`` is in squeue; AssertionError past ``timeout``."""
-    start = time.monotonic()
-    while set(our_jobs()) & job_ids:
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"jobs still queued after {timeout} s: {our_jobs()}")
-        time.sleep(0.5)
-    return time.monotonic() - start
-
-
-def run(nodes: list[ds.Node], store: ds.Store, cluster: Any,
-        timeout: float = 180) -> ds.Results:
-    """``ds.compute`` that gives up after ``timeout`` seconds instead of hanging."""
-    return ds.submit(nodes, store=store, cluster=cluster).wait(timeout=timeout, progress=False)
-
-
 def attempts(results: ds.Results, node: ds.Node) -> list[dict[str, Any]]:
     record = results.record(node)
     assert record is not None, node.name
     return list(record["attempts"])
-
-
-def page_json(dashboard_link: str) -> dict[str, Any] | str:
-    """GET ``/dscheduler.json`` beside a dashboard link: its data, or what went wrong
-    (an HTTP error such as a 404 when the page is missing, or JSON that does not parse)."""
-    url = dashboard.page_link(dashboard_link) + ".json"
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            if response.status != 200:
-                return f"{url}: HTTP {response.status}"
-            return dict(json.load(response))
-    except (urllib.error.URLError, ValueError) as err:
-        return f"{url}: {type(err).__name__}: {err}"
 
 
 # -- a graph with two envs, on the process's own SLURM cluster -----------------------------
@@ -195,7 +150,6 @@ def test_dscheduler_page_from_the_start_and_on_loopback_only(slurm: Any) -> None
 
 @ds.task(version="1", env=None)
 def on_cpu(i: int) -> dict[str, Any]:
-    import os
 
     return {"i": i, "job": os.environ.get("SLURM_JOB_ID"),
             "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
@@ -203,7 +157,6 @@ def on_cpu(i: int) -> dict[str, Any]:
 
 @ds.task(version="1", env=None, resources={"GPU": 1})
 def on_gpu(i: int) -> dict[str, Any]:
-    import os
 
     return {"i": i, "job": os.environ.get("SLURM_JOB_ID"),
             "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
@@ -230,8 +183,6 @@ def test_detach_needs_a_scheduler_outside_the_driver(slurm: Any) -> None:
 @ds.task(version="1", env=None)
 def victim(log: str) -> dict[str, Any]:
     """The first execution waits to be cancelled; the next one finishes at once."""
-    import os
-    import time
 
     with open(log, "a") as f:
         f.write(f"start {os.environ['SLURM_JOB_ID']}\n")
@@ -299,8 +250,6 @@ def test_a_squashfs_env_is_built_once_mounted_on_the_node_and_released(
 
 @ds.task(version="1", env=None)
 def step(i: int, log: str) -> dict[str, Any]:
-    import os
-    import time
 
     with open(log, "a") as f:
         f.write(f"start {i} {os.environ['SLURM_JOB_ID']}\n")
@@ -310,8 +259,6 @@ def step(i: int, log: str) -> dict[str, Any]:
 
 @ds.task(version="1", env=None, resources={"GPU": 1})
 def gpu_step(i: int, log: str) -> dict[str, Any]:
-    import os
-    import time
 
     with open(log, "a") as f:
         f.write(f"start gpu {i} {os.environ['SLURM_JOB_ID']}\n")

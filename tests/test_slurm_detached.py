@@ -14,12 +14,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from graphfixtures import Cfg, count, work
-from test_slurm_cluster import our_jobs, page_json, run, wait_for, wait_until_gone
+from graphfixtures import count, slow_nodes
+from helpers import our_jobs, page_json, run, wait_for, wait_until_gone
 
 import dscheduler as ds
 
@@ -33,24 +34,34 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=180)
 
 
-def _nodes(log: str) -> list[ds.Node]:
-    """Three 4-second runs over two envs: the same keys in every process."""
-    return [work(Cfg(flavor="ab"[i % 2], x=i, log=log, sleep=4), "c0") for i in range(3)]
-
-
 DETACHED_DRIVER = """
 import sys
 sys.path.insert(0, sys.argv[1])
 import dscheduler as ds
-from test_slurm_detached import _nodes
-handle = ds.submit(_nodes(sys.argv[3]), store=sys.argv[2], cluster="store", detach=True)
+from graphfixtures import slow_nodes
+handle = ds.submit(slow_nodes(sys.argv[3]), store=sys.argv[2], cluster="store", detach=True)
 print("submitted", handle.status(), flush=True)
 """
 
 
-def test_cluster_up_detach_a_new_driver_collects_cluster_down(
-        slurm_available: str, node_dirs: Any, tmp_path: Path) -> None:
+@pytest.fixture
+def detached_store(tmp_path: Path) -> Iterator[ds.Store]:
+    """A store whose detached cluster, if one is still up at the end, is stopped:
+    ``cluster down``, then a kill of its process if it lives on (its jobs go with it)."""
     store = ds.Store(tmp_path / "data")
+    yield store
+    try:
+        pid = int(json.loads(store.slurm_cluster_record.read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return  # none up (the test's own `cluster down` stopped it)
+    _cli("cluster", "down", "--store", str(store.root))
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_cluster_up_detach_a_new_driver_collects_cluster_down(
+        slurm_available: str, node_dirs: Any, tmp_path: Path, detached_store: ds.Store) -> None:
+    store = detached_store
     log = str(tmp_path / "log")
     up = _cli("cluster", "up", "--store", str(store.root), "-o", f"partition={slurm_available}",
               "-o", "cores=1", "-o", "memory=1GB", "-o", "max_jobs=2", "-o", "idle_timeout=2",
@@ -87,9 +98,9 @@ def test_cluster_up_detach_a_new_driver_collects_cluster_down(
             assert row[1] == jobs[job]["kind"] and row[2] in seen, (job, row, seen, status.stdout)
         # A new driver sees those nodes running, waits for them and collects them.
         wait_for(lambda: count(log, "start") >= 1, 60, "a detached task to start")
-        reasons = ds.plan(_nodes(log), store=store).reasons.values()
+        reasons = ds.plan(slow_nodes(log), store=store).reasons.values()
         assert any(r.startswith("in progress elsewhere (its lease is held)") for r in reasons)
-        results = run(_nodes(log), store, "store")
+        results = run(slow_nodes(log), store, "store")
         assert results.ok and len(results.states) == 3, results.errors
         assert count(log, "start") == 3 and count(log, "end") == 3  # nothing ran twice
         jobs = {r["attempts"][-1]["slurm_job_id"] for r in map(results.record, results.plan.nodes)
@@ -175,7 +186,7 @@ def test_the_next_command_cancels_the_jobs_of_a_dead_driver(slurm_available: str
     store = ds.Store(tmp_path / "data").ensure()
     name = "dscheduler-cpu-deadbeef"
     held = subprocess.run(["sbatch", "--parsable", "--hold", "-p", slurm_available, "-J", name,
-                           "-o", "/dev/null", "-t", "5", "--wrap", "sleep 300"],
+                           "-o", f"{tmp_path}/held-%j.out", "-t", "5", "--wrap", "sleep 300"],
                           capture_output=True, text=True, check=True, timeout=60)
     job = held.stdout.strip().split(";")[0]
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -4,36 +4,20 @@ task and per run label, running against interrupted, envs, failures with their l
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from graphfixtures import Cfg
+from helpers import write_node_record
 from typer.testing import CliRunner
 
 import dscheduler as ds
 from dscheduler.cli import app
-from dscheduler.store import NodePaths, atomic
-from dscheduler.store.records import set_done, write_record
+from dscheduler.store import atomic
 from dscheduler.store.status import summarize
 
 pytestmark = pytest.mark.fast
-
-
-def node(paths: NodePaths, state: str, n: int, when: float = 0, **attempt: Any) -> str:
-    """Write a node's record (and its .done link when it succeeded); its key."""
-    key = f"{n:016x}" + "0" * 48
-    record = {"task": paths.task, "key": key, "name": f"{paths.task}-{key[:16]}",
-              "state": state, "attempts": [{"attempt": 1, "state": state, **attempt}]}
-    paths.dir.mkdir(parents=True, exist_ok=True)
-    write_record(paths, record)
-    if state == "succeeded":
-        set_done(paths, key)
-    if when:
-        os.utime(paths.record, (when, when))
-    return key
 
 
 @pytest.fixture
@@ -43,17 +27,17 @@ def store(tmp_path: Path) -> Iterator[ds.Store]:
     store.write_run(alpha)
     store.write_run(beta)
     ra, rb = store.run(alpha.run_id), store.run(beta.run_id)
-    node(ra.node("c0", "work"), "succeeded", 1)
-    node(ra.node("c1", "work"), "failed", 2, when=1_000_000, error="ValueError: older",
+    write_node_record(ra.node("c0", "work"), "succeeded", 1)
+    write_node_record(ra.node("c1", "work"), "failed", 2, when=1_000_000, error="ValueError: older",
          log_tail="older log")
-    node(ra.node("c2", "work"), "failed", 3, when=2_000_000, error="ValueError: newer",
+    write_node_record(ra.node("c2", "work"), "failed", 3, when=2_000_000, error="ValueError: newer",
          log_tail="\n".join(f"line {i}" for i in range(40)), log="/x/logs/work.log")
-    key = node(rb.node("c0", "work"), "running", 4)
+    key = write_node_record(rb.node("c0", "work"), "running", 4)
     held = [store.lease(f"node-{key[:16]}").acquire()]  # a live holder: running
-    node(rb.node("c1", "work"), "running", 5)  # nobody holds its lease: interrupted
-    node(rb.node(None, "check"), "cancelled", 6)
+    write_node_record(rb.node("c1", "work"), "running", 5)  # nobody holds its lease: interrupted
+    write_node_record(rb.node(None, "check"), "cancelled", 6)
     total = store.task("total", "7" * 16)
-    node(total, "succeeded", 7)
+    write_node_record(total, "succeeded", 7)
     # A Zarr output holds JSON files too: the walk never looks inside.
     (total.zarr / "c").mkdir(parents=True)
     (total.zarr / "c" / "fake.json").write_text(json.dumps({"state": "failed",
@@ -113,7 +97,7 @@ def test_failure_without_log_shows_its_traceback(tmp_path: Path) -> None:
     store = ds.Store(tmp_path / "data").ensure()
     tb = "Traceback (most recent call last):\n" + "".join(f"  frame {i}\n" for i in range(30)) \
         + "KeyError: 'x'"
-    node(store.task("t", "1" * 16), "failed", 1, error="KeyError: 'x'", traceback=tb)
+    write_node_record(store.task("t", "1" * 16), "failed", 1, error="KeyError: 'x'", traceback=tb)
     [failure] = summarize(store).failures
     assert failure.log_tail.splitlines()[-1] == "KeyError: 'x'"
     assert len(failure.log_tail.splitlines()) == 20  # setting dashboard.log_lines

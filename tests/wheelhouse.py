@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import shutil
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
@@ -142,8 +143,18 @@ def node_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pa
             yield dirs
 
 
+MakeEnv = Callable[..., ds.Env]  # the type of the make_env fixture
+
+
 @pytest.fixture
-def make_env(wheelhouse: Path, node_dirs: dict[str, Path]) -> Callable[..., ds.Env]:
+def squashfs_tools() -> None:
+    """Skips when mksquashfs is missing (under CI=true such a skip fails the run)."""
+    if shutil.which("mksquashfs") is None:
+        pytest.skip("mksquashfs not installed (apt-get install squashfs-tools)")
+
+
+@pytest.fixture
+def make_env(wheelhouse: Path, node_dirs: dict[str, Path]) -> MakeEnv:
     """``make_env("dstest-app", image="dir")``: an offline Env over the wheelhouse."""
 
     def make(*requirements: str, **fields: Any) -> ds.Env:
