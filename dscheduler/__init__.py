@@ -8,12 +8,20 @@ Subpackages, each importing only those before it: :mod:`.store` (layout,
 atomic writes, leases, values), :mod:`.envs` (specs, builds, mounts),
 :mod:`.graph` (RunConfig, tasks, nodes, plans, experiments), :mod:`.run`
 (compute, clusters, the worker side), :mod:`.cli`.
+
+Importing the package loads only :mod:`.errors` and :mod:`.settings`; each
+other name loads its subpackage on first use (PEP 562 ``__getattr__``), so a
+command pays only for what it uses (docs/design.md §4).  ``_LAZY`` names
+where each name lives; the ``TYPE_CHECKING`` block imports the same names,
+for type checkers and for tests/test_layout.py, which holds the two equal.
 """
 
 from __future__ import annotations
 
+import importlib
+import typing
+
 from . import settings as settings
-from .envs import BuiltEnv, Env, mount
 from .errors import (
     CollisionError,
     CommandError,
@@ -29,10 +37,39 @@ from .errors import (
     TaskError,
     UnsafePathError,
 )
-from .graph import Experiment, Node, Plan, RunConfig, Task, load_experiment, plan, task
-from .run import Handle, Results, compute, connect, slurm_cluster, submit
-from .run.tracking import log_artifact, log_metric, log_param, output, set_tag
-from .store import Lease, Store, open_results
+
+if typing.TYPE_CHECKING:
+    # mypy takes a name that is also a submodule's (envs.mount, graph.plan, run.compute)
+    # for a second definition under TYPE_CHECKING; they are the functions, as at run time.
+    from .envs import BuiltEnv, Env, mount  # type: ignore[no-redef]
+    from .graph import Experiment, Node, Plan, RunConfig, Task, load_experiment, plan, task  # type: ignore[no-redef]
+    from .run import Handle, Results, compute, connect, slurm_cluster, submit  # type: ignore[no-redef]
+    from .run.tracking import log_artifact, log_metric, log_param, output, set_tag
+    from .store import Lease, Store, open_results
+
+_LAZY = {
+    ".envs": ["BuiltEnv", "Env", "mount"],
+    ".graph": ["Experiment", "Node", "Plan", "RunConfig", "Task", "load_experiment", "plan",
+               "task"],
+    ".run": ["Handle", "Results", "compute", "connect", "slurm_cluster", "submit"],
+    ".run.tracking": ["log_artifact", "log_metric", "log_param", "output", "set_tag"],
+    ".store": ["Lease", "Store", "open_results"],
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> typing.Any:
+    """A lazily exported name: its subpackage is imported on first use (PEP 562)."""
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 

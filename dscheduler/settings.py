@@ -5,6 +5,11 @@ The packaged ``dscheduler.yaml`` is merged into ``dask.config`` under the
 argument (``override``) beats an environment variable
 (``DASK_DSCHEDULER__LEASE__TTL``), which beats a user file
 (``~/.config/dask/dscheduler.yaml``), which beats the packaged default.
+
+dask (and its ``dask.config``) is imported, and the packaged defaults merged
+in, on the first :func:`get`, not when this module is imported: importing
+dask costs a fifth of a second, which a command that reads no setting does
+not pay (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -14,23 +19,41 @@ import pwd
 import stat
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-import dask.config
-import yaml
 
 from .errors import UnsafePathError
 
 _DEFAULTS = Path(__file__).with_name("dscheduler.yaml")
-
-with _DEFAULTS.open() as _f:
-    _defaults = yaml.safe_load(_f)
-dask.config.update_defaults(_defaults)
+_defaults: dict[str, Any] = {}  # the packaged defaults, once merged into dask.config
 
 
 def get(key: str, override: Any = None) -> Any:
     """The setting ``dscheduler.{key}``, or ``override`` when it is not None."""
-    return dask.config.get(f"dscheduler.{key}", override_with=override)
+    if override is not None:
+        return override
+    config = dask_config()
+    try:
+        return config.get(f"dscheduler.{key}")
+    except KeyError:
+        # A ``dask.config.set`` block begun before the defaults were merged removes, as
+        # it ends, the keys it inserted, and the defaults merged under them: those keys
+        # held nothing but packaged defaults, so the packaged default is the answer.
+        return config.get(f"dscheduler.{key}", config=_defaults)
+
+
+def dask_config() -> ModuleType:
+    """``dask.config``, with the packaged defaults merged in (on the first call)."""
+    import dask.config  # a fifth of a second: only when a setting is read
+
+    if not _defaults:
+        import yaml
+
+        with _DEFAULTS.open() as f:
+            defaults = yaml.safe_load(f)
+        dask.config.update_defaults(defaults)
+        _defaults.update(defaults)
+    return dask.config
 
 
 def node_local(key: str, fallback: str, override: Any = None) -> Path:

@@ -5,7 +5,18 @@ then store, envs, graph, run, cli.  A module may import from its own rank
 or below, never above; no module imports a dscheduler module inside a
 function (a way to dodge a cycle); module-level imports form no cycle.
 ``from __future__`` aside, every ``import`` statement counts, those under
-``if TYPE_CHECKING:`` too: a type is a dependency.
+``if TYPE_CHECKING:`` too: a type is a dependency.  Tests stand alone: no
+test module imports another (what they share is in tests/helpers.py or a
+fixture), not even in code it runs in a subprocess.
+
+One exception, for import time (docs/design.md §4): a package's ``__init__``
+may export names of its own submodules lazily, through a PEP 562
+``__getattr__`` driven by a ``_LAZY`` map (relative module -> names).  The
+same names are imported under ``TYPE_CHECKING``, so the checks above see
+every such dependency; :func:`lazy_mismatch` holds the two equal and the map
+to the package's own submodules.  The CLI's commands load the same way: its
+``_LAZY`` names each command's module, a click group imports it on demand,
+and the same rule holds it.
 """
 
 from __future__ import annotations
@@ -195,6 +206,106 @@ def test_layout_test_can_fail(tmp_path: Path) -> None:
     assert import_cycle(package) is None
 
 
+def _typing_block(stmt: ast.stmt) -> bool:
+    test = stmt.test if isinstance(stmt, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def lazy_mismatch(module: str, package: Path = PACKAGE) -> list[str]:
+    """What is wrong with ``module``'s ``_LAZY`` map: a map outside a package ``__init__``,
+    a module outside the package, or names that differ from its ``TYPE_CHECKING`` imports."""
+    known = modules(package)
+    path = known[module]
+    tree = ast.parse(path.read_text())
+    lazy: set[tuple[str, str]] = set()
+    problems = []
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "_LAZY" for t in stmt.targets):
+            if path.name != "__init__.py":
+                problems.append(f"{module}: _LAZY outside a package __init__")
+            for rel, names in ast.literal_eval(stmt.value).items():
+                target = module + rel if rel.startswith(".") else rel
+                if not rel.startswith(".") or rel.startswith("..") or target not in known:
+                    problems.append(f"{module}: _LAZY names {rel!r}, not one of its submodules")
+                lazy |= {(target, n) for n in names}
+    if not lazy:
+        return problems
+    typed: set[tuple[str, str]] = set()
+    for stmt in tree.body:
+        if isinstance(stmt, ast.If) and _typing_block(stmt):
+            for node in stmt.body:
+                if isinstance(node, ast.ImportFrom) and node.level == 1:
+                    for alias in node.names:
+                        target = (f"{module}.{node.module}" if node.module
+                                  else f"{module}.{alias.name}")
+                        typed.add((target, alias.asname or alias.name))
+    if lazy != typed:
+        problems.append(f"{module}: _LAZY {sorted(lazy ^ typed)} differs from its "
+                        "TYPE_CHECKING imports")
+    return problems
+
+
+@pytest.mark.parametrize("module", sorted(modules()))
+def test_lazy_exports_are_declared(module: str) -> None:
+    assert lazy_mismatch(module) == []
+
+
+def test_lazy_check_can_fail(tmp_path: Path) -> None:
+    package = tmp_path / "dscheduler"
+    files = {
+        "__init__.py": "",
+        "run/__init__.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                           "    from .a import f\n    from . import b as b\n"
+                           "_LAZY = {'.a': ['f'], '.b': ['b']}\n",
+        "run/a.py": "_LAZY = {'.x': ['y']}\n",
+        "run/b.py": "",
+        "graph/__init__.py": "_LAZY = {'..run.a': ['f'], '.c': ['g']}\n",
+        "graph/c.py": "",
+    }
+    for name, text in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    modules.cache_clear()
+    try:
+        assert lazy_mismatch("dscheduler.run", package) == []
+        assert lazy_mismatch("dscheduler.run.a", package)[0].endswith(
+            "_LAZY outside a package __init__")
+        graph = lazy_mismatch("dscheduler.graph", package)
+        assert "not one of its submodules" in graph[0] and "differs" in graph[-1]
+    finally:
+        modules.cache_clear()
+
+
+def test_lazy_check_holds_the_cli_map(tmp_path: Path) -> None:
+    """The CLI's map of commands to modules (a function, or a group: the module itself)
+    passes as written and fails when a command's module is not the CLI's own or its
+    ``TYPE_CHECKING`` import is missing."""
+    package = tmp_path / "dscheduler"
+    typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n" \
+            "    from . import envs as envs\n    from .graph import run as run\n"
+    files = {"__init__.py": "", "cli/graph.py": "", "cli/envs.py": "", "graph/__init__.py": "",
+             "cli/__init__.py": typed + "_LAZY = {'.graph': ['run'], '.envs': ['envs']}\n"}
+    for name, text in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    modules.cache_clear()
+    try:
+        assert lazy_mismatch("dscheduler.cli", package) == []
+        (package / "cli/__init__.py").write_text(
+            typed + "_LAZY = {'.graph': ['run'], '.envs': ['envs'], '.index': ['index']}\n")
+        untyped = lazy_mismatch("dscheduler.cli", package)
+        assert "'.index', not one of its submodules" in untyped[0], untyped
+        assert "('dscheduler.cli.index', 'index')" in untyped[-1], untyped
+        (package / "cli/__init__.py").write_text(
+            typed + "_LAZY = {'.graph': ['run'], '..graph': ['envs']}\n")
+        assert "'..graph', not one of its submodules" in lazy_mismatch(
+            "dscheduler.cli", package)[0]
+    finally:
+        modules.cache_clear()
+
+
 # -- citations of the design -----------------------------------------------------
 
 SECTION_SIGN = "\u00a7"  # spelled so: this file cites no section itself
@@ -249,3 +360,56 @@ def test_citation_test_can_fail(tmp_path: Path) -> None:
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests/x.py").write_text(f"# docs/design.md {SECTION_SIGN}1.3\n")
     assert missing_sections(tmp_path) == [f"tests/x.py:1: {SECTION_SIGN}1.3"]
+
+
+# -- tests stand alone ---------------------------------------------------------------
+
+TESTS = ROOT / "tests"
+# import lines in code run by a subprocess: ``python -c "...from x import y..."``
+IMPORT_IN_TEXT = re.compile(r"\b(?:from\s+(\w+)[\w.]*\s+import\b|import\s+(\w+))")
+
+
+def imported_names(path: Path) -> set[str]:
+    """Top-level names of the modules a file imports: ``import`` statements anywhere
+    in it, and import lines in its string constants (code it runs in a subprocess)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names |= {a or b for a, b in IMPORT_IN_TEXT.findall(node.value)}
+    return names
+
+
+def cross_imports(tests: Path = TESTS) -> list[str]:
+    """"<file> imports <test module>" for each file in ``tests`` that imports a test
+    module other than itself (a module running itself in a subprocess is fine)."""
+    test_modules = {p.stem for p in tests.glob("test_*.py")}
+    return [f"{path.name} imports {name}" for path in sorted(tests.glob("*.py"))
+            for name in sorted(imported_names(path) & test_modules - {path.stem})]
+
+
+def test_no_test_module_imports_another() -> None:
+    assert "helpers" in imported_names(TESTS / "test_slurm_cluster.py")  # the scan sees them
+    bad = cross_imports()
+    assert bad == [], (f"test modules import each other: {bad}; move what they share to "
+                       "tests/helpers.py, or make it a fixture in tests/conftest.py "
+                       "(or the plugins it loads: graphfixtures.py, wheelhouse.py)")
+
+
+def test_cross_import_check_can_fail(tmp_path: Path) -> None:
+    files = {
+        "test_a.py": "X = 1\n",
+        "test_b.py": "from test_a import X\n",
+        "test_c.py": 'CODE = """\nimport sys; import test_a as t\n"""\n',
+        "test_d.py": "from helpers import wait_for\nimport conftest\n"
+                     "CODE = 'import sys; import test_d'\n",  # helpers, itself: fine
+        "helpers.py": "def f():\n    import test_b\n",
+        "conftest.py": "pytest_plugins = ['helpers']\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert cross_imports(tmp_path) == ["helpers.py imports test_b", "test_b.py imports test_a",
+                                       "test_c.py imports test_a"]

@@ -82,7 +82,7 @@ def test_the_readme_first_command_runs_the_main_job(
     assert "best run by mean RMSE: stencil" in out
     store = ds.Store(workdir / "data")
     # Three envs, as the checkpoints pin them, each built once from the registry.
-    locks = sorted(json.loads(p.read_text())["lock"] for p in store.env_records())
+    locks = sorted(json.loads(p.read_text())["lock"] for p in store.envs_dir.glob("*/env.json"))
     assert len(locks) == 3
     assert any("numpy==1.26.4" in lock for lock in locks)
     assert any("numpy==2.2.6" in lock for lock in locks)

@@ -20,7 +20,8 @@ from ..run.slurm import detached
 from ..store import Store
 from .common import StoreOption, fail, say
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True,
+                  help="Start or stop a long-lived SLURM scheduler for a store.")
 
 OptionList = Annotated[
     list[str] | None,

@@ -24,7 +24,7 @@ from ..graph.recipe import envs_of
 from ..store import Store
 from .common import StoreOption, console, fail, say, show_error, size
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, help="List, show, build and gc environments.")
 
 
 def _ago(timestamp: float | None) -> str:

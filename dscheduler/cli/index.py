@@ -14,7 +14,7 @@ import typer
 from ..errors import LeaseError
 from .common import StoreOption, existing_store, fail, say
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, help="Rebuild or compact the store index.")
 
 
 @app.command()

@@ -7,9 +7,32 @@ Imports everything below it (graph, envs, store), nothing above.
 
 from __future__ import annotations
 
-from .clusters import connect
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# ``compute`` is also a submodule's name: importing it binds the attribute to the module,
+# which this import then rebinds to the function, so it stays eager (and cheap).
 from .compute import compute, submit
-from .results import Handle, Results
-from .slurm import slurm_cluster
+
+if TYPE_CHECKING:
+    from .clusters import connect
+    from .results import Handle, Results
+    from .slurm import slurm_cluster
+
+# Loaded on first use (PEP 562), as the top package's names are (docs/design.md §4).
+_LAZY = {".clusters": ["connect"], ".results": ["Handle", "Results"],
+         ".slurm": ["slurm_cluster"]}
+
+
+def __getattr__(name: str) -> Any:
+    """A name of ``_LAZY``, its module imported on first use (a module's own name: itself)."""
+    for module, names in _LAZY.items():
+        if name in names:
+            found = importlib.import_module(module, __name__)
+            value = found if module == f".{name}" else getattr(found, name)
+            globals()[name] = value
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["Handle", "Results", "compute", "connect", "slurm_cluster", "submit"]

@@ -45,8 +45,7 @@ from typing import Any
 from .. import settings
 from ..errors import ConfigError
 from ..store import Store, store_of
-from . import dashboard, security
-from .slurm import SlurmCluster
+from . import dashboard, security, slurm
 from .slurm.detached import live_record
 
 log = logging.getLogger("dscheduler.cluster")
@@ -73,7 +72,8 @@ def _local_worker_class(extra: dict[str, Any] | None = None) -> type:
     Settings made in the driver (``dask.config.set`` in a notebook) must hold
     on its workers too; dask passes a serialized config to a child process
     through ``DASK_INTERNAL_INHERIT_CONFIG``, which distributed's own
-    subprocess worker does not set.  ``extra`` gives them the paths of the
+    subprocess worker does not set.  Their nannies get :data:`.slurm.jobs.NANNY_CONFIG`
+    (no ``MALLOC_TRIM_THRESHOLD_``).  ``extra`` gives them the paths of the
     cluster's TLS files (:func:`.security.worker_config`), never a key: the
     spec is on the command line, which every user may read.
     """
@@ -86,7 +86,7 @@ def _local_worker_class(extra: dict[str, Any] | None = None) -> type:
         async def _start(self) -> None:
             config = {**dask.config.config, "logging": {
                 **dask.config.get("logging", {}), "distributed.preloading": "warning"}}
-            config = dask.config.merge(config, extra or {})
+            config = dask.config.merge(config, slurm.jobs.NANNY_CONFIG, extra or {})
             env = {**os.environ, "DASK_INTERNAL_INHERIT_CONFIG": dask.config.serialize(config)}
             spec = json.dumps({"cls": self.worker_class, "opts": self.worker_kwargs})
             self.process = await asyncio.create_subprocess_exec(
@@ -207,7 +207,7 @@ def slurm_client(store: Store | None = None) -> Any:
     with _lock:
         if _slurm is not None and _slurm[1].status == "running":
             return _slurm[1]
-        cluster = SlurmCluster(store)
+        cluster = slurm.SlurmCluster(store)
         try:
             client = cluster.client
         except BaseException:
@@ -331,7 +331,7 @@ def get_client(cluster: Any = "local", store: Store | None = None) -> Any:
                 "such as 'tcp://127.0.0.1:8786', or a distributed.Client"
             )
         return _client_for(cluster, None)  # dask's configured security: the user's own
-    if isinstance(cluster, SlurmCluster):
+    if isinstance(cluster, slurm.SlurmCluster):
         return cluster.client  # closed with the cluster
     if hasattr(cluster, "scheduler_address"):  # a SpecCluster, SLURMCluster, ...
         return _client_for(cluster.scheduler_address, getattr(cluster, "security", None))

@@ -24,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
-import pandas as pd
-import xarray as xr
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import dscheduler as ds
+
+if TYPE_CHECKING:
+    import numpy as np
+    import xarray as xr
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -79,6 +79,10 @@ class Forecast(ds.RunConfig):
 @ds.task(version="1", env=None)
 def truth(start: str, end: str, seed: int) -> xr.Dataset:
     """The reference trajectory from ``start`` to ``end``, every six hours."""
+    import numpy as np  # tasks import what they use: planning needs none of it
+    import pandas as pd
+    import xarray as xr
+
     times = pd.date_range(start, end, freq=f"{lorenz96.STEP_HOURS}h")
     states = lorenz96.advance(lorenz96.spun_up(seed), len(times) - 1)
     return xr.Dataset({"x": (("time", "k"), states)},
@@ -89,6 +93,8 @@ def truth(start: str, end: str, seed: int) -> xr.Dataset:
 @ds.task(version="1", env=None)
 def analysis(reference: xr.Dataset, init_time: str) -> list[float]:
     """The state at ``init_time``: plain numbers, so any numpy in an env reads them."""
+    import pandas as pd
+
     return [float(v) for v in reference["x"].sel(time=pd.Timestamp(init_time)).values]
 
 
@@ -101,6 +107,8 @@ def forecast(cfg: Forecast, init_time: str, state: list[float], checkpoint: Path
     Ensemble members start from ``state`` plus Gaussian noise of std
     ``config.perturbation``, seeded by the run and the init time.
     """
+    import numpy as np
+
     weights = emulators.load(checkpoint)
     members = int(cfg.config.get("members", 1))
     spread = float(cfg.config.get("perturbation", 0.0))
@@ -125,6 +133,10 @@ def verify(cfg: Forecast, forecasts: list[np.ndarray], reference: xr.Dataset,
     ``dscheduler runs --sort "metrics.rmse asc"`` ranks the runs as the scorecard does:
     metrics ``rmse`` and ``bias`` (means over lead times), params ``checkpoint`` and
     ``members``."""
+    import numpy as np
+    import pandas as pd
+    import xarray as xr
+
     leads = cfg.lead_hours()
     errors = []
     for fc, init in zip(forecasts, init_times, strict=True):
@@ -184,6 +196,8 @@ def scorecard(scores: list[xr.Dataset], labels: list[str]) -> dict[str, Any]:
 
 def main(experiment: ds.Experiment) -> list[ds.Node]:
     """Nodes for every run and init time of ``experiment``, and the scorecard."""
+    import pandas as pd  # loaded already: the experiment's dates are pandas' date_range
+
     if not experiment.cases:
         raise ds.ConfigError(f"{experiment.path}: needs dates (start, end, frequency) for "
                              "the init times")

@@ -11,18 +11,37 @@ is in docs/design.md §12.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...graph import Node, Plan
 from ...store.status import NO_LABEL
 from ..spec import NodeSpec
-from . import plugin
-from .plugin import NAME, DashboardPlugin
+
+if TYPE_CHECKING:
+    from . import plugin as plugin
+    from .plugin import NAME, DashboardPlugin
+
+# Loaded on first use (PEP 562): the plugin imports distributed and tornado, which a
+# process that never talks to a scheduler does not need (docs/design.md §4).
+_LAZY = {".plugin": ["plugin", "NAME", "DashboardPlugin"]}
 
 __all__ = ["NAME", "DashboardPlugin", "graph_meta", "install", "links", "page_link"]
+
+
+def __getattr__(name: str) -> Any:
+    """A name of ``_LAZY``, its module imported on first use (a module's own name: itself)."""
+    for module, names in _LAZY.items():
+        if name in names:
+            found = importlib.import_module(module, __name__)
+            value = found if module == f".{name}" else getattr(found, name)
+            globals()[name] = value
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _printed: set[str] = set()  # scheduler addresses whose links this process printed
 _warned: set[str] = set()
@@ -87,7 +106,7 @@ def install(client: Any, graph: dict[str, Any] | None = None) -> bool:
     """
     address = str(getattr(client.scheduler, "address", "") or "")
     try:
-        client.run_on_scheduler(plugin.install, graph=graph)
+        client.run_on_scheduler(__getattr__("plugin").install, graph=graph)
         ok = True
     except Exception as err:
         ok = False

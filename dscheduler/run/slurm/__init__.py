@@ -11,40 +11,32 @@ cluster up|down``), :mod:`.preload` (workers release env mounts).
 
 from __future__ import annotations
 
-import signal
-import sys
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import jobs as jobs
+    from .cluster import SlurmCluster, slurm_cluster
+    from .options import SlurmOptions, resolve
+
+# Loaded on first use (PEP 562): the cluster imports dask_jobqueue and distributed,
+# which `dscheduler status` and a run with nothing to do never need (docs/design.md §4).
+_LAZY = {
+    ".cluster": ["SlurmCluster", "slurm_cluster"],
+    ".jobs": ["jobs"],
+    ".options": ["SlurmOptions", "resolve"],
+}
 
 
-def _import_dask_jobqueue() -> None:
-    """Import dask_jobqueue without the SIGINT handler it sets.
+def __getattr__(name: str) -> Any:
+    """A name of ``_LAZY``, its module imported on first use (a module's own name: itself)."""
+    for module, names in _LAZY.items():
+        if name in names:
+            found = importlib.import_module(module, __name__)
+            value = found if module == f".{name}" else getattr(found, name)
+            globals()[name] = value
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    dask-jobqueue 0.9.0 sets SIGINT to ``sys.exit`` as it is imported, for its
-    runners, which dscheduler does not use (its issues #667 and #696; moved
-    into the runners after 0.9.0).  So Ctrl-C in a driver raised SystemExit
-    instead of KeyboardInterrupt, and importing dscheduler anywhere but in the
-    main thread (a plain Dask task, a thread pool) failed with "signal only
-    works in main thread".  Hand-written because no release has the fix.
-    """
-    if "dask_jobqueue" in sys.modules:
-        return
-    real = signal.signal
-
-    def keep_sigint(signum: Any, handler: Any) -> Any:
-        if signum == signal.SIGINT:
-            return signal.getsignal(signum)
-        return real(signum, handler)
-
-    signal.signal = keep_sigint  # type: ignore[assignment]
-    try:
-        import dask_jobqueue  # noqa: F401
-    finally:
-        signal.signal = real
-
-
-_import_dask_jobqueue()
-
-from .cluster import SlurmCluster, slurm_cluster  # noqa: E402
-from .options import SlurmOptions, resolve  # noqa: E402
 
 __all__ = ["SlurmCluster", "SlurmOptions", "resolve", "slurm_cluster"]

@@ -26,8 +26,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from dask_jobqueue import SLURMCluster
-from dask_jobqueue.slurm import SLURMJob
 from distributed import Client
 from distributed.deploy.cluster import Cluster
 from distributed.utils import format_dashboard_link
@@ -37,6 +35,7 @@ from ...errors import ConfigError
 from ...store import Store, store_of
 from .. import security
 from ..dashboard import DashboardPlugin
+from .jobqueue import SLURMCluster, SLURMJob
 from .jobs import JOB_CLASSES, CpuJob, inherited_config, job_label
 from .ledger import BEAT, Ledger, reap_orphans
 from .options import SlurmOptions, resolve

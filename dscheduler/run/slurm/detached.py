@@ -33,9 +33,8 @@ import psutil
 from ...errors import ConfigError, DSchedulerError, tail
 from ...store import Store, atomic
 from ...store.lease import holder_gone, own_start, read_lease
-from .. import security
+from .. import security, slurm
 from . import ledger
-from .cluster import SlurmCluster
 from .options import resolve
 
 START_TIMEOUT = 120.0
@@ -81,7 +80,7 @@ def serve(root: str, overrides_json: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     overrides = json.loads(overrides_json)
-    cluster = SlurmCluster(store, owner="detached", **overrides)
+    cluster = slurm.SlurmCluster(store, owner="detached", **overrides)
     record = {
         "cluster": cluster.cluster_id, "address": cluster.scheduler_address,
         "dashboard": cluster.dashboard_link, "host": socket.gethostname(),
