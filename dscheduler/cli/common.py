@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 
 from ..errors import DSchedulerError, StoreError
@@ -17,6 +18,17 @@ if TYPE_CHECKING:
 
 console = Console()
 errors = Console(stderr=True)
+
+
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              line: str | None = None) -> str:
+    """A warning as the command line prints it: ``warning: TEXT``, without the file, line
+    number and source line Python adds (they say nothing a user can act on)."""
+    return f"warning: {message}\n"
+
+
+# Commands print a warning (e.g. CodeDriftWarning) as one plain line, never a source line.
+warnings.formatwarning = _one_line
 
 StoreOption = Annotated[
     Path | None,
@@ -78,6 +90,16 @@ def size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def print_wide(renderable: RenderableType, width: int) -> None:
+    """Print ``renderable`` laid out in ``width`` columns even when the terminal is
+    narrower (``--wide``: lines longer than the screen rather than squeezed cells)."""
+    if width <= console.width:
+        console.print(renderable)
+    else:  # Console.print caps its width at the console's: a wider one for this table
+        Console(file=console.file, width=width, no_color=console.no_color,
+                force_terminal=console.is_terminal).print(renderable, crop=False)
 
 
 def say(text: str) -> None:

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Group
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -40,6 +39,7 @@ from .common import (
     show_error,
     size,
 )
+from .tables import Col, fit_by, render
 
 PathArgument = Annotated[Path, typer.Argument(help="experiment YAML or recipe .py")]
 
@@ -142,19 +142,28 @@ def status(
             pass
 
 
-def _counts(first: str, rows: dict[str, Counter[str]], columns: list[str]) -> Table:
-    table = Table(first, *columns, "total", box=None)
-    for name, counts in rows.items():
-        table.add_row(escape(name or "(no run)"), *(str(counts[c]) for c in columns),
-                      str(sum(counts.values())))
-    return table
+def _counts(first: str, rows: dict[str, Counter[str]], columns: list[str],
+            width: int) -> Table:
+    """Counts by state, one row per task or label, fitted to ``width``: the name, the total
+    and the states in use are kept before states no row has (counts left-aligned, so a
+    row reads ``square  1          0       1``)."""
+    cols = [Col(first, first, [name or "(no run)" for name in rows], "label")]
+    cols += [Col(c, c, [str(counts[c]) for counts in rows.values()], "count")
+             for c in columns]
+    cols.append(Col("total", "total", [str(sum(c.values())) for c in rows.values()], "count"))
+    used = [c for c in columns if any(counts[c] for counts in rows.values())]
+    kept, _ = fit_by(cols, [first, "total", *used], width)
+    return render(kept)
 
 
-def status_view(summary: Summary, note: str = "", tail_lines: int | None = None) -> Group:
+def status_view(summary: Summary, note: str = "", tail_lines: int | None = None,
+                width: int | None = None) -> Group:
     """What ``dscheduler status`` prints: the page's store section, as rich renderables.
 
-    ``tail_lines`` shortens each failure's log tail to its last lines.
+    ``tail_lines`` shortens each failure's log tail to its last lines; the count tables fit
+    ``width`` (default: the terminal's).
     """
+    width = width or console.width
     parts: list[Any] = [
         Text(f"store {summary.root}{note}"),
         Text(f"runs: {summary.runs}; envs built: {summary.envs_built}"),
@@ -165,8 +174,9 @@ def status_view(summary: Summary, note: str = "", tail_lines: int | None = None)
         if states[state]:
             totals.add_row(state, str(states[state]))
     columns = summary.columns()
-    parts += [totals, Text("\nnodes by task:"), _counts("task", summary.by_task(), columns),
-              Text("\nnodes by run label:"), _counts("label", summary.by_label(), columns)]
+    parts += [totals, Text("\nnodes by task:"),
+              _counts("task", summary.by_task(), columns, width),
+              Text("\nnodes by run label:"), _counts("label", summary.by_label(), columns, width)]
     if summary.envs:
         parts.append(Text("\nenvironments:"))
         envs = Table("env_id", "state", "kind", "build time", "size", box=None)

@@ -7,12 +7,10 @@ characters), a label, a node name (``task-key16``) or a key.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from ..errors import DSchedulerError, tail
 from ..graph.explain import explain_plan, explain_stored
@@ -21,6 +19,7 @@ from ..graph.recipe import load_nodes
 from ..run.clusters import close_local, local_running
 from ..run.rerun import rerun as rerun_nodes
 from ..store import Store
+from ..store.record import Record
 from ..store.runs import find, lineage, node_summary, runs_frame
 from .common import (
     ModelOption,
@@ -32,62 +31,17 @@ from .common import (
     fail,
     say,
 )
+from .tables import attempts_table, cell, compare_table
 
 RefArgument = Annotated[str, typer.Argument(help="run_id (or 8+ characters of one), label, "
                                                  "node name or key")]
 
 
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _table(frame: Any) -> Table:
-    table = Table(*[str(c) for c in frame.columns], box=None)
-    for row in frame.itertuples(index=False):
-        table.add_row(*[_cell(v) for v in row])
-    return table
-
-
-def runs(
-    store: StoreOption = None,
-    filter: Annotated[str | None, typer.Option(
-        "--filter", "-f", help="e.g. \"metrics.rmse < 1.5 and (params.model = 'linear' or "
-        "tags.stage like 'eval%')\"")] = None,
-    sort: Annotated[list[str] | None, typer.Option(
-        "--sort", help="column [asc|desc]; repeat for more")] = None,
-    state: Annotated[list[str] | None, typer.Option(help="only this state; repeatable")] = None,
-    by: Annotated[str, typer.Option(help="one row per 'run' or per 'node'")] = "run",
-    format: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
-    limit: Annotated[int | None, typer.Option(help="at most this many rows")] = None,
-) -> None:
-    """List runs (or nodes) with their state, params, metrics and tags."""
-    if format not in ("table", "csv", "json"):
-        fail(DSchedulerError(f"--format {format!r}: use table, csv or json"))
-    st = existing_store(store)
-    try:
-        frame = st.runs(filter=filter, order_by=sort, state=state, by=by)
-    except DSchedulerError as err:
-        fail(err)
-    if limit is not None:
-        frame = frame.head(limit)
-    if format == "csv":
-        print(frame.to_csv(index=False), end="")
-    elif format == "json":
-        print(frame.to_json(orient="records", indent=1))
-    else:
-        console.print(_table(frame))
-        say(f"{len(frame)} {by}(s)")
-
-
-def _log_tail(record: dict[str, Any], lines: int) -> str:
-    last = (record.get("attempts") or [{}])[-1]
-    if last.get("log_tail"):
-        return str(last["log_tail"])
-    log = last.get("log")
+def _log_tail(record: Record, lines: int) -> str:
+    last = record.last
+    if last.log_tail:
+        return str(last.log_tail)
+    log = last.log
     if not log:
         return ""
     try:
@@ -96,34 +50,34 @@ def _log_tail(record: dict[str, Any], lines: int) -> str:
         return ""
 
 
-def _show_record(path: Path, record: dict[str, Any], log_lines: int) -> None:
-    say(f"{record.get('name')}  [{record.get('state')}]")
+def _show_record(path: Path, record: Record, log_lines: int) -> None:
+    say(f"{record.name}  [{record.state}]")
     say(f"  record: {path}")
-    for name in ("task", "version", "run_id", "case", "label", "env_id", "key"):
-        if record.get(name) not in (None, ""):
-            say(f"  {name}: {record[name]}")
-    call = record.get("call") or {}
+    for name, value in (("task", record.task), ("version", record.version),
+                        ("run_id", record.run_id), ("case", record.case),
+                        ("label", record.label), ("env_id", record.env_id),
+                        ("key", record.key)):
+        if value not in (None, ""):
+            say(f"  {name}: {value}")
+    call = record.call or {}
     if call:
         say(f"  function: {call.get('fn')}  (file {call.get('file')})")
-    for group in ("config", "params", "metrics", "tags"):
-        values = record.get(group) or {}
+    for group, values in (("config", record.config or {}), ("params", record.params),
+                          ("metrics", record.metrics), ("tags", record.tags)):
         if values:
             say(f"  {group}:")
             for k, v in values.items():
                 say(f"    {k} = {json.dumps(v)}")
-    output = record.get("output") or {}
+    output = record.output or {}
     outputs = [output.get("path"), output.get("files")]
-    if record.get("artifacts"):
-        outputs.append(f"{record.get('task')}.artifacts/ "
-                       f"({', '.join(a['name'] for a in record['artifacts'])})")
+    if record.artifacts:
+        outputs.append(f"{record.task}.artifacts/ "
+                       f"({', '.join(a['name'] for a in record.artifacts)})")
     if any(outputs):
         say("  outputs: " + ", ".join(str(path.parent / o) for o in outputs if o))
-    table = Table("attempt", "state", "host", "start", "seconds", "error", box=None)
-    for a in record.get("attempts") or []:
-        table.add_row(str(a.get("attempt")), str(a.get("state")), str(a.get("host")),
-                      str(a.get("start")), _cell(a.get("seconds")),
-                      str(a.get("error") or "")[:120])
-    console.print(table)
+    console.print(attempts_table(
+        [[str(a.attempt), str(a.state), str(a.host), str(a.start), cell(a.seconds),
+          str(a.error or "")] for a in record.attempts], console.width))
     text = _log_tail(record, log_lines)
     if text:
         say(f"  log tail:\n{text}")
@@ -149,8 +103,8 @@ def show(
             for direction, wanted in (("up", upstream), ("down", downstream)):
                 if not wanted:
                     continue
-                nodes = lineage(st, str(record.get("key")), direction)
-                say(f"{record.get('name')}: {len(nodes)} node(s) {direction}stream")
+                nodes = lineage(st, str(record.key), direction)
+                say(f"{record.name}: {len(nodes)} node(s) {direction}stream")
                 for s in nodes:
                     where = s.get("run_id") or ""
                     say(f"  {s.get('name')}  [{s.get('state')}]"
@@ -184,16 +138,11 @@ def compare(
             rows.append(frame.iloc[0].to_dict())
     except DSchedulerError as err:
         fail(err)
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    table = Table("field", *refs, box=None)
-    shown = 0
-    for name in fields:
-        cells = [_cell(row.get(name)) for row in rows]
-        if all_fields or len(set(cells)) > 1:
-            table.add_row(name, *cells)
-            shown += 1
+    table, shown, fields, more = compare_table(refs, rows, all_fields, console.width)
     console.print(table)
-    say(f"{shown} of {len(fields)} fields shown" + ("" if all_fields else " (those that differ)"))
+    say(f"{shown} of {fields} fields shown" + ("" if all_fields else " (those that differ)"))
+    if more:
+        say(more)
 
 
 def _is_recipe(what: str, recipe: str | None, model: str | None) -> bool:

@@ -18,8 +18,9 @@ instead of one more per worker each time one finishes, which for tiny tasks
 is a round trip each (docs/benchmarks.md, Throughput).  Holding tasks back
 keeps memory in check when early tasks make large data that later ones
 consume; here values go to the store and outcomes are two short strings.
-Resource asks of the tasks themselves are dropped there (with a warning):
-its workers offer nothing else, and such a task would wait forever.
+Resource asks of the tasks themselves are dropped there (a note in the run
+summary says so, once): its workers offer nothing else, and such a task would
+wait forever.
 Elsewhere they reach the scheduler: on a SLURM cluster,
 ``resources={"GPU": 1}`` sends a task to a GPU job (docs/design.md §13.2).
 
@@ -35,15 +36,12 @@ scheduler that outlives the driver (``dscheduler cluster up``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import uuid
-import warnings
 import weakref
 from typing import Any
-
-from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
-from distributed.diagnostics.plugin import WorkerPlugin
 
 from .. import settings
 from ..errors import StoreError
@@ -60,7 +58,7 @@ StoreArg = Store | str | os.PathLike[str] | None
 
 #: What every task asks of the embedded cluster's workers, which offer one ``CPU`` per thread.
 CPU = {"CPU": 1}
-#: Clients whose workers drop "Compute Failed" logs of dscheduler tasks (:class:`_Quiet`).
+#: Clients whose workers drop "Compute Failed" logs of dscheduler tasks (:func:`_quiet_class`).
 _quieted: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -96,22 +94,31 @@ def _quiet_task_failure(record: logging.LogRecord) -> bool:
     return " node_task(" not in task and " build_task(" not in task
 
 
-class _Quiet(WorkerPlugin):
-    """Installs :func:`_quiet_task_failure` on distributed.worker's logger of each worker."""
+@functools.cache
+def _quiet_class() -> type:
+    """The worker plugin ``_Quiet``, made on first use: its base class is distributed's,
+    which a process that never talks to a scheduler does not import (docs/design.md §4)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
 
-    name = "dscheduler-quiet-task-failures"
+    class _Quiet(WorkerPlugin):
+        """Installs :func:`_quiet_task_failure` on distributed.worker's logger of each
+        worker."""
 
-    def setup(self, worker: Any) -> None:
-        logging.getLogger("distributed.worker").addFilter(_quiet_task_failure)
+        name = "dscheduler-quiet-task-failures"
 
-    def teardown(self, worker: Any) -> None:
-        logging.getLogger("distributed.worker").removeFilter(_quiet_task_failure)
+        def setup(self, worker: Any) -> None:
+            logging.getLogger("distributed.worker").addFilter(_quiet_task_failure)
+
+        def teardown(self, worker: Any) -> None:
+            logging.getLogger("distributed.worker").removeFilter(_quiet_task_failure)
+
+    return _Quiet
 
 
 def _quiet_failures(client: Any) -> None:
-    """Register :class:`_Quiet` on ``client``'s workers, once per client."""
+    """Register ``_Quiet`` (:func:`_quiet_class`) on ``client``'s workers, once per client."""
     if client not in _quieted:
-        client.register_plugin(_Quiet())
+        client.register_plugin(_quiet_class()())
         _quieted.add(client)
 
 
@@ -174,10 +181,9 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
     # The page follows this graph from its first transition (idempotent install).
     dashboard.install(client, dashboard.graph_meta(p, specs, submission))
     graph, annotations, dropped = _graph(p, specs, is_local(client))
-    if dropped:
-        warnings.warn(f"the local cluster ignores resource requests (tasks {sorted(dropped)})",
-                      stacklevel=2)
     keys = [f"build_env-{e}" for e in p.build] + [n.name for n in to_run]
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
     layers = {f"dscheduler-{i}": MaterializedLayer(dsk, annotations=ann)
               for i, (dsk, ann) in enumerate(zip(graph, annotations, strict=True))}
     names = list(layers)
@@ -190,12 +196,25 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
         fire_and_forget(got)
     builds = dict(zip(p.build, got[: len(p.build)], strict=True))
     futures = {n.key: f for n, f in zip(to_run, got[len(p.build):], strict=True)}
-    return Handle(p, client, futures, builds, submission)
+    handle = Handle(p, client, futures, builds, submission)
+    if dropped:
+        handle.notes.append(resources_note(dropped))
+    return handle
+
+
+def resources_note(dropped: dict[tuple[str, str], int]) -> str:
+    """The run summary's one sentence on resource asks the local cluster did not honour:
+    ``dropped`` counts nodes by (task, resources asked)."""
+    asks = "; ".join(f"{n} {task} node{'s' if n > 1 else ''} asked for {what}"
+                     for (task, what), n in sorted(dropped.items()))
+    return (f"note: the local cluster runs every task on its CPUs ({asks}); "
+            "a SLURM cluster honours resources (--cluster slurm)")
 
 
 def _graph(p: Plan, specs: dict[str, NodeSpec], local: bool
-           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]]:
-    """Task dicts grouped by their annotations, env builds first; dropped resource asks.
+           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[tuple[str, str], int]]:
+    """Task dicts grouped by their annotations, env builds first; the resource asks
+    dropped on the local cluster (nodes by task and resources).
 
     One graph for the whole submission: a ``client.submit`` per node costs the
     scheduler an update per node, a large part of its time for thousands of tiny
@@ -210,14 +229,16 @@ def _graph(p: Plan, specs: dict[str, NodeSpec], local: bool
     annotations: list[dict[str, Any]] = [{"priority": 1_000_000}] if builds else []
     if local and builds:
         annotations[0]["resources"] = CPU
-    dropped: set[str] = set()
+    dropped: dict[tuple[str, str], int] = {}
     running = set(specs)
     for node in p.to_run:
         opts = node.task.options_
         resources = opts.resources
         if local:
             if resources:
-                dropped.add(node.task.name)
+                what = ", ".join(f"{k}: {v:g}" if isinstance(v, int | float) else f"{k}: {v}"
+                                 for k, v in sorted(resources.items()))
+                dropped[node.task.name, what] = dropped.get((node.task.name, what), 0) + 1
             resources = CPU
         retries = opts.retries if opts.retries is not None else retries_default
         group_key = (retries, opts.priority, tuple(sorted((resources or {}).items())))
