@@ -243,8 +243,14 @@ def test_finished_but_missing_from_the_index_is_not_run_again(
     nodes[1].paths(store).done.unlink()
     p = ds.plan(nodes, store=store)
     assert [n.name for n in p.to_run] == [nodes[1].name]  # records and links say the rest
-    # ... and that plan put the lost entries of the finished ones back: the next plan
-    # reads the index alone for them.
+    # ... and found the lost entries of the finished ones, which the plan leaves to
+    # ds.compute to put back (planning writes nothing): the next plan reads the index
+    # alone for them.
+    assert [paths for paths, _, _ in p.unindexed] == [nodes[0].paths(store),
+                                                      nodes[2].paths(store)]
+    assert not any(store.index.load().finished(store.node_id(n.paths(store)), n.key)
+                   for n in nodes)
+    store.index.restore(p.unindexed, store.node_lease)  # as ds.compute does
     view = store.index.load()
     assert [view.finished(store.node_id(n.paths(store)), n.key) for n in nodes] == \
         [True, False, True]
@@ -269,10 +275,10 @@ def test_a_dead_attempts_newer_entry_is_outranked_only_under_the_nodes_lease(
     assert not store.index.load().finished(done, node.key)
     held = store.lease(f"node-{node.key16}", ttl=60)
     assert held.try_acquire()  # an attempt runs: planning must not decide for it
-    assert ds.plan([node], store=store).nothing_to_do  # the record and link say finished
+    assert ds.compute([node], store=store).plan.nothing_to_do  # record and link: finished
     assert not store.index.load().finished(done, node.key)
     held.release()
-    assert ds.plan([node], store=store).nothing_to_do
+    assert ds.compute([node], store=store).plan.nothing_to_do
     assert store.index.load().finished(done, node.key)  # restored, above the dead entry
     assert runs_of(log, 0) == 1
 

@@ -20,6 +20,8 @@ from dscheduler.graph.plan import CHANGED, FAILED, NO_RECORD
 
 pytestmark = pytest.mark.fast
 plan_module = importlib.import_module("dscheduler.graph.plan")  # ds.graph.plan is the function
+#: Where planning reads records: the store's one judge of node state.
+state_module = importlib.import_module("dscheduler.store.state")
 
 
 class Run(ds.RunConfig):
@@ -47,13 +49,13 @@ def square(i: int) -> int:
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Paths of the records the plan reads."""
     seen: list[str] = []
-    real = plan_module.read_node
+    real = state_module.read_node
 
     def spy(path: Any, **kw: Any) -> Any:
         seen.append(str(path))
         return real(path, **kw)
 
-    monkeypatch.setattr(plan_module, "read_node", spy)
+    monkeypatch.setattr(state_module, "read_node", spy)
     return seen
 
 

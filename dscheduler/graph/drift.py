@@ -1,19 +1,13 @@
-"""Code drift: a task whose code changed while its version did not.
+"""Code drift: a task whose code changed while its version did not (docs/design.md §11).
 
-A task's ``version`` is how its author says results changed; the code is
-not part of a node's key (docs/design.md §2).  Forgetting to bump it
-silently reuses stale results, so each record also keeps a digest of the
-function's source (:func:`code_digest`), and :func:`check` compares it for
-the finished nodes of a plan.  The setting ``results.code_drift`` says what
-then happens: ``warn`` (the default: a :class:`CodeDriftWarning` and
-``Plan.drift``), ``rerun`` (the nodes run again, and what depends on them)
-or ``ignore`` (nothing is read).
-
-The digest covers the function's tokens from its ``def`` line on, without
-comments, blank lines or the decorator, so reformatting and comments do not
-count as changes; it does not cover the functions it calls.  Tokens differ
-between Python releases (f-strings since 3.12), so digests carry their
-``scheme`` and are compared only within one.
+The code is not part of a node's key (§2), so each record keeps a digest of the function's
+source (:func:`code_digest`), and :func:`check` compares it for the finished nodes of a plan.
+The setting ``results.code_drift`` says what then happens: ``warn`` (the default: a
+:class:`CodeDriftWarning` and ``Plan.drift``), ``rerun`` (the nodes run again, and what depends
+on them) or ``ignore`` (nothing is read).  The digest covers the function's tokens from its
+``def`` line on, without comments, blank lines or the decorator, not the functions it calls;
+digests carry their ``scheme`` (tokens differ between Python releases) and are compared only
+within one.
 """
 
 from __future__ import annotations
@@ -25,23 +19,32 @@ import sys
 import textwrap
 import tokenize
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .. import settings
 from ..errors import ConfigError, StoreError
+from ..store import Store
 from ..store.record import Record
 from ..store.records import read_node
+from ..store.state import Reason, Why, upstream_runs
 from .node import Node
 
-if TYPE_CHECKING:
-    from .plan import Plan
-
 SCHEME = f"tokens-py{sys.version_info.major}.{sys.version_info.minor}"
-DRIFT = "code changed since the stored result, version unchanged"
+DRIFT = Reason.DRIFT
 MODES = ("warn", "rerun", "ignore")
 _SKIP = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
 
 _digests: dict[Any, dict[str, str] | None] = {}
+
+
+class PlanLike(Protocol):
+    """What :func:`check` reads and annotates of a plan: :class:`~dscheduler.graph.plan.Plan`
+    is one (plan.py calls :func:`check`, so this module does not name Plan)."""
+
+    store: Store
+    nodes: list[Node]  # upstream first
+    reasons: dict[str, Why]  # key -> why it runs: check adds the reruns
+    drift: dict[str, str]  # key -> code drift: check fills it
 
 
 class CodeDriftWarning(UserWarning):
@@ -92,7 +95,7 @@ def mode(value: str | None = None) -> str:
     return found
 
 
-def _drifted(node: Node, plan: Plan) -> bool:
+def _drifted(node: Node, plan: PlanLike) -> bool:
     try:
         record = read_node(node.paths(plan.store).record)
     except (StoreError, OSError):
@@ -100,14 +103,14 @@ def _drifted(node: Node, plan: Plan) -> bool:
     return differs(code_digest(node.task.fn), stored_code(record))
 
 
-def check(plan: Plan, upstream: str, how: str | None = None) -> None:
+def check(plan: PlanLike, how: str | None = None) -> None:
     """Find finished nodes of ``plan`` whose code drifted; act per ``results.code_drift``.
 
     One record is read per task (its first finished node); only when that one
     drifted are the task's other finished records read.  A task whose sampled
     record is current is taken as current: a store index that keeps each
-    record's ``call.code`` makes this exact.  ``upstream`` is the reason given
-    to nodes downstream of a rerun.
+    record's ``call.code`` makes this exact.  Nodes downstream of a rerun run
+    too, with the plan's reason (:func:`~dscheduler.store.state.upstream_runs`).
     """
     how = mode(how)
     if how == "ignore":
@@ -127,11 +130,11 @@ def check(plan: Plan, upstream: str, how: str | None = None) -> None:
     if how == "rerun":
         for node in plan.nodes:  # upstream first: what depends on a rerun runs too
             if node.key in plan.drift:
-                plan.reasons[node.key] = DRIFT
+                plan.reasons[node.key] = Why(DRIFT)
             elif node.key not in plan.reasons:
-                up = next((u for u in node.upstream if u.key in plan.reasons), None)
-                if up is not None:
-                    plan.reasons[node.key] = f"{upstream} ({up.name})"
+                why = upstream_runs(node.upstream, plan.reasons)
+                if why is not None:
+                    plan.reasons[node.key] = why
         return
     names = sorted({n.task.name for n in plan.nodes if n.key in plan.drift})
     warnings.warn(

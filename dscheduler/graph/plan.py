@@ -1,32 +1,18 @@
 """``ds.plan``: what will run, what is cached, which envs need building, and why.
 
-Planning reads the store and writes only to its index (compaction, entries it
-finds missing): it builds no env and contacts no cluster.  It must be fast on
-a parallel filesystem too, where every metadata operation is a network round
-trip (docs/design.md §10, §14), so a node is decided finished by the store's
-index (:mod:`dscheduler.store.index`):
-a few files say, for every node, whether it finished and with which key.
-The truth stays in the store: after writing a succeeded record the executor
-makes the symlink ``.{task}.done`` beside it, whose *target* is the node's
-full key (``NodePaths.done``), and then adds the index entry.
+Planning only reads the store (a missing index is rebuilt when read): it builds no env, contacts
+no cluster, and leaves the index entries it found missing (``Plan.unindexed``) and a due
+compaction (``Plan.compact_index``) to ``ds.compute`` (docs/design.md §5.1, §14.1).  A node is
+finished when the index (:mod:`dscheduler.store.index`) says so with its key; otherwise its
+record is read and, if that says succeeded, its ``.done`` link (target: the full key): such a
+node is cached all the same, and one whose link is missing runs and its worker restores the link
+(:mod:`dscheduler.run.execute`).  A graph with fewer nodes than the index's entries
+divided by ``index.sparse_ratio`` is decided with one ``readlink`` per node instead.
 
-A node the index does not call finished with its key has its record read
-(and, if that says succeeded, its link): one that finished without making
-it into the index (a crash between link and entry) is cached all the same,
-one whose link is missing runs and its worker restores the link under the
-node's lease (see :mod:`dscheduler.run.execute`).  A small graph in a large
-store (fewer nodes than ``index.sparse_ratio`` times less than the index's
-entries) is decided with one ``readlink`` per node instead.
-
-Records are parsed only for nodes that will run, to say why (no record,
-failed before, changed since the stored result, interrupted, in progress
-elsewhere under a live lease, cancelled, finished without its link).
-For those nodes the plan also resolves their envs (``cfg.env()``, once per
-env_id: it may read a checkpoint's metadata) and lists the envs whose
-``env.json`` is missing as to be built; a node whose env cannot be made is a
-:class:`GraphError` here, before anything is submitted.  So is a graph in
-which two different functions share a task name, or two nodes share an
-output path.
+For each node that will run the plan says why (no record, failed before, changed since, ...)
+and resolves its env once per env_id (``cfg.env()``), listing envs without ``env.json`` as to be
+built.  A :class:`GraphError` is raised here, before anything is submitted, for a node whose env
+cannot be made, two functions sharing a task name, or two nodes sharing an output path.
 """
 
 from __future__ import annotations
@@ -39,30 +25,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import identity, settings
+from .. import settings
 from ..envs import Env
-from ..errors import ConfigError, DSchedulerError, GraphError, LeaseError, StoreError
-from ..store import Store, store_of
-from ..store.index import SUCCEEDED, View, finished
-from ..store.index.entries import order
-from ..store.lease import lease_held
+from ..errors import ConfigError, DSchedulerError, GraphError, LeaseError
+from ..store import NodePaths, Store, store_of
+from ..store.index import View, finished
 from ..store.record import Record
-from ..store.records import done_key, next_seq, read_node, record_seq
+from ..store.state import Reason, Why, judge, upstream_runs
 from . import drift, html
 from .node import Node
 
-NO_RECORD = "no record"
-FAILED = "failed before"
-FORCED = "forced"
-NO_CACHE = "cache=False"
-CHANGED = "changed since the stored result (task version, arguments or upstream)"
-INTERRUPTED = "interrupted (its last attempt never finished)"
-IN_PROGRESS = "in progress elsewhere (its lease is held): waited for, not run twice"
-CANCELLED = "cancelled before"
-DAMAGED = "its stored record or value is damaged"
-UNLINKED = ("finished, but its .done link is missing: its task restores the link and "
-            "reports it cached, without running it again")
-UPSTREAM = "upstream will run"
+# The reasons by their old names (docs/design.md §5.1): each is a Reason, a str.
+NO_RECORD = Reason.NO_RECORD
+FAILED = Reason.FAILED
+FORCED = Reason.FORCED
+NO_CACHE = Reason.NO_CACHE
+CHANGED = Reason.CHANGED
+INTERRUPTED = Reason.INTERRUPTED
+IN_PROGRESS = Reason.IN_PROGRESS
+CANCELLED = Reason.CANCELLED
+DAMAGED = Reason.DAMAGED
+UNLINKED = Reason.UNLINKED
+UPSTREAM = Reason.UPSTREAM
 
 log = logging.getLogger("dscheduler.plan")
 
@@ -126,10 +110,14 @@ class Plan:
     store: Store
     targets: list[Node]
     nodes: list[Node]  # every node, upstream first
-    reasons: dict[str, str] = field(default_factory=dict)  # key -> why it runs
+    reasons: dict[str, Why] = field(default_factory=dict)  # key -> why it runs
     envs: dict[str, Env] = field(default_factory=dict)  # env_id -> Env of nodes to run
-    build: list[str] = field(default_factory=list)  # env_ids not yet published
+    envs_to_build: list[str] = field(default_factory=list)  # env_ids not yet published
     drift: dict[str, str] = field(default_factory=dict)  # key -> code drift (drift.py)
+    #: Nodes found finished without their index entry (paths, record, the index's value
+    #: for them or None): the index's to restore (``Index.restore``), not the plan's.
+    unindexed: list[tuple[NodePaths, Record, str | None]] = field(default_factory=list)
+    compact_index: bool = False  # the index read holds enough segments to compact
 
     @property
     def to_run(self) -> list[Node]:
@@ -139,7 +127,7 @@ class Plan:
     def cached(self) -> list[Node]:
         return [n for n in self.nodes if n.key not in self.reasons]
 
-    def reason(self, node: Node) -> str | None:
+    def reason(self, node: Node) -> Why | None:
         """Why ``node`` runs, or None when its stored result is used."""
         return self.reasons.get(node.key)
 
@@ -151,7 +139,7 @@ class Plan:
         n_run = len(self.reasons)
         return (
             f"{len(self.nodes)} nodes: {n_run} to run, {len(self.nodes) - n_run} cached; "
-            f"{len(self.build)} env(s) to build"
+            f"{len(self.envs_to_build)} env(s) to build"
         )
 
     def __repr__(self) -> str:
@@ -162,8 +150,8 @@ class Plan:
         parts = [html.heading(self.summary()),
                  html.by_task(self.nodes, lambda n: "to run" if n.key in self.reasons
                               else "cached", ("to run", "cached"))]
-        if self.build:
-            parts.append(html.table(["env to build"], [[e] for e in self.build]))
+        if self.envs_to_build:
+            parts.append(html.table(["env to build"], [[e] for e in self.envs_to_build]))
         why = Counter(self.reasons.values())
         if why:
             parts.append(html.table(["why it runs", "nodes"], why.most_common(10)))
@@ -172,7 +160,7 @@ class Plan:
     def explain(self, limit: int | None = 50) -> str:
         """A readable list of the nodes to run and why, envs to build first."""
         lines = [self.summary()]
-        lines += [f"  build_env-{e}" for e in self.build]
+        lines += [f"  build_env-{e}" for e in self.envs_to_build]
         shown = self.to_run if limit is None else self.to_run[:limit]
         lines += [f"  {n.name}{f' [{n.case}]' if n.case else ''}: {self.reasons[n.key]}"
                   for n in shown]
@@ -224,44 +212,14 @@ class _Listings:
         return names is not None and node_dir.name not in names
 
 
-def _why(node: Node, store: Store, listings: _Listings,
-         missed: list[tuple[Node, Record]]) -> str | None:
-    """Why ``node`` runs, from its record; None when it finished after all (its record
-    says succeeded with its key and its link agrees: the index missed it, and
-    ``missed`` gets the node and its record)."""
+def _why(node: Node, store: Store, listings: _Listings) -> tuple[Why | None, Record | None]:
+    """Why ``node`` runs, from its record (:func:`~dscheduler.store.state.judge`); None
+    when it finished after all, with the record that says so (the index missed it)."""
     paths = node.paths(store)
     if listings.absent(paths.dir):
-        return NO_RECORD
-    try:
-        record = read_node(paths.record)
-    except StoreError:
-        return DAMAGED
-    except OSError:
-        return NO_RECORD
-    if record is None:
-        return NO_RECORD
-    stored = record.key
-    if stored != node.key:
-        if isinstance(stored, str) and identity.short_id(stored) == node.key16:
-            identity.check_collision(node.key, stored, str(paths.record))
-        return CHANGED if record.state == SUCCEEDED else NO_RECORD
-    if record.state == SUCCEEDED:
-        if done_key(paths) != node.key:
-            return UNLINKED  # docs/design.md §14.1, point 3
-        missed.append((node, record))
-        return None
-    if record.state == "running" and _lease_held(store, node.key16):
-        return IN_PROGRESS  # e.g. a detached graph still running it (docs/design.md §13.7)
-    return {
-        "failed": FAILED,
-        "running": INTERRUPTED,
-        "cancelled": CANCELLED,
-        "damaged": DAMAGED,
-    }.get(record.state or "", NO_RECORD)
-
-
-def _lease_held(store: Store, key16: str) -> bool:
-    return lease_held(store.node_lease_path(key16))
+        return Why(NO_RECORD), None
+    judged = judge(store, paths, node.key)
+    return judged.why, judged.record
 
 
 def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
@@ -303,31 +261,29 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
     values = view.values if view is not None else None
     root = f"{store.root}/"
     listings = _Listings()
-    missed: list[tuple[Node, Record]] = []
     for node in order:
         done = store.done_id(node.cfg.env_id if node.cfg else None,
                              node.cfg.config_hash if node.cfg else None,
                              node.case, node.task.name, node.key16)
         _check_unique(node, done, locations, writers, root)
-        rerun_upstream = next((up for up in node.upstream if up.key in reasons), None)
+        rerun_upstream = upstream_runs(node.upstream, reasons)
         if force:
-            reasons[node.key] = FORCED
+            reasons[node.key] = Why(FORCED)
         elif not node.task.options_.cache:
-            reasons[node.key] = NO_CACHE
+            reasons[node.key] = Why(NO_CACHE)
         elif rerun_upstream is not None:
-            reasons[node.key] = f"{UPSTREAM} ({rerun_upstream.name})"
+            reasons[node.key] = rerun_upstream
         elif not (finished(values.get(done), node.key) if values is not None
                   else is_done(root + done, node.key)):
-            why = _why(node, store, listings, missed)
+            why, record = _why(node, store, listings)
             if why is not None:
                 reasons[node.key] = why
-    if missed and values is not None:
-        _restore_entries(store, missed, values)
+            elif values is not None and record is not None:
+                result.unindexed.append((node.paths(store), record, values.get(done)))
     if not force:
-        drift.check(result, UPSTREAM)  # code changed, version not (results.code_drift)
+        drift.check(result)  # code changed, version not (results.code_drift)
     _resolve_envs(result)
-    if view is not None and view.wants_compaction():
-        _compact(store)
+    result.compact_index = view is not None and view.wants_compaction()
     return result
 
 
@@ -342,50 +298,6 @@ def _index(store: Store, n_nodes: int) -> View | None:
     except (OSError, LeaseError) as err:
         log.warning("planning without the index of %s: %s", store.root, err)
         return None
-
-
-def _restore_entries(store: Store, missed: list[tuple[Node, Record]],
-                     values: dict[str, str]) -> None:
-    """Index entries for nodes found finished without one, so that the next plan reads
-    the index alone for them (docs/design.md §14.1).  A cache, so failing is logged.
-
-    Usually the entry was lost (a worker killed between its .done link and its
-    entry): it is appended again as it was, with the record's seq.  When a newer
-    entry says "not finished" (an attempt announced dropping the result, then died
-    before it did), a newer "finished" is appended only under the node's lease, so no
-    attempt is running, and only if record and link still say finished.
-    """
-    entries = []
-    try:
-        for node, record in missed:
-            paths = node.paths(store)
-            value = values.get(store.node_id(paths))
-            newer = order(value)[0] if value is not None else -1
-            if newer < record_seq(record):
-                entries.append(store.index.entry(paths, record, state=SUCCEEDED))
-                continue
-            lease = store.node_lease(node.key16, owner="plan (restoring an entry)")
-            if not lease.try_acquire():
-                continue  # an attempt runs: its own entries will tell
-            try:
-                again = read_node(paths.record) or Record()
-                if again.key == node.key and again.state == SUCCEEDED \
-                        and done_key(paths) == node.key:
-                    entries.append(store.index.entry(
-                        paths, again, seq=max(next_seq(again), newer + 1), state=SUCCEEDED))
-            finally:
-                lease.release()
-        store.index.append(entries)
-    except (OSError, LeaseError, StoreError) as err:
-        log.warning("could not restore index entries of %s: %s", store.root, err)
-
-
-def _compact(store: Store) -> None:
-    """Fold the index's segments into its snapshot; a cache, so failing is only logged."""
-    try:
-        store.index.compact()
-    except (OSError, LeaseError) as err:
-        log.warning("could not compact the index of %s: %s", store.root, err)
 
 
 def _check_unique(node: Node, done: str, locations: dict[str, Node],
@@ -426,4 +338,4 @@ def _resolve_envs(result: Plan) -> None:
         raise GraphError("nodes with a missing environment:\n  " + "\n  ".join(problems))
     for env_id in result.envs:
         if not result.store.env(env_id).record.exists():
-            result.build.append(env_id)
+            result.envs_to_build.append(env_id)

@@ -1,36 +1,18 @@
 """``ds.compute`` and ``ds.submit``: plan, prune, submit to Dask, collect (docs/design.md §5).
 
-1. :func:`dscheduler.graph.plan` decides every node; a graph with nothing to
-   run returns at once, without starting or contacting any cluster.
-2. Specs for the nodes to run are made (and pickled) before anything is
-   submitted (:mod:`dscheduler.run.spec`).
-3. One Dask task per env to build, key ``build_env-{env_id}``, and one per
-   node, key ``{task}-{key16}``, submitted as one graph whose layers carry
-   resources, retries and priority as annotations; a node's upstream keys
-   and its env build are its arguments, so Dask orders them.  Their results
-   are small outcomes; values stay in the store.
+1. :func:`dscheduler.graph.plan` decides every node; nothing to run returns at once, without
+   starting or contacting a cluster.  A store that cannot be written is a StoreError here.
+2. Specs of the nodes to run are made and pickled before any submit (:mod:`dscheduler.run.spec`).
+3. One graph is submitted: a task ``build_env-{env_id}`` per env to build and ``{task}-{key16}``
+   per node, layers annotated with resources, retries and priority, upstream keys and the env
+   build as arguments.  Tasks return small outcomes; values stay in the store.
 4. :class:`~dscheduler.run.results.Handle` waits and collects the states.
 
-On the embedded local cluster every task asks ``CPU: 1`` of workers that
-offer one ``CPU`` per thread, as on SLURM.  Dask does not queue tasks with
-resource restrictions on its scheduler: it hands them to workers at once,
-instead of one more per worker each time one finishes, which for tiny tasks
-is a round trip each (docs/benchmarks.md, Throughput).  Holding tasks back
-keeps memory in check when early tasks make large data that later ones
-consume; here values go to the store and outcomes are two short strings.
-Resource asks of the tasks themselves are dropped there (a note in the run
-summary says so, once): its workers offer nothing else, and such a task would
-wait forever.
-Elsewhere they reach the scheduler: on a SLURM cluster,
-``resources={"GPU": 1}`` sends a task to a GPU job (docs/design.md §13.2).
-
-A store that cannot be written is a StoreError before anything is submitted;
-the embedded cluster's workers log no "Compute Failed" for dscheduler tasks
-(records and the final report say it: docs/design.md §5.6).
-
-``detach=True`` hands the graph to the scheduler (distributed's
-``fire_and_forget``): it keeps running after the driver exits, on a
-scheduler that outlives the driver (``dscheduler cluster up``).
+On the embedded cluster every task asks ``CPU: 1``, the tasks' own resource asks are dropped with
+a note in the summary (§5.2) and workers log no "Compute Failed" for dscheduler tasks (§5.6);
+elsewhere resource asks reach the scheduler (``resources={"GPU": 1}`` goes to a GPU job, §13.2).
+``detach=True`` hands the graph to a scheduler that outlives the driver (``fire_and_forget``,
+``dscheduler cluster up``: §13.7).
 """
 
 from __future__ import annotations
@@ -44,7 +26,7 @@ import weakref
 from typing import Any
 
 from .. import settings
-from ..errors import StoreError
+from ..errors import LeaseError, StoreError
 from ..graph import Plan, plan
 from ..store import Store, store_of
 from ..store.atomic import temp_sibling
@@ -60,6 +42,20 @@ StoreArg = Store | str | os.PathLike[str] | None
 CPU = {"CPU": 1}
 #: Clients whose workers drop "Compute Failed" logs of dscheduler tasks (:func:`_quiet_class`).
 _quieted: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _tidy_index(p: Plan) -> None:
+    """Put back the index entries ``p`` found missing and compact the index when its
+    segments say so: planning writes nothing, the call that runs a graph does
+    (docs/design.md §14.1).  The index is a cache, so failing is only logged."""
+    if p.unindexed:
+        p.store.index.restore(p.unindexed, p.store.node_lease)
+    if p.compact_index:
+        try:
+            p.store.index.compact()
+        except (OSError, LeaseError) as err:
+            logging.getLogger("dscheduler.index").warning(
+                "could not compact the index of %s: %s", p.store.root, err)
 
 
 def _check_writable(store: Store) -> None:
@@ -159,6 +155,7 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
     """
     store = store_of(store)
     p = plan(*nodes, store=store, force=force)
+    _tidy_index(p)
     submission = uuid.uuid4().hex[:16]
     if p.nothing_to_do:
         return Handle(p, None, {}, {}, submission)
@@ -181,7 +178,7 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
     # The page follows this graph from its first transition (idempotent install).
     dashboard.install(client, dashboard.graph_meta(p, specs, submission))
     graph, annotations, dropped = _graph(p, specs, is_local(client))
-    keys = [f"build_env-{e}" for e in p.build] + [n.name for n in to_run]
+    keys = [f"build_env-{e}" for e in p.envs_to_build] + [n.name for n in to_run]
     from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
     layers = {f"dscheduler-{i}": MaterializedLayer(dsk, annotations=ann)
@@ -194,8 +191,8 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
         from distributed import fire_and_forget
 
         fire_and_forget(got)
-    builds = dict(zip(p.build, got[: len(p.build)], strict=True))
-    futures = {n.key: f for n, f in zip(to_run, got[len(p.build):], strict=True)}
+    builds = dict(zip(p.envs_to_build, got[: len(p.envs_to_build)], strict=True))
+    futures = {n.key: f for n, f in zip(to_run, got[len(p.envs_to_build):], strict=True)}
     handle = Handle(p, client, futures, builds, submission)
     if dropped:
         handle.notes.append(resources_note(dropped))
@@ -224,7 +221,7 @@ def _graph(p: Plan, specs: dict[str, NodeSpec], local: bool
     retries_default = settings.get("task.retries")
     store = p.store
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
-    builds = {f"build_env-{e}": (build_task, store, p.envs[e]) for e in p.build}
+    builds = {f"build_env-{e}": (build_task, store, p.envs[e]) for e in p.envs_to_build}
     graph: list[dict[str, Any]] = [builds] if builds else []
     annotations: list[dict[str, Any]] = [{"priority": 1_000_000}] if builds else []
     if local and builds:
@@ -249,7 +246,7 @@ def _graph(p: Plan, specs: dict[str, NodeSpec], local: bool
             if resources:
                 ann["resources"] = resources
             annotations.append(ann)
-        build = f"build_env-{node.env_id}" if node.env_id in p.build else None
+        build = f"build_env-{node.env_id}" if node.env_id in p.envs_to_build else None
         ups = [up.name for up in node.upstream if up.key in running]
         groups[group_key][node.name] = (node_task, specs[node.key], build, *ups)
     return graph, annotations, dropped

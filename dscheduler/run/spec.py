@@ -18,8 +18,6 @@ from ..envs import Env
 from ..errors import GraphError
 from ..graph import Node, Plan
 from ..graph.calls import describe
-from ..graph.drift import DRIFT
-from ..graph.plan import FORCED, NO_CACHE
 from ..store import NodePaths, Store
 from .payload import Ref, dumps, function_for, map_nested
 
@@ -43,7 +41,7 @@ class NodeSpec:
     upstream: list[str] = field(default_factory=list)  # full keys
     timeout: float | None = None
     submission: str = ""  # id of the ds.compute/ds.submit call, for cancellation
-    rerun: bool = False  # forced or cache=False: run even if a success is stored
+    rerun: bool = False  # forced, cache=False or drift: run even if a success is stored
     info: dict[str, Any] = field(default_factory=dict)  # what the node is (graph/calls.py)
 
     @property
@@ -107,7 +105,7 @@ def make_specs(p: Plan, submission: str) -> dict[str, NodeSpec]:
             upstream=[up.key for up in node.upstream],
             timeout=node.task.options_.timeout,
             submission=submission,
-            rerun=p.reasons.get(node.key) in (FORCED, NO_CACHE, DRIFT),
+            rerun=p.reasons[node.key].forces_rerun,
             info=describe(node, store, p.envs.get(node.env_id) if node.env_id else None,
                           configs),
         )

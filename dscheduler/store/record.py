@@ -17,14 +17,30 @@ raises :class:`RecordFormError` (a damaged record to its reader).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-#: The states of a record and of an attempt (docs/design.md §3).
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-DAMAGED = "damaged"
+
+class State(StrEnum):
+    """A node's state: the states of a record and of an attempt (docs/design.md §3), and
+    ``interrupted``, a ``running`` record whose node lease nobody holds (never stored).
+    A str: JSON, display and comparisons with stored text are unchanged."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DAMAGED = "damaged"
+    INTERRUPTED = "interrupted"
+
+
+RUNNING = State.RUNNING
+SUCCEEDED = State.SUCCEEDED
+FAILED = State.FAILED
+CANCELLED = State.CANCELLED
+DAMAGED = State.DAMAGED
+INTERRUPTED = State.INTERRUPTED
+#: The states a record or an attempt is stored with.
 NODE_STATES = (RUNNING, FAILED, DAMAGED, CANCELLED, SUCCEEDED)
 
 #: The record format this version writes: ``format`` 2 records also say what the node

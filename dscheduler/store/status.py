@@ -30,12 +30,16 @@ from .. import settings
 from ..errors import StoreError, tail
 from .layout import RUN_RECORD, Layout, done_name, record_task, walk_node_dirs
 from .lease import lease_held
-from .record import FAILED, RUNNING, Record
+from .record import CANCELLED, DAMAGED, FAILED, INTERRUPTED, RUNNING, SUCCEEDED, Record
 from .records import read_node, read_record
+from .state import state_of
 
-#: Node states, in the order tables show them.
-STATES = ("queued", "running", "cached", "succeeded", "failed", "blocked", "cancelled",
-          "interrupted", "damaged")
+#: States only a graph knows (the dashboard's; run/results.py's are a graph's results).
+QUEUED, CACHED, BLOCKED = "queued", "cached", "blocked"
+#: Node states (:class:`~dscheduler.store.record.State`) and a graph's, in the order
+#: tables show them.
+STATES = (QUEUED, RUNNING, CACHED, SUCCEEDED, FAILED, BLOCKED, CANCELLED, INTERRUPTED,
+          DAMAGED)
 #: States a graph's tables always show, zero or not.
 GRAPH_STATES = STATES[:6]
 #: Environment states: ``queued``, ``building``, ``built`` and ``failed`` (a build task);
@@ -123,12 +127,12 @@ class Summary:
     @property
     def cache_hits(self) -> int | None:
         """Nodes of a graph whose stored results were used (None for a store)."""
-        return self.states["cached"] if self.kind == "graph" else None
+        return self.states[CACHED] if self.kind == "graph" else None
 
     def columns(self) -> list[str]:
         """The states a table shows: a graph's six always, then any other in use."""
         used = self.states
-        always = GRAPH_STATES if self.kind == "graph" else ("succeeded", "failed")
+        always = GRAPH_STATES if self.kind == "graph" else (SUCCEEDED, FAILED)
         return [s for s in STATES if s in always or used[s]]
 
     @property
@@ -282,22 +286,19 @@ def _count_dir(layout: Layout, out: Summary, folder: Path, filenames: Iterable[s
         if task is None:
             continue
         if done_name(task) in names:
-            out.count(task, label, "succeeded")  # the link says so: no need to parse
+            out.count(task, label, SUCCEEDED)  # the link says so: no need to parse
             continue
         path = folder / name
         try:
             record = read_node(path, listed=True)
         except StoreError:
             out.damaged.append(path)
-            out.count(task, label, "damaged")
+            out.count(task, label, DAMAGED)
             continue
         if record is None:
             continue
-        state = str(record.state)
-        if state == RUNNING and not lease_held(
-                layout.node_lease_path(str(record.key or "")[:16] or "x")):
-            state = "interrupted"  # its process died: nobody holds the node's lease
-        out.count(task, label, state)
+        state = state_of(layout, record) or str(record.state)  # running, lease free:
+        out.count(task, label, state)  # interrupted (its process died)
         if state == FAILED:
             with contextlib.suppress(OSError):  # removed meanwhile
                 failed.append((path.stat().st_mtime, path, record, label))

@@ -1,26 +1,18 @@
 """The store index: which nodes are finished, and a summary of each, in a few files.
 
-Planning and run listing read the index instead of one file per node; on a
-parallel filesystem every stat, open or readlink is a network round trip
-(docs/design.md §14).  Records and ``.done`` links stay the truth; the
-index is a cache of them::
+A cache of the records and ``.done`` links, which stay the truth (docs/design.md §14.1)::
 
     index/snapshot.json            compacted entries, replaced by one rename
     index/summaries-{gen}.json     the entries' summaries, in columns (listing only)
     index/segments/{t}-{host}-{pid}-{rand}.log   one append-only file per writer
 
-Writers (workers, drivers) append entries to a segment of their own
-(:mod:`.segments`); readers merge the snapshot with every segment, the entry
-with the highest ``seq`` winning per node (:mod:`.entries`); compaction
-folds segments into a new snapshot under a lease (:mod:`.snapshot`); a
-missing or unreadable snapshot is rebuilt from the records
-(:mod:`.rebuild`).
-
-The write order keeps the index from ever calling a node finished that is
-not: an entry that unfinishes a node (a rerun, a demotion) is fsynced before
-its ``.done`` link is removed, and a ``succeeded`` entry is appended after
-the link is made.  A crash can only leave the index saying "not finished"
-for a finished node, and planning then reads that node's record and link.
+Writers append to a segment of their own (:mod:`.segments`); readers merge the snapshot with
+every segment, highest ``seq`` winning per node (:mod:`.entries`); compaction folds segments into
+a new snapshot under a lease (:mod:`.snapshot`); a missing or unreadable snapshot is rebuilt from
+the records (:mod:`.rebuild`).  The index never calls a node finished that is not: an entry that
+unfinishes a node is fsynced before its ``.done`` link goes, a ``succeeded`` one appended after
+the link is made; a crash can only leave "not finished" for a finished node, and planning then
+reads its record and link (``Index.restore`` puts such entries back).
 """
 
 from __future__ import annotations
@@ -29,20 +21,24 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ...errors import LeaseError, StoreError
 from ..layout import Layout, NodePaths
+from ..lease import Lease
 from ..record import Record
 from ..records import (
     as_record,
     clear_done,
+    done_key,
     next_seq,
     node_summary,
     on_write,
+    read_node,
     record_seq,
     set_done,
 )
 from . import snapshot
 from .columns import Table
-from .entries import RUN, RUNNING, SUCCEEDED, UNLINKED, Entry, finished
+from .entries import RUN, RUNNING, SUCCEEDED, UNLINKED, Entry, finished, order
 from .rebuild import damaged_entry, rebuild, run_entry
 from .segments import writer
 from .snapshot import Corrupt, Missing, View
@@ -109,6 +105,41 @@ class Index:
         except (Missing, Corrupt):
             self.rebuild()
             return True
+
+    def restore(self, found: Iterable[tuple[NodePaths, Record, str | None]],
+                node_lease: Callable[[str], Lease]) -> None:
+        """Entries for nodes a plan found finished without one (``Plan.unindexed``: paths,
+        record, the index's value then), so that the next plan reads the index alone for
+        them (docs/design.md §14.1, point 3).  A cache, so failing is logged.
+
+        Usually the entry was lost (a worker killed between its .done link and its
+        entry): it is appended again as it was, with the record's seq.  When a newer
+        entry says "not finished" (an attempt announced dropping the result, then died
+        before it did), a newer "finished" is appended only under the node's lease
+        (``node_lease(key16)``), so no attempt is running, and only if record and link
+        still say finished.
+        """
+        entries = []
+        try:
+            for paths, record, value in found:
+                newer = order(value)[0] if value is not None else -1
+                if newer < record_seq(record):
+                    entries.append(self.entry(paths, record, state=SUCCEEDED))
+                    continue
+                key = str(record.key)
+                lease = node_lease(key[:16])
+                if not lease.try_acquire():
+                    continue  # an attempt runs: its own entries will tell
+                try:
+                    again = read_node(paths.record) or Record()
+                    if again.key == key and again.state == SUCCEEDED and done_key(paths) == key:
+                        entries.append(self.entry(paths, again, state=SUCCEEDED,
+                                                  seq=max(next_seq(again), newer + 1)))
+                finally:
+                    lease.release()
+            self.append(entries)
+        except (OSError, LeaseError, StoreError) as err:
+            log.warning("could not restore index entries of %s: %s", self.layout.root, err)
 
     # -- writing ----------------------------------------------------------------------
 
