@@ -236,5 +236,5 @@ def test_plan_reasons(tmp_path: Path) -> None:
 
 def test_plan_lists_envs_to_build(tmp_path: Path) -> None:
     p = ds.plan([work(Cfg(flavor=f), "c") for f in "abc"], store=tmp_path)
-    assert len(p.build) == 3 and set(p.envs) == set(p.build)
+    assert len(p.envs_to_build) == 3 and set(p.envs) == set(p.envs_to_build)
     assert "build_env-" in p.explain()

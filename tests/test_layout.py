@@ -3,7 +3,8 @@
 Ranks, lowest first: the top-level modules (errors, settings, identity),
 then store, envs, graph, run, cli.  A module may import from its own rank
 or below, never above; no module imports a dscheduler module inside a
-function (a way to dodge a cycle); module-level imports form no cycle.
+function (a way to dodge a cycle); no modules import each other, directly
+or round a circle.
 ``from __future__`` aside, every ``import`` statement counts, those under
 ``if TYPE_CHECKING:`` too: a type is a dependency.  Tests stand alone: no
 test module imports another (what they share is in tests/helpers.py or a
@@ -98,17 +99,6 @@ def imports(module: str, path: Path, known: dict[str, Path]) -> list[tuple[str, 
     return found
 
 
-def runtime_imports(path: Path, module: str, known: dict[str, Path]) -> list[str]:
-    """Module-level imports that run at import time (not under TYPE_CHECKING)."""
-    tree = ast.parse(path.read_text())
-    is_package = path.name == "__init__.py"
-    out = []
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Import | ast.ImportFrom):
-            out.extend(resolve(module, is_package, stmt, known))
-    return out
-
-
 def upward_imports(module: str, package: Path = PACKAGE) -> list[str]:
     """What ``module`` imports from a layer above its own."""
     known = modules(package)
@@ -121,30 +111,52 @@ def nested_imports(module: str, package: Path = PACKAGE) -> list[str]:
     return [t for t, top in imports(module, known[module], known) if not top]
 
 
-def import_cycle(package: Path = PACKAGE) -> list[str] | None:
-    """A cycle of module-level imports (as a path ending where it began), or None."""
-    known = modules(package)
-    graph = {m: [t for t in runtime_imports(p, m, known) if t in known and t != m]
-             for m, p in known.items()}
-    state: dict[str, int] = {}
+def import_graph(package: Path = PACKAGE) -> dict[str, list[str]]:
+    """Module -> the dscheduler modules it imports, every import counted.
 
-    def visit(m: str, path: list[str]) -> list[str] | None:
-        state[m] = 1
+    Those under ``TYPE_CHECKING`` count (a type is a dependency, and a circle hidden
+    behind one is still a circle), and so do those inside a function.  A package's
+    ``__init__`` importing its own submodules is how packages work, and a submodule
+    importing from its package ends there: neither edge is kept."""
+    known = modules(package)
+    return {m: sorted({t for t, _ in imports(m, p, known)
+                       if t in known and t != m
+                       and not t.startswith(m + ".") and not m.startswith(t + ".")})
+            for m, p in known.items()}
+
+
+def import_cycles(package: Path = PACKAGE) -> list[list[str]]:
+    """Every group of modules that import each other, directly or round a circle
+    (the graph's strongly connected components of more than one module), sorted."""
+    graph = import_graph(package)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(m: str) -> None:  # Tarjan's algorithm; the graph is a few hundred nodes
+        index[m] = low[m] = len(index)
+        stack.append(m)
         for t in graph[m]:
-            # A package's __init__ importing its own submodules is how packages work.
-            if m != t and t.startswith(m + "."):
-                continue
-            if state.get(t) == 1 and not m.startswith(t + "."):
-                return [*path, m, t]
-            if t not in state and (cycle := visit(t, [*path, m])):
-                return cycle
-        state[m] = 2
-        return None
+            if t not in index:
+                visit(t)
+                low[m] = min(low[m], low[t])
+            elif t in stack:
+                low[m] = min(low[m], index[t])
+        if low[m] == index[m]:
+            group = []
+            while True:
+                t = stack.pop()
+                group.append(t)
+                if t == m:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
 
     for m in graph:
-        if m not in state and (cycle := visit(m, [])):
-            return cycle
-    return None
+        if m not in index:
+            visit(m)
+    return sorted(groups)
 
 
 def test_top_level_holds_only_the_foundation() -> None:
@@ -162,17 +174,20 @@ def test_imports_flow_one_way(module: str) -> None:
     assert nested == [], f"{module} imports dscheduler modules inside functions: {nested}"
 
 
-def test_module_level_imports_have_no_cycle() -> None:
-    cycle = import_cycle()
-    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+def test_imports_have_no_cycle() -> None:
+    cycles = import_cycles()
+    assert cycles == [], "modules that import each other (type-only imports count): " + \
+        "; ".join(" <-> ".join(c) for c in cycles) + \
+        " -- move what they share into a module below both"
 
 
 def test_layout_test_can_fail(tmp_path: Path) -> None:
     """Each check above fails on a scratch package that breaks its rule, and only its own.
 
     ``store.up`` imports from ``run`` (a layer above), ``store.a`` and ``store.b``
-    import each other (a cycle within one layer), and ``graph.lazy`` imports
-    inside a function.
+    import each other (a cycle within one layer), ``envs.c`` and ``envs.d`` do so
+    only for types (``envs.d`` under ``TYPE_CHECKING``), and ``graph.lazy``
+    imports inside a function.
     """
     package = tmp_path / "dscheduler"
     files = {
@@ -183,6 +198,11 @@ def test_layout_test_can_fail(tmp_path: Path) -> None:
         "store/b.py": "from .a import x\n",
         "store/up.py": "from ..run import compute\n",
         "store/ok.py": "from .. import errors\n",
+        "envs/__init__.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                            "    from .c import C\n",
+        "envs/c.py": "from .d import D\nclass C: ...\n",
+        "envs/d.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                     "    from .c import C\nclass D: ...\n",
         "run/__init__.py": "from . import compute\n",
         "run/compute.py": "from ..store import ok\n",
         "graph/__init__.py": "",
@@ -198,12 +218,16 @@ def test_layout_test_can_fail(tmp_path: Path) -> None:
     assert upward_imports("dscheduler.store.up", package) == ["dscheduler.run.compute"]
     assert {m for m in known if nested_imports(m, package)} == {"dscheduler.graph.lazy"}
     assert nested_imports("dscheduler.graph.lazy", package) == ["dscheduler.store.ok"]
-    cycle = import_cycle(package)
-    assert cycle is not None and set(cycle) == {"dscheduler.store.a", "dscheduler.store.b"}
-    # without the cycle, the cycle check passes
+    assert import_cycles(package) == [["dscheduler.envs.c", "dscheduler.envs.d"],
+                                      ["dscheduler.store.a", "dscheduler.store.b"]]
+    # without the cycles, the cycle check passes
     (package / "store/b.py").write_text("x = 1\n")
+    (package / "envs/d.py").write_text("class D: ...\n")
     modules.cache_clear()
-    assert import_cycle(package) is None
+    try:
+        assert import_cycles(package) == []
+    finally:
+        modules.cache_clear()
 
 
 def _typing_block(stmt: ast.stmt) -> bool:
@@ -413,3 +437,56 @@ def test_cross_import_check_can_fail(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
     assert cross_imports(tmp_path) == ["helpers.py imports test_b", "test_b.py imports test_a",
                                        "test_c.py imports test_a"]
+
+
+MAX_DOCSTRING_LINES = 15
+# Figures someone measured: a decimal with a unit ("0.27 s", "1.5 GB"), a count with thousands
+# separators ("47,000 page faults"), a speed-up ("3x faster", "five times slower").  Contract
+# values stay allowed: whole numbers with a unit ("a 60 s ttl", "64 MB"), plain numbers.
+MEASURED = re.compile(r"\b\d+\.\d+ ?(?:s|ms|µs|us|ns|KB|MB|GB|KiB|MiB|GiB)\b"
+                      r"|\b\d{1,3}(?:,\d{3})+\b"
+                      r"|\b(?:\d+(?:\.\d+)?x|\w+ times) (?:faster|slower|cheaper|smaller|larger)\b")
+
+
+def docstring_problems(package: Path = PACKAGE) -> list[str]:
+    """"<module>: <problem>" for each module docstring under ``package`` that runs past
+    :data:`MAX_DOCSTRING_LINES` lines or quotes a measured figure."""
+    problems = []
+    for path in sorted(package.rglob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text(), str(path)), clean=False)
+        if doc is None:
+            continue
+        name = path.relative_to(package.parent).as_posix()
+        if (lines := len(doc.splitlines())) > MAX_DOCSTRING_LINES:
+            problems.append(f"{name}: {lines} lines")
+        problems += [f"{name}: {m.group()!r}" for m in MEASURED.finditer(doc)]
+    return problems
+
+
+def test_module_docstrings_state_the_contract_briefly() -> None:
+    assert len(list(PACKAGE.rglob("*.py"))) > 50  # the scan sees the package
+    bad = docstring_problems()
+    assert bad == [], (f"module docstrings too long or quoting figures: {bad}; state the "
+                       f"contract in at most {MAX_DOCSTRING_LINES} lines, cite docs/design.md by "
+                       "section for the reasons, and move measured figures to docs/benchmarks.md")
+
+
+def test_docstring_check_can_fail(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    files = {
+        "long.py": '"""Title.\n' + "line\n" * MAX_DOCSTRING_LINES + '"""\n',
+        "short.py": '"""Title.\n' + "line\n" * (MAX_DOCSTRING_LINES - 2) + '"""\nX = "0.5 s"\n',
+        "sub/figures.py": '"""Installs take 0.27 s of a 0.45 s install here, 47,000 page faults,\n'
+                          'and are 3x faster than pip, five times smaller."""\n',
+        "sub/contract.py": '"""A 60 s ttl, 64 MB of memory, at least 10 s, 2 workers, v3.11."""\n',
+        "nodoc.py": "X = 1\n",
+    }
+    for name, text in files.items():
+        (package / name).write_text(text)
+    assert docstring_problems(package) == [
+        "pkg/long.py: 16 lines",
+        "pkg/sub/figures.py: '0.27 s'", "pkg/sub/figures.py: '0.45 s'",
+        "pkg/sub/figures.py: '47,000'", "pkg/sub/figures.py: '3x faster'",
+        "pkg/sub/figures.py: 'five times smaller'",
+    ]

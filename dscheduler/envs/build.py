@@ -1,39 +1,18 @@
 """Environment builds: each ``env_id`` built once, by whoever gets there first.
 
-``build_env(store, env)`` (docs/design.md §5.3, reasons in §6)::
+``build_env(store, env)`` (the steps: docs/design.md §5.3; their reasons: §6, §14.3) returns the
+published env, else builds it under the lease ``locks/env-{env_id}.lease``: a ``uv`` venv in
+node-local scratch (kind ``"dir"``: in the store's temporary directory, kept as
+``envs/{env_id}/venv``), reproducible ``.pyc`` files and image, an import smoke test; then it
+publishes the image ``images/{lock_id}.sqsh`` (create-once) and, by one rename,
+``envs/{env_id}/`` holding build.log, image.sqsh and, written last, env.json.
 
-    lease locks/env-{env_id}.lease  ->  published?  ->  return it
-    else, in node-local scratch:
-      uv venv --relocatable --python <an interpreter on this machine>
-      uv pip install (node-local --cache-dir, the env's index options): --offline,
-        with `uv pip compile` asking the index alongside (checked before publishing)
-      compileall (fixed prefix, unchecked-hash: reproducible .pyc files), alongside:
-        uv pip freeze               -> the lock; lock_digest = digest("lock", ...)
-      modes fixed, files counted    (reproducible.normalise_tree)
-      import smoke test, alongside: mksquashfs (reproducible flags) into the
-        store's temporary dir, unless images/{lock_id}.sqsh exists already
-      the index's resolution equals the lock, else all again, installing from the index
-    publish, once the smoke test passed: the image by os.link (create-once),
-    then envs/{env_id}/ by one rename of a finished directory holding
-    build.log, image.sqsh (a relative link to the image) and, last, env.json.
-
-A failure raises :class:`EnvBuildError` naming the requirement or the module,
-with the tail of the output and the path of the kept log
-(``envs/{env_id}/build-failed.log``, no env.json: nothing is published).
-Temporary files are removed and the lease released; a builder killed with
-kill -9 leaves only temporary names (``envs/.{env_id}.*.partial``, scratch
-``dscheduler-build-{env_id}-{pid}-*``) that the next lease holder removes.
-
-Kind ``"dir"`` keeps the venv itself at ``envs/{env_id}/venv``.  It is built
-in place, in the store's temporary directory, not in scratch: its final home
-is the store, so building elsewhere would copy every file once more.  Its
-``.pyc`` files carry the final path (``compileall -p envs/{env_id}/venv``) so
-tracebacks name real files; images use the fixed prefix ``/env`` instead,
-because they are mounted at varying paths and must be byte-identical.
-
-``bin/python`` of a venv is a symlink to the machine's interpreter (``uv venv
---relocatable`` keeps that one absolute path), so the interpreter must exist
-at the same path on every node; its path is part of ``lock_digest``.
+A failure raises :class:`EnvBuildError` naming the requirement or the module, with the output's
+tail and the kept log ``envs/{env_id}/build-failed.log``; nothing is published.  A killed builder
+leaves only temporary names (``envs/.{env_id}.*.partial``, scratch
+``dscheduler-build-{env_id}-{pid}-*``) that the next lease holder removes.  ``bin/python`` links
+to the machine's interpreter, which must exist at that path on every node (the path is part of
+``lock_digest``).
 """
 
 from __future__ import annotations
@@ -55,7 +34,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from packaging.requirements import Requirement
 
@@ -77,7 +56,9 @@ from .reproducible import (
     squash_command,
 )
 from .uv import (
+    Command,
     explain_uv_failure,
+    index_options,
     install_command,
     resolve_command,
     uv_bin,
@@ -87,7 +68,6 @@ from .uv import (
 if TYPE_CHECKING:
     from ..store import Store
     from ..store.lease import Lease
-    from .spec import Env
 
 log = logging.getLogger("dscheduler.build")
 
@@ -98,12 +78,46 @@ INVALIDATION = "unchecked-hash"
 _bytecode_tags: dict[str, tuple[str, str]] = {}  # interpreter path -> (cache tag, magic)
 
 
+class EnvLike(Protocol):
+    """What a build reads of an env: :class:`dscheduler.envs.spec.Env` is one.  (``Env.build``
+    calls :func:`build_env`, so this module does not import spec.py: that would be a
+    circle.)"""
+
+    @property
+    def env_id(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def python(self) -> str: ...
+    @property
+    def requirements(self) -> tuple[str, ...]: ...
+    @property
+    def find_links(self) -> tuple[str, ...]: ...
+    @property
+    def index_url(self) -> str | None: ...
+    @property
+    def extra_index_urls(self) -> tuple[str, ...]: ...
+    @property
+    def offline(self) -> bool: ...
+    @property
+    def image(self) -> str | None: ...
+    @property
+    def smoke_imports(self) -> tuple[str, ...] | None: ...
+    def spec(self) -> dict[str, Any]: ...
+
+
+def uv_index(env: EnvLike, offline: bool | None = None) -> Command:
+    """uv's index options for ``env`` (``offline``: default, the env's own)."""
+    return index_options(env.find_links, env.index_url, env.extra_index_urls,
+                         env.offline if offline is None else offline)
+
+
 # -- building ----------------------------------------------------------------------------
 
 
 def build_env(
     store: Store,
-    env: Env,
+    env: EnvLike,
     *,
     image: str | None = None,
     smoke_imports: Sequence[str] | None = None,
@@ -196,7 +210,7 @@ def _pyc_cache_dir(override: str | os.PathLike[str] | bool | None) -> Path | Non
     return settings.node_local("env.pyc_cache", "dscheduler-pyc-cache", value)
 
 
-def _choose_smoke(env: Env, override: Sequence[str] | None) -> list[str] | None:
+def _choose_smoke(env: EnvLike, override: Sequence[str] | None) -> list[str] | None:
     for value in (override, env.smoke_imports, settings.get("env.smoke_imports")):
         if value is not None:
             return list(value)
@@ -216,7 +230,7 @@ class _Builder:
     """
 
     def __init__(
-        self, store: Store, env: Env, kind: str, *, smoke_imports: list[str] | None,
+        self, store: Store, env: EnvLike, kind: str, *, smoke_imports: list[str] | None,
         uv_cache: Path, scratch: Path, pyc_cache: Path | None, lease: Lease,
     ) -> None:
         self.store = store
@@ -367,8 +381,9 @@ class _Builder:
 
     def _install_requirements(self, blog: BuildLog) -> None:
         def install(offline: bool | None = None) -> None:  # None: as the env says
-            blog.run("install", install_command(self.env, self.python, self.uv_cache,
-                                                copy=self.kind == "dir", offline=offline),
+            blog.run("install", install_command(self.env.requirements,
+                                                uv_index(self.env, offline), self.python,
+                                                self.uv_cache, copy=self.kind == "dir"),
                      env=self.subenv)
 
         plain = all(Requirement(r).url is None for r in self.env.requirements)
@@ -378,7 +393,7 @@ class _Builder:
         wanted = self.work / "requirements.in"
         wanted.write_text("".join(f"{r}\n" for r in self.env.requirements))
         self.resolving = blog.start(
-            "resolve", resolve_command(self.env, self.python, self.uv_cache, wanted),
+            "resolve", resolve_command(uv_index(self.env), self.python, self.uv_cache, wanted),
             output=self.work / "resolved.txt", env=self.subenv, cwd=self.work)
         try:
             install(offline=True)

@@ -1,27 +1,17 @@
-"""One compile worker of an image build, run by the env's own interpreter (stdlib only).
+"""One compile worker of an image build, run by the env's own interpreter (docs/design.md §14.3).
 
     python -I compile_worker.py VENV PREFIX CACHE SIGNAL_FD  < its input
 
-Its input comes in two parts.  First one ``.py`` path a line, up to an empty
-line: for each the worker links the node's cached ``.pyc`` into place
-(docs/design.md §14.3), then writes to the file descriptor SIGNAL_FD
-``"{sources} {restored}\n"`` and a line ``"{size} {entry} {path}\n"`` for
-each file the cache lacked, and closes it.  Then ``"{entry} {path}"`` lines,
-up to the end of the input: the files it is to compile (those the cache
-lacked, dealt out again over all workers by size), exactly as ``python -m
-compileall -q -s VENV -p PREFIX --invalidation-mode unchecked-hash`` does
-(``compileall.compile_file`` with those arguments); each new ``.pyc`` is
-linked into the cache as ``entry``.  Its last line of output is
-``dscheduler-compile: stored=N``; it exits with 3 when some files did not
-compile (their errors are in its output, as compileall prints them), as
-compileall exits with 1.
-
-A cache entry is ``CACHE/{h[:2]}/{h}.pyc``, ``h`` the sha256 of the file's
-path inside the venv, a NUL byte and the file's bytes: with the interpreter
-(CACHE names its tag, magic number and version), the prefix and the
-invalidation mode, they decide the bytes compileall writes.  Entries appear
-by one ``link`` (or a copy renamed into place across filesystems) and never
-change.  This file must run on every Python an env may use (3.9 and later).
+Input, part one: ``.py`` paths, one a line, up to an empty line; for each the worker links the
+cached ``.pyc`` into place, then writes to SIGNAL_FD ``"{sources} {restored}\\n"`` and
+``"{size} {entry} {path}\\n"`` per file the cache lacked, and closes it.  Part two, to the end:
+``"{entry} {path}"`` lines, files to compile exactly as ``python -m compileall -q -s VENV -p
+PREFIX --invalidation-mode unchecked-hash`` does, each new ``.pyc`` linked into the cache as
+``entry``.  The last output line is ``dscheduler-compile: stored=N``; exit 3 when some files did
+not compile (their errors printed as compileall prints them).  A cache entry is
+``CACHE/{h[:2]}/{h}.pyc``, ``h`` the sha256 of the path inside the venv, a NUL byte and the
+file's bytes (CACHE is one per interpreter, prefix and mode); entries appear by one
+``link`` (or a copy renamed into place) and never change.  Standard library only, Python 3.9+.
 """
 
 import compileall

@@ -1,19 +1,12 @@
 """Python interpreters already on the machine: env builds never download one.
 
-An env asks for ``python="3.11"`` (or ``"3.11.7"``); :func:`find_interpreter`
-returns the first interpreter found, in this order, whose version matches:
-
-1. the running interpreter (its base, when it runs from a venv);
-2. the paths and globs of the setting ``env.interpreters``;
-3. ``python3.X`` on ``PATH`` (pyenv shims skipped: they are scripts that
-   pick an interpreter by the caller's directory);
-4. ``$PYENV_ROOT/versions/*/bin/python3.X`` (``~/.pyenv`` by default);
-5. ``/usr/local/bin/python3.X``, ``/usr/bin/python3.X``.
-
-A built venv links ``bin/python`` to this interpreter (``uv venv
---relocatable`` keeps the absolute target), so it must exist at the same path
-on every node that runs the env.  A version that is not found is an
-:class:`EnvBuildError` listing every interpreter seen, with its version.
+An env asks for ``python="3.11"`` (or ``"3.11.7"``); :func:`find_interpreter` returns the first
+whose version matches, searching (docs/design.md §6): the running interpreter (its base, from a
+venv); the setting ``env.interpreters``; ``python3.X`` on ``PATH`` (pyenv shims skipped);
+``$PYENV_ROOT/versions/*/bin/python3.X`` (``~/.pyenv`` by default); ``/usr/local/bin/python3.X``,
+``/usr/bin/python3.X``.  A built venv links ``bin/python`` to it, so it must exist at the same
+path on every node that runs the env.  A version not found is an :class:`EnvBuildError` listing
+every interpreter seen, with its version.
 """
 
 from __future__ import annotations

@@ -1,34 +1,17 @@
-"""``ds.mount(env)``: a path whose ``bin/python`` runs the env.
-
-::
+"""``ds.mount(env)``: a path whose ``bin/python`` runs the env (docs/design.md §6)::
 
     with ds.mount(env) as prefix:          # builds the env first if needed
         subprocess.run([prefix / "bin" / "python", "-c", "import numpy"])
 
-Backends, tried in this order unless one is named (argument, or the setting
-``mount.backend``): squashfuse, a kernel loop mount (root only),
-apptainer/singularity (their bundled ``squashfuse_ll``), unsquashfs into
-node-local scratch, and for envs kept as directories the venv itself.  In
-automatic mode a backend that is available but fails to attach (e.g. FUSE
-not permitted in a container) hands over to the next one.
-
-A mount is shared by every process on the node that uses the same image
-(the same ``lock_id``: identical content, even from another store) with the
-same backend, under the node-local root (setting ``mount.root``)::
-
-    {root}/{backend}-{lock_id}.lock      flock: held while mounting or unmounting
-    {root}/{backend}-{lock_id}/mnt/      the mount point (or unpacked tree)
-    {root}/{backend}-{lock_id}/holders/  one file per holder: {pid}-{start time}-{token}
-
-The root and each ``{backend}-{lock_id}/`` are made 0700 and checked at every
-mount (:func:`dscheduler.settings.private_dir`): a tree another user made
-there first would give us their ``bin/python`` (docs/design.md §15).
-Holders whose process is gone (or whose pid was reused: the start time
-differs) do not count; the last live holder out unmounts.  A mount point left
-by a kill -9 (FUSE's "Transport endpoint is not connected", or a mount whose
-holders are all dead) is detected at the next mount and replaced.  ``flock``
-is right here, unlike for leases: the root is node-local and the kernel drops
-the lock of a killed process.
+Backends, in this order unless one is named (argument or ``mount.backend``): squashfuse, a
+kernel loop mount (root only), apptainer/singularity, unsquashfs into node-local scratch, and
+for envs kept as directories the venv itself; in automatic mode one that fails to attach hands
+over to the next.  Processes of a node using one image (``lock_id``) and backend share a mount
+under ``mount.root``: ``{backend}-{lock_id}.lock`` (flock), ``{backend}-{lock_id}/mnt/``, and
+``{backend}-{lock_id}/holders/{pid}-{start time}-{token}``.  The root and each
+``{backend}-{lock_id}/`` are made 0700 and checked at every mount
+(:func:`dscheduler.settings.private_dir`, §15).  Dead holders (pid gone or reused) do not count;
+the last live holder out unmounts; a mount left by a kill -9 is detected and replaced.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -17,8 +16,7 @@ from packaging.utils import canonicalize_name
 from .. import settings
 from ..errors import EnvBuildError
 
-if TYPE_CHECKING:
-    from .spec import Env
+Command = list[str | os.PathLike[str]]
 
 
 def uv_cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -45,40 +43,38 @@ def uv_bin() -> str:
 
 
 def install_command(
-    env: Env, python: Path, cache: Path, *, copy: bool, offline: bool | None = None
-) -> list[str | os.PathLike[str]]:
-    """``uv pip install`` of ``env``'s requirements into the venv of ``python``.
+    requirements: Sequence[str], index: Command, python: Path, cache: Path, *, copy: bool
+) -> Command:
+    """``uv pip install`` of ``requirements`` into the venv of ``python``.
 
-    ``copy``: copy files instead of hard-linking them from the cache (a venv
-    that lives in the store must not share inodes with a node-local cache).
-    ``offline``: from uv's cache alone (default: the env's own ``offline``).
+    ``index``: uv's index options (:func:`index_options`).  ``copy``: copy files
+    instead of hard-linking them from the cache (a venv that lives in the store
+    must not share inodes with a node-local cache).
     """
-    cmd: list[str | os.PathLike[str]] = [
+    cmd: Command = [
         uv_bin(), "pip", "install", "--no-progress", "--python", python, "--cache-dir", cache,
     ]
     cmd += ["--link-mode", "copy"] if copy else []
-    cmd += index_options(env, env.offline if offline is None else offline)
-    return [*cmd, "--", *env.requirements]
+    return [*cmd, *index, "--", *requirements]
 
 
-def resolve_command(
-    env: Env, python: Path, cache: Path, requirements: Path
-) -> list[str | os.PathLike[str]]:
+def resolve_command(index: Command, python: Path, cache: Path, requirements: Path) -> Command:
     """``uv pip compile`` of the requirements file ``requirements`` for ``python``: the
     packages ``uv pip install`` would install, printed as ``uv pip freeze`` prints them."""
     return [uv_bin(), "pip", "compile", "--quiet", "--no-progress", "--no-header",
-            "--no-annotate", "--python", python, "--cache-dir", cache,
-            *index_options(env, env.offline), requirements]
+            "--no-annotate", "--python", python, "--cache-dir", cache, *index, requirements]
 
 
-def index_options(env: Env, offline: bool) -> list[str | os.PathLike[str]]:
-    """uv's options for ``env``'s find-links and index URLs."""
-    cmd: list[str | os.PathLike[str]] = []
-    for link in env.find_links:
+def index_options(find_links: Sequence[str], index_url: str | None,
+                  extra_index_urls: Sequence[str], offline: bool) -> Command:
+    """uv's options for an env's find-links and index URLs (``--offline``: uv's cache
+    alone)."""
+    cmd: Command = []
+    for link in find_links:
         cmd += ["--find-links", link]
-    if env.index_url:
-        cmd += ["--index-url", env.index_url]
-    for url in env.extra_index_urls:
+    if index_url:
+        cmd += ["--index-url", index_url]
+    for url in extra_index_urls:
         cmd += ["--extra-index-url", url]
     return [*cmd, "--offline"] if offline else cmd
 

@@ -1,39 +1,17 @@
-"""``Node``: one lazy call of a task, identified by a content hash.
+"""``Node``: one lazy call of a task, identified by a content hash (docs/design.md §2).
 
-A node's key (docs/design.md §2, node key format 2) is::
-
-    digest("node", {"format": 2, "task": name, "version": version,
-                    "fn": where the function is defined, "env": env_id or None,
-                    "args": {parameter: canonical value}})
-
-``fn`` is ``module:qualname`` (for a script, a notebook or a file loaded by
-path, the file's name instead of the module's: see
-:func:`dscheduler.graph.task.function_location`), so two different functions
-under one task name never share a key.  Each argument is canonicalised by
-:func:`canon`:
-
-* an upstream ``Node`` -> ``{"\\u0000node": its full key}``, so a change
-  anywhere upstream changes every key downstream;
-* a ``pathlib.Path`` naming an existing file -> ``{"\\u0000file": sha256 of
-  its bytes}`` (cached in-process by path, mtime and size); other paths hash
-  as their POSIX string.  A ``str`` is always just a string;
-* a ``RunConfig`` -> ``{"\\u0000config": its two digests}``;
-* anything else must have a canonical JSON form (:mod:`dscheduler.identity`);
-  a value without one fails at call time, naming the task and the argument.
-
-The ``\\u0000`` tags cannot come from a hand-written config, so an argument
-can never be mistaken for a node, a file or a config.
-
-Where outputs go: a task "bound to a run" has a RunConfig as its first
-argument.  Its case is the parameter named by ``@ds.task(case="init_time")``
-or, by default, the second argument when it is a ``str``.  Its outputs go to
-``runs/{env_id}/{config_hash}/{case}/`` (``runs/{env_id}/{config_hash}/``
-when it has no case); every other task's to ``tasks/{task}/{key16}/``.
-
-Which environment runs it: ``env=`` an ``ds.Env`` runs it there; ``env=None``
-runs it in the worker process (the driver's environment); left at its
-default, a task bound to a run runs in ``cfg.env()`` (whose env_id is the
-config's) and any other task in the worker process.
+The key (node key format 2) is ``digest("node", {"format": 2, "task", "version", "fn", "env",
+"args"})``: ``fn`` is ``module:qualname`` (a script's or notebook's file name instead of the
+module, :func:`dscheduler.graph.task.function_location`), ``env`` the env_id or None, and each
+argument is canonicalised by :func:`canon`: an upstream ``Node`` as ``{"\\u0000node": its
+key}``, a ``Path`` naming an existing file as ``{"\\u0000file": sha256 of its bytes}`` (other
+paths as POSIX strings), a ``RunConfig`` as ``{"\\u0000config": its two digests}``, anything
+else as canonical JSON (:mod:`dscheduler.identity`); a value without one fails at call time,
+naming the task and the argument.  A task bound to a run (a RunConfig first argument; its case
+is the parameter ``@ds.task(case=...)`` names, else a second ``str`` argument) writes to
+``runs/{env_id}/{config_hash}/{case}/`` (``.../{config_hash}/`` without a case), any other task
+to ``tasks/{task}/{key16}/``.  ``env=`` an ``ds.Env`` runs it there, ``env=None`` in the worker
+process; by default a task bound to a run runs in ``cfg.env()``, any other in the worker.
 """
 
 from __future__ import annotations
@@ -43,7 +21,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import identity
 from ..envs import Env
@@ -51,9 +29,7 @@ from ..errors import ConfigError, GraphError, IdentityError
 from ..store import NodePaths, Store, check_name
 from .options import AUTO
 from .runconfig import RunConfig
-
-if TYPE_CHECKING:
-    from .task import Task
+from .taskdef import TaskDef
 
 #: Version of the node key's structure; bumped when what a key covers changes.
 KEY_FORMAT = 2
@@ -135,7 +111,7 @@ class Node:
     __slots__ = ("_env", "_paths", "arguments", "case", "cfg", "env_id", "key", "key16",
                  "name", "task", "upstream")
 
-    def __init__(self, task: Task[Any, Any], arguments: dict[str, Any]) -> None:
+    def __init__(self, task: TaskDef[Any, Any], arguments: dict[str, Any]) -> None:
         self.task = task
         upstream: list[Node] = []
         canonical: dict[str, Any] = {}

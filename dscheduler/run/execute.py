@@ -1,30 +1,18 @@
 """Running one node on a worker: lease, record, call, persist (docs/design.md §5.4).
 
-:func:`run_node` is what a ``{task}-{key16}`` Dask task calls::
+:func:`run_node` is what a ``{task}-{key16}`` Dask task calls.  Under the lease
+``locks/node-{key16}.lease`` it returns ``"cached"`` for a succeeded record with this key
+(restoring link and index entry), marks a record left ``running`` failed (killed), then: an
+index entry dropping any stored result (fsynced) before the ``.done`` link goes; the record
+``running``; the call, in this worker or the env's Python, and the value stored; the record
+``succeeded``, then the link, then the index entry; or ``failed``/``cancelled`` with every
+attempt kept.  Each record's ``seq`` is above its predecessor's
+(:func:`~dscheduler.store.records.next_seq`); the index entry also returns to the driver in the
+:data:`Outcome`, so its next plan sees it where the worker's writes are not yet visible (NFS).
 
-    take the lease locks/node-{key16}.lease      (_take_lease)
-    a succeeded record with this key?  -> "cached" (link and index entry
-      restored); a record left "running": its attempt was killed, mark it
-      failed                                      (_earlier_attempts)
-    drop a stored result: an index entry saying so (fsynced), then the .done
-      link; write the record "running" with this attempt   (_start_attempt)
-    run the function, in this worker or in its env's Python; store the value
-                                                  (_call, values.save_value)
-    write the record "succeeded", then the .done link, then the index entry
-                                                  (_succeed)
-      or "failed"/"cancelled", every attempt kept, and its entry   (_fail)
-
-Each record written carries a ``seq`` above its predecessor's
-(:func:`~dscheduler.store.records.next_seq`), which orders the node's index
-entries.  The index entry also travels back to the driver in the
-:data:`Outcome`, which appends it to its own segment: the driver's next plan
-sees it even where the worker's writes are not yet visible to it (NFS).
-
-A failed attempt raises :class:`~dscheduler.errors.TaskError` so that Dask's
-``retries=`` runs the next one; the record gains one attempt per try.  Tasks
-without an env run in the worker's thread: their output is not captured and
-a time limit cannot be enforced there (Python cannot kill a thread); give
-the task an env when it needs either.
+A failed attempt raises :class:`~dscheduler.errors.TaskError` so that Dask's ``retries=`` runs
+the next one.  Tasks without an env run in the worker's thread: output not captured, no time
+limit (§5.5).
 """
 
 from __future__ import annotations
@@ -348,8 +336,8 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> Outcome:
     try:
         previous = read_node(spec.paths.record)
         attempts = _earlier_attempts(spec, previous)
-        if attempts is not None and lease.broken is not None:
-            attempts = _broken_attempt(attempts, lease.broken)
+        if attempts is not None and lease.broken_holder is not None:
+            attempts = _broken_attempt(attempts, lease.broken_holder)
         if attempts is None and previous is not None:
             # Finished before (by another driver, or by one that crashed before its
             # index entry was written): restore the link and the entry.
@@ -357,7 +345,7 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> Outcome:
             return _stored_state(spec, previous), entry.text()
         record, attempt = _start_attempt(spec, attempts or [], previous)
         # No record and no lease broken: no earlier attempt left anything here.
-        fresh = previous is None and lease.broken is None
+        fresh = previous is None and lease.broken_holder is None
         if previous is None and not fresh:
             remove_partials(spec.paths)  # of a first attempt killed before its record
         running = _mark_running(spec, record, first=fresh,

@@ -2,22 +2,17 @@
 
 Contract (the reasons, and why not ``flock``: docs/design.md §7):
 
-* taking a lease creates its file exclusively, content and all, in one open
-  (:func:`atomic.create_exclusive`); the file holds a random token, owner,
-  host, pid, the pid's start time, the ttl and a heartbeat time.  A waiter
-  that finds it unreadable (being written) waits; one unreadable for longer
+* taking a lease creates its file exclusively, content and all (:func:`atomic.create_exclusive`):
+  token, owner, host, pid and its start time, ttl, heartbeat time.  A file unreadable for longer
   than the waiter's ttl lost its writer and is broken;
-* one daemon thread per process refreshes the heartbeat of every lease the
-  process holds, every ``ttl / 4`` s, after checking the token is its own;
-* a waiter may break a lease whose heartbeat is older than its ttl (rename
-  aside, check it moved the lease it judged, put it back otherwise); with
-  ``break_dead_local=True`` also, at once, a lease whose holder ran on this
-  host and is gone (pid and start time);
-* a holder whose token is gone marks the lease ``lost``; work that commits
-  under a lease calls :meth:`Lease.check` first.
-
-A live holder is never broken.  Clocks of hosts sharing a store must agree
-to well within the ttl.
+* one daemon thread per process refreshes its leases' heartbeats every ``ttl / 4`` s, after
+  checking each token is its own;
+* a waiter may break a lease whose heartbeat is older than its ttl (rename aside, check, put
+  back otherwise), and with ``break_dead_local=True`` at once one whose holder on this host is
+  gone (pid and start time);
+* a holder whose token is gone marks the lease ``lost``; work committing under a lease calls
+  :meth:`Lease.check` first.  A live holder is never broken.  Hosts' clocks must agree to well
+  within the ttl.
 """
 
 from __future__ import annotations
@@ -181,7 +176,7 @@ class Lease:
         Also break at once a lease whose holder ran on this host and is gone.
     details
         More JSON fields for the file: whoever breaks the lease reads them in
-        :attr:`broken` (a node's lease names its SLURM job and worker log).
+        :attr:`broken_holder` (a node's lease names its SLURM job and worker log).
     """
 
     def __init__(
@@ -203,7 +198,9 @@ class Lease:
         self.token = ""
         self.lost = False
         self.beaten = 0.0
-        self.broken: dict[str, Any] | None = None  # the stale lease this one broke, if any
+        #: The fields of the stale lease this one broke (its holder's host, pid, owner and
+        #: ``details``), or None: its holder's attempt was cut short.
+        self.broken_holder: dict[str, Any] | None = None
 
     # -- taking and giving back -------------------------------------------------
 
@@ -338,5 +335,5 @@ class Lease:
             aside.unlink(missing_ok=True)
             return False
         aside.unlink(missing_ok=True)
-        self.broken = judged  # its holder's attempt was cut short: callers may say so
+        self.broken_holder = judged  # its holder's attempt was cut short: callers may say so
         return True

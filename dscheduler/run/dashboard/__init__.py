@@ -79,7 +79,7 @@ def graph_meta(p: Plan, specs: dict[str, NodeSpec], submission: str) -> dict[str
         "labels": list(labels),
         "cached": [(t, lbl, n) for (t, lbl), n in cached.items()],
         "run": run,
-        "envs": {e: "queued" if e in p.build else "built" for e in p.envs},
+        "envs": {e: "queued" if e in p.envs_to_build else "built" for e in p.envs},
     }
 
 

@@ -1,28 +1,17 @@
-"""Cancel a SLURM cluster's jobs once the process that owns them is gone.
+"""Cancel a SLURM cluster's jobs once the process that owns them is gone (docs/design.md §13.6).
 
 ::
 
     python -I _reaper.py LEDGER OWNER_PID
 
-Started by :class:`dscheduler.run.slurm.ledger.Ledger` in a session of its
-own, so that a kill -9 of the owner (or of its process group) leaves it
-running.  Every ``POLL`` seconds it checks two things: the ledger file is
-gone (the cluster closed normally: nothing to do) or the owner's process is
-gone, the same process it saw at the start (same start time in
-``/proc/PID/stat``, also after pid reuse).  In the second case it runs
-``scancel`` on every job id the ledger holds and on every job of the
-user named like the cluster's jobs (a job whose ``sbatch`` had not yet
-returned its id when the owner died), pending jobs included: they never
-start a worker that could time out by itself.  Then it removes the ledger
-and exits.
-
-Run by path with ``-I``: the standard library only, no dscheduler, no dask,
-so it costs a few megabytes while it waits (docs/design.md §13.6).
-
-A job file is data anyone who can write the store can edit (docs/design.md
-§15 Trust model): only job ids (digits, ``_`` array and ``.`` step parts)
-and job names shaped like the ones dscheduler gives its jobs reach
-``scancel``; anything else is left out and named in :func:`refused`.
+Started by :class:`dscheduler.run.slurm.ledger.Ledger` in a session of its own, so a kill -9 of
+the owner or its process group leaves it running.  Every ``POLL`` seconds: if the ledger file is
+gone (the cluster closed), it exits; if the owner is gone (the same process: start time in
+``/proc/PID/stat``), it runs ``scancel`` on every job id in the ledger and every job of the user
+named like the cluster's jobs, pending ones included, removes the ledger and exits.  Standard
+library only.  The ledger is data anyone who can write the store can edit (§15): only job ids
+(digits, ``_`` and ``.`` parts) and job names shaped like dscheduler's reach ``scancel``; the
+rest is left out and named by :func:`refused`.
 """
 
 from __future__ import annotations

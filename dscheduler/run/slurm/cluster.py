@@ -1,21 +1,14 @@
 """``SlurmCluster``: one dask-jobqueue ``SLURMCluster`` scheduler, CPU jobs and GPU jobs.
 
-dask-jobqueue's ``SLURMCluster`` makes every job alike (its issues #103,
-#378, #381).  It is a distributed ``SpecCluster``, whose ``worker_spec`` may
-hold entries of different job classes: this subclass adds entries of
-:class:`~.jobs.CpuJob` and :class:`~.jobs.GpuJob`, scaled per kind by
-:class:`~.scaler.Scaler`, with :class:`~.routing.RoutingPlugin` on the
-scheduler sending GPU tasks to GPU jobs and the rest to CPU jobs
-(docs/design.md §13), and the dscheduler page (:mod:`..dashboard`) on its
-dashboard from the start.
+A distributed ``SpecCluster`` whose ``worker_spec`` holds :class:`~.jobs.CpuJob` and
+:class:`~.jobs.GpuJob` entries, scaled per kind by :class:`~.scaler.Scaler`, with
+:class:`~.routing.RoutingPlugin` sending GPU tasks to GPU jobs and the rest to CPU jobs, and the
+dscheduler page (:mod:`..dashboard`) on its dashboard (docs/design.md §13.2).
 
-Its jobs are recorded in the store (:mod:`.ledger`): closing the cluster
-cancels every job it submitted, and a reaper process cancels them when the
-process holding the cluster dies, even by kill -9.
-
-Scheduler, workers and clients speak TLS with credentials of this cluster
-that only its owner can read (:mod:`..security`; the job script names their
-files, dask-jobqueue's ``--tls-*`` options), removed when it closes.
+Its jobs are recorded in the store (:mod:`.ledger`): closing the cluster cancels every job it
+submitted, and a reaper process cancels them when the process holding the cluster dies, even by
+kill -9 (§13.6).  Scheduler, workers and clients speak TLS with credentials of this cluster that
+only its owner can read (:mod:`..security`), removed when it closes.
 """
 
 from __future__ import annotations
@@ -136,6 +129,27 @@ class SlurmCluster(SLURMCluster):
             spec["group"] = [f"-{i}" for i in range(processes)]
         return name, spec
 
+    # What the scaler does with the jobs (scaler.Jobs): it decides, the cluster acts.
+
+    def add_job(self, kind: str) -> str:
+        """A new ``kind`` job in the worker spec; :meth:`sync_jobs` submits it."""
+        name, spec = self.new_job_spec(kind)
+        self.worker_spec[name] = spec
+        return name
+
+    def drop_job(self, name: str) -> None:
+        """``name`` out of the worker spec; :meth:`sync_jobs` closes (scancels) its job."""
+        self.worker_spec.pop(name, None)
+
+    def job_workers(self, name: str) -> list[str]:
+        """The names of the workers of job ``name`` (one per process)."""
+        spec = self.worker_spec.get(name) or {}
+        return [f"{name}{suffix}" for suffix in spec.get("group", [""])]
+
+    async def sync_jobs(self) -> None:
+        """sbatch the new jobs of the worker spec, scancel those dropped from it."""
+        await self._correct_state()
+
     def job_script(self, kind: str = "cpu") -> str:
         """The batch script of a ``kind`` ("cpu" or "gpu") job of this cluster."""
         job = JOB_CLASSES[kind](self.scheduler_address, name="dummy-name", **self._job_kwargs)
@@ -159,7 +173,7 @@ class SlurmCluster(SLURMCluster):
         previous = getattr(self, "_adaptive", None)
         if previous is not None:
             previous.stop()
-        self._adaptive = Scaler(self)
+        self._adaptive = Scaler(self, self.options)
         return self._adaptive
 
     @property

@@ -1,23 +1,17 @@
 """The two kinds of SLURM job: dask-jobqueue's ``SLURMJob`` told apart by attributes.
 
-A :class:`CpuJob` and a :class:`GpuJob` differ only by ``kind``: the
-options of that kind of job (:meth:`SlurmOptions.job`), ``--gres=gpu:N``
-for GPU jobs, and the resource their workers offer (``CPU={threads}`` or
-``GPU={gpus per worker}``, see :mod:`.routing`).  Both add to what
-dask-jobqueue writes:
+:class:`CpuJob` and :class:`GpuJob` differ only by ``kind``: that kind's options
+(:meth:`SlurmOptions.job`), ``--gres=gpu:N`` for GPU jobs, and the resource their workers offer
+(``CPU={threads}`` or ``GPU={gpus per worker}``, :mod:`.routing`).  Both add to dask-jobqueue's
+script (docs/design.md §13):
 
-* ``--output`` in the worker log directory, one file per job
-  (``{job_name}-{kind}-{cluster}-{job id}.log``, stderr included), and
-  ``DSCHEDULER_WORKER_LOG`` naming it, which node records quote;
-* ``--lifetime``/``--lifetime-stagger`` from the walltime, without restart
-  (:meth:`SlurmOptions.lifetime_seconds`);
-* the driver's ``dscheduler`` settings and :data:`NANNY_CONFIG`
-  (``DASK_INTERNAL_INHERIT_CONFIG``), as for the embedded cluster's workers;
-* the workers' scratch (``--local-directory``), made 0700 and checked on the
-  node before they start, else the job ends (:func:`.preload.main`);
-* the preload that releases env mounts (:mod:`.preload`);
-* the job id in the cluster's ledger as soon as ``sbatch`` returns it, and
-  out of it when the job is closed (:mod:`.ledger`).
+* ``--output`` one log per job, ``{job_name}-{kind}-{cluster}-{job id}.log`` (stderr included),
+  named by ``DSCHEDULER_WORKER_LOG`` for node records to quote;
+* ``--lifetime``/``--lifetime-stagger`` from the walltime, without restart;
+* the driver's ``dscheduler`` settings and :data:`NANNY_CONFIG`;
+* a scratch ``--local-directory`` made 0700 and checked before the workers start, else the job
+  ends (:func:`.preload.main`), and the preload that releases env mounts (:mod:`.preload`);
+* the job id in the cluster's ledger once ``sbatch`` returns it, out when closed (:mod:`.ledger`).
 """
 
 from __future__ import annotations

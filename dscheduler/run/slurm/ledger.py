@@ -1,26 +1,18 @@
 """Job ids of live SLURM clusters, kept in the store: no job outlives its cluster.
 
-``slurm/jobs/{cluster_id}.json`` (written atomically) holds the owner
-process (host, pid, start time), the scheduler's address, the job names the
-cluster uses and every job it submitted and has not closed::
+``slurm/jobs/{cluster_id}.json`` (written atomically) holds the owner process, the scheduler's
+address, the cluster's job names and every job it submitted and has not closed::
 
     {"cluster": "1a2b3c4d", "kind": "driver", "host": ..., "pid": ..., "started": ...,
      "address": "tcp://...", "beat": 1760000000.0, "names": ["dscheduler-cpu-1a2b3c4d", ...],
      "jobs": {"1234": {"kind": "cpu", "name": ..., "submitted": ...}}}
 
-Three things cancel what a cluster leaves behind (docs/design.md §13.6):
-
-* closing the cluster cancels its jobs and removes the file;
-* a reaper process (:mod:`._reaper`), started with the file, cancels every
-  job of a owner that died (kill -9 included), pending ones too, within a
-  second, and removes the file;
-* :func:`reap_orphans`, run when a cluster starts, by ``dscheduler status``
-  and by ``dscheduler cluster down``, does the same for files whose owner is
-  gone: on this host a dead pid, elsewhere a ``beat`` older than
-  :data:`STALE` seconds (the owner refreshes it every :data:`BEAT` seconds).
-
-Running workers also end by themselves when their scheduler has been gone
-for ``slurm.death_timeout`` seconds.
+Jobs are cancelled (docs/design.md §13.6) by closing the cluster (the file is removed too); by a
+reaper process (:mod:`._reaper`) started with the file, when the owner dies, kill -9 included;
+and by :func:`reap_orphans` (at cluster start, ``dscheduler status``, ``dscheduler cluster
+down``) for files whose owner is gone: a dead pid on this host, elsewhere a ``beat`` older than
+:data:`STALE` seconds (refreshed every :data:`BEAT` seconds).  Running workers end by themselves
+once their scheduler has been gone ``slurm.death_timeout`` seconds.
 """
 
 from __future__ import annotations

@@ -1,20 +1,14 @@
 """SLURM options: the ``dscheduler.slurm`` settings, checked before any job is submitted.
 
-:func:`resolve` is the one place they are read: a key given as an argument
-wins with its value (None included: it clears a configured value), every
-other one comes from ``settings.get("slurm.KEY")`` (environment variable >
-user file > packaged default); then all are validated by
-:class:`SlurmOptions` (pydantic).  An unknown key, a walltime SLURM would
-refuse or a memory without a unit is a :class:`~dscheduler.errors.ConfigError`
-naming the value and the fix, raised before a scheduler starts or a job is
-submitted.
+:func:`resolve` is the one place they are read: a key given as an argument wins with its value
+(None included: it clears a configured value), every other comes from ``settings.get("slurm.KEY")``
+(environment variable > user file > packaged default); all are validated by
+:class:`SlurmOptions` (pydantic).  An unknown key, a walltime SLURM would refuse or a memory
+without a unit is a :class:`~dscheduler.errors.ConfigError` naming the value and the fix.
 
-Walltime and lifetime (docs/design.md §13.3): workers retire by themselves
-before SLURM kills their job, ``--lifetime`` = walltime minus a margin (a
-tenth of the walltime, at least 10 s and at most 10 minutes, at most half
-the walltime) and ``--lifetime-stagger`` half that margin, so that the last
-one retires a half margin before the limit and workers of one batch do not
-all leave at once.
+Walltime and lifetime (docs/design.md §13.3): ``--lifetime`` is the walltime minus a margin (a
+tenth of the walltime, at least 10 s, at most 10 minutes and half the walltime) and
+``--lifetime-stagger`` half that margin.
 """
 
 from __future__ import annotations

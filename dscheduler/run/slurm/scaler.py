@@ -1,27 +1,17 @@
 """Adaptive scaling per kind of job: CPU jobs for CPU tasks, GPU jobs for GPU tasks.
 
-distributed's ``Adaptive`` turns one number (the scheduler's target) into
-``cluster.scale(n)`` of one worker spec; a heterogeneous cluster needs one
-target per kind, and its bookkeeping (``plan``/``requested``/``observed``)
-counts a job whose worker retired at its lifetime as still there, which is
-how dask-jobqueue issue #691 stops resubmitting.  So :class:`Scaler` is
-written here (docs/design.md §13.2); every ``interval`` seconds, on the
-cluster's event loop, it:
+Written here rather than distributed's ``Adaptive`` (docs/design.md §13.2).  Every ``interval``
+seconds, on the cluster's event loop, :class:`Scaler`:
 
-1. **forgets ended jobs**: a job whose workers came and went (lifetime,
-   ``scancel``, a crash) or that left ``squeue`` without ever connecting
-   (cancelled while pending, failed at start) leaves the worker spec at
-   once, so it no longer counts;
-2. **measures demand** per kind, in slots: tasks that can run now
-   (``no-worker``, ``queued`` or ``processing``), one slot each (a GPU task
-   its ``GPU`` amount); tasks still waiting for inputs do not count;
-3. **asks for** ``min(max_jobs, ceil(demand / slots per job))`` jobs of the
-   kind (never more jobs than runnable tasks), at least ``min_jobs`` CPU
-   jobs; an ``sbatch`` that fails is logged and that kind waits
-   :data:`BACKOFF` seconds before trying again;
-4. **gives back surplus** jobs that stayed surplus ``idle_timeout``
-   seconds: pending ones are cancelled, running ones retired gracefully
-   (their data moves elsewhere first) only when their workers are idle.
+1. **forgets ended jobs**: one whose workers came and went, or that left ``squeue`` without
+   connecting, leaves the worker spec at once;
+2. **measures demand** per kind, in slots: tasks that can run now (``no-worker``, ``queued``,
+   ``processing``), one slot each (a GPU task its ``GPU`` amount); tasks awaiting inputs do not;
+3. **asks for** ``min(max_jobs, ceil(demand / slots per job))`` jobs of the kind (never more
+   than runnable tasks), at least ``min_jobs`` CPU jobs; after a failed ``sbatch`` that kind
+   waits :data:`BACKOFF` seconds;
+4. **gives back surplus** jobs that stayed surplus ``idle_timeout`` seconds: pending ones are
+   cancelled, running ones retired gracefully (data moved first) once their workers are idle.
 """
 
 from __future__ import annotations
@@ -33,7 +23,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tornado.ioloop import PeriodicCallback
 
@@ -41,7 +31,6 @@ from .ledger import queue_states
 from .routing import KINDS, kind_of
 
 if TYPE_CHECKING:
-    from .cluster import SlurmCluster
     from .options import SlurmOptions
 
 log = logging.getLogger("dscheduler.slurm")
@@ -50,6 +39,25 @@ BACKOFF = 30.0  # seconds without new jobs of a kind after its sbatch failed
 SQUEUE_EVERY = 5.0  # seconds between squeue checks of jobs not (or no longer) connected
 SQUEUE_SOON = 1.0  # ... when a job's workers just left
 GONE_GRACE = 60.0  # a job whose workers left this long ago is cancelled, whatever squeue says
+
+
+class Jobs(Protocol):
+    """What the scaler needs of a cluster (:class:`~.cluster.SlurmCluster` is one): its
+    loop, scheduler and jobs, and what it does to them.  The scaler decides; the cluster
+    edits its worker spec and submits."""
+
+    @property
+    def loop(self) -> Any: ...
+    @property
+    def scheduler(self) -> Any: ...
+    @property
+    def status(self) -> Any: ...
+    @property
+    def workers(self) -> Mapping[str, Any]: ...  # spec name -> its job (sbatch done or not)
+    def add_job(self, kind: str) -> str: ...
+    def drop_job(self, name: str) -> None: ...
+    def job_workers(self, name: str) -> list[str]: ...
+    async def sync_jobs(self) -> None: ...
 
 
 @dataclass
@@ -98,9 +106,9 @@ def slot_caps(options: SlurmOptions) -> dict[str, float]:
 class Scaler:
     """Keeps each kind of job at what its tasks need (see the module docstring)."""
 
-    def __init__(self, cluster: SlurmCluster) -> None:
+    def __init__(self, cluster: Jobs, options: SlurmOptions) -> None:
         self.cluster = cluster
-        self.options = cluster.options
+        self.options = options
         self.jobs: dict[str, JobState] = {}
         self.backoff = dict.fromkeys(KINDS, 0.0)
         self.errors: list[str] = []  # sbatch failures, newest last
@@ -150,19 +158,17 @@ class Scaler:
             else:
                 await self._shrink(scheduler, kind, live, len(live) - target, now)
         try:
-            await cluster._correct_state()  # sbatch of new specs, scancel of dropped ones
+            await cluster.sync_jobs()  # sbatch of new specs, scancel of dropped ones
         except Exception as err:  # a failed sbatch: the job keeps it in .error
             log.debug("correcting the SLURM cluster's state: %s", err)
         self._note_failures(now)
 
     def _add(self, kind: str) -> None:
-        name, spec = self.cluster.new_job_spec(kind)
-        self.cluster.worker_spec[name] = spec
-        self.jobs[name] = JobState(kind)
+        self.jobs[self.cluster.add_job(kind)] = JobState(kind)
 
     def _drop(self, name: str) -> None:
-        """Out of the spec: the next ``_correct_state`` closes (scancels) its job."""
-        self.cluster.worker_spec.pop(name, None)
+        """Out of the spec: the next ``sync_jobs`` closes (scancels) its job."""
+        self.cluster.drop_job(name)
         self.jobs.pop(name, None)
 
     def _note_failures(self, now: float) -> None:
@@ -180,8 +186,7 @@ class Scaler:
     # -- ended jobs ------------------------------------------------------------------
 
     def _worker_names(self, name: str) -> list[str]:
-        spec = self.cluster.worker_spec.get(name) or {}
-        return [f"{name}{suffix}" for suffix in spec.get("group", [""])]
+        return self.cluster.job_workers(name)
 
     async def _forget_ended(self, scheduler: Any) -> None:
         connected = {str(ws.name) for ws in scheduler.workers.values()}
