@@ -1,19 +1,13 @@
-"""dscheduler: content-hashed run graphs on Dask.
+"""dscheduler: content-hashed run graphs on Dask (the design and its reasons: docs/design.md).
 
-Environments are built once per ``env_id``; runs whose results are stored are
-never submitted; results land in Zarr.  The design, and the reasons behind
-it, are in docs/design.md.
+Environments are built once per ``env_id``; runs whose results are stored are never submitted;
+results land in Zarr.  Subpackages, each importing only those before it: :mod:`.store`,
+:mod:`.envs`, :mod:`.graph`, :mod:`.run`, :mod:`.cli`.
 
-Subpackages, each importing only those before it: :mod:`.store` (layout,
-atomic writes, leases, values), :mod:`.envs` (specs, builds, mounts),
-:mod:`.graph` (RunConfig, tasks, nodes, plans, experiments), :mod:`.run`
-(compute, clusters, the worker side), :mod:`.cli`.
-
-Importing the package loads only :mod:`.errors` and :mod:`.settings`; each
-other name loads its subpackage on first use (PEP 562 ``__getattr__``), so a
-command pays only for what it uses (docs/design.md §4).  ``_LAZY`` names
-where each name lives; the ``TYPE_CHECKING`` block imports the same names,
-for type checkers and for tests/test_layout.py, which holds the two equal.
+Importing the package loads only :mod:`.errors` and :mod:`.settings`; each other name loads its
+subpackage on first use (PEP 562 ``__getattr__``, docs/design.md §4).  ``_LAZY`` names where each
+name lives; the ``TYPE_CHECKING`` block imports the same names, for type checkers and for
+tests/test_layout.py, which holds the two equal.
 """
 
 from __future__ import annotations

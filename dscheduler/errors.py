@@ -1,9 +1,6 @@
-"""Exceptions raised by dscheduler.
+"""Exceptions raised by dscheduler, each also a builtin where callers expect one::
 
-Every error derives from :class:`DSchedulerError` and, where callers expect a
-builtin, from that builtin too::
-
-    DSchedulerError
+    DSchedulerError                     every message quotes the bad value and says the fix
     ├── ConfigError(ValueError)         bad user input: configs, experiments, options
     │   └── IdentityError               a value that cannot be hashed canonically
     ├── CollisionError(RuntimeError)    a short id whose stored full digest differs
@@ -16,8 +13,6 @@ builtin, from that builtin too::
     ├── MountError(RuntimeError)        an image that could not be mounted
     ├── GraphError(ValueError)          a graph that cannot run (cycle, missing env)
     └── TaskError(RuntimeError)         a task that failed; carries its record
-
-Messages quote the bad value and say how to fix it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""The identity contract: canonical JSON and kind-tagged digests.
+"""The identity contract: canonical JSON and kind-tagged digests (docs/design.md §2).
 
-Every cache decision in dscheduler rests on these few pure functions, so they
-are stable across processes, machines, hash seeds, dict orderings and
-releases of the same ``FORMAT``:
+Pure functions, stable across processes, machines, hash seeds, dict orderings and releases of
+the same ``FORMAT``:
 
 * canonical JSON: keys sorted, separators ``(",", ":")``, ``ensure_ascii=False``,
   tuples as lists, ``Path`` as a POSIX string, datetimes as ISO 8601 UTC,
@@ -12,10 +11,7 @@ releases of the same ``FORMAT``:
 * a digest is sha256 over ``"dscheduler/{FORMAT}/{kind}\\n"`` + canonical JSON;
   the full hex digest is stored in manifests, ids are its first 16 hex chars.
 
-Never ``hash()``, never pickle bytes, never ``dask.base.tokenize``: none of
-them is stable across interpreters or library versions.  Changing anything
-here changes every id: ``tests/test_identity.py`` pins golden digests so that
-such a change is deliberate.
+Changing anything here changes every id; ``tests/test_identity.py`` pins golden digests.
 """
 
 from __future__ import annotations

@@ -1,31 +1,18 @@
 """What a record keeps of a node's call: enough to explain it and to run it again.
 
-:func:`describe` gives the record fields that say what a node is::
+:func:`describe` gives the record fields ``format`` (2), ``label``, ``model``, ``config`` (the
+RunConfig's fields), ``env`` and ``call``: ``fn`` (the key's location), ``module``, ``qualname``,
+``file``, ``code`` (``digest``, ``scheme``) and ``args``, each argument as typed JSON
+(docs/design.md §11): JSON values as they are, others as a one-key object tagged ``\\u0000node``
+(key, name, record path), ``\\u0000config`` (class and fields; the run's own config by reference),
+``\\u0000path`` (with the file's sha256), ``\\u0000tuple``, ``\\u0000datetime``/``date``/``time``,
+``\\u0000env`` or ``\\u0000json`` (the canonical form the key saw).  :func:`rebuild` turns a record
+back into a Node from the task's current code; its key equals the stored one exactly when
+nothing that identifies the node changed.
 
-    {"format": 2, "label": ..., "model": "module.Class" | None,
-     "config": the RunConfig's fields (model_dump, JSON) | None,
-     "env": the Env's fields | None,
-     "call": {"fn": "module:qualname" (the key's location), "module": ..., "qualname": ...,
-              "file": the defining file | None, "code": {"digest", "scheme"} | None,
-              "args": {parameter: typed JSON}}}
-
-Arguments are typed JSON: JSON values as they are, other values as a
-one-key object tagged like node keys' stand-ins (``\\u0000``, which no
-hand-written value has): ``\\u0000node`` (an upstream node: its key, name
-and record path), ``\\u0000config`` (a RunConfig: its class and fields;
-the run's own config only by reference to ``config``), ``\\u0000path``
-(with the file's sha256 when it named a file), ``\\u0000tuple``,
-``\\u0000datetime`` / ``\\u0000date`` / ``\\u0000time``, ``\\u0000env``, and
-``\\u0000json`` for anything else (enums, sets, ``__ds_identity__``: their
-canonical form, which is all the key saw).  :func:`rebuild` turns a record
-back into a Node from the task's current code; its key equals the stored
-one exactly when nothing that identifies the node changed.
-
-A record is data: the code it names is taken from modules already loaded,
-and any other file is loaded only once the caller's ``gate`` let it through
-(docs/design.md §15 Trust model): ``rerun`` lets the user's own files
-through (:func:`~.imports.own_file`), ``explain`` the files the user named,
-and by default nothing is loaded.
+A record is data: code is taken from modules already loaded, and another file is loaded only if
+the caller's ``gate`` lets it through (§15): ``rerun`` the user's own files
+(:func:`~.imports.own_file`), ``explain`` the files named, and by default none.
 """
 
 from __future__ import annotations

@@ -1,25 +1,16 @@
-"""``dscheduler explain``: why a node would run again, field by field.
+"""``dscheduler explain``: why a node would run again, field by field (docs/design.md §11).
 
-A node's key covers its task, version, function location, env and
-arguments (docs/design.md §2).  When a node would run, :func:`explain` finds
-the stored record it is the successor of and names every identity input
-that differs, like Snakemake's ``--list-changes`` or Nextflow's
-``-dump-hashes`` but by field (``config.members: 4 -> 8``).  The record
-compared is, in order: the one at the node's own path (same run and case);
-else, among the task's records in the same case, those of runs with the
-same label; else those of any run; the one with the fewest differences wins
-(the newest on a tie).  A node that would not run is still checked for code
-drift (:mod:`dscheduler.graph.drift`).
+For a node that would run, :func:`explain` names every identity input (§2) that differs from the
+stored record it succeeds (``config.members: 4 -> 8``): the record at the node's own path, else
+among the task's records in the same case those of runs with the same label, else of any run,
+the one with the fewest differences (the newest on a tie).  A node that would not run is still
+checked for code drift (:mod:`dscheduler.graph.drift`).
 
-:func:`explain_stored` explains stored runs or nodes by name: each is rebuilt
-from its record with today's code (:func:`~.calls.rebuild`, as ``rerun``
-does), so what can differ is what the code and the files decide: the task's
-version or code, its function, an env, a file an argument names.  Today's
-code is what this process has loaded and the files or modules the user names
-(``code``); a record never makes it import anything (docs/design.md §15 Trust
-model).  A node whose code is not at hand is explained from its record alone
-(:class:`StoredExplanation`: its state and its input files), saying what was
-not compared and how to name the code.
+:func:`explain_stored` explains stored runs or nodes by name, each rebuilt from its record with
+today's code (:func:`~.calls.rebuild`): what this process has loaded and the files or modules the
+user names (``code``); a record never makes it import anything (§15).  A node whose code is not
+at hand is explained from its record alone (:class:`StoredExplanation`: its state and input
+files), saying what was not compared and how to name the code.
 """
 
 from __future__ import annotations

@@ -1,38 +1,18 @@
-"""Run one task inside an environment's Python.
-
-::
+"""Run one task inside an environment's Python (docs/design.md §5.4)::
 
     ENV/bin/python -s -m _dscheduler_runner PAYLOAD RESULT PARENT_PID
 
-This file is executed by the *environment's* interpreter, which has neither
-dscheduler nor pydantic, so it imports only the standard library and
-cloudpickle.  :mod:`dscheduler.run.envcall` copies it (as the top-level module
-``_dscheduler_runner``) together with the driver's pure-Python cloudpickle
-package into a node-local directory put on ``PYTHONPATH``.
-
-PAYLOAD is a cloudpickle of ``(function, args, kwargs)``; RESULT receives a
-cloudpickle of ``("success", value, info)`` or ``("error", details, info)``,
-written to a temporary name and renamed, so a result file is never partial.
-A watchdog thread ends the process group when the parent (the dask worker)
-dies, so a killed worker leaves no task running behind it.
-
-:class:`ConfigView` stands in for a ``RunConfig`` argument in the env: the
-same field values and ids as attributes, read-only, without pydantic.  It is
-pickled by value (the env cannot import this module under ``dscheduler.``).
-
-Tracking (``ds.log_param``, ``log_metric``, ``set_tag``, ``log_artifact``,
-``output``) is implemented here once, for both sides: in the worker,
-:mod:`dscheduler.run.tracking` sets :data:`CURRENT` to a :class:`Tracker`
-that keeps entries in memory; in an env, references to ``dscheduler`` in the
-task's code are pickled as references to this module
-(:mod:`dscheduler.run.envcall`), and :func:`current` builds a Tracker from the
-``DSCHEDULER_*`` environment variables that appends one JSON line per call to
-a file the worker merges into the record.
-
-Values cross back to the worker without pickling arrays (docs/design.md §11):
-:func:`to_exchange` writes numpy arrays, dicts of arrays and xarray objects
-as ``.npy`` files (numpy's own documented format, read exactly by every numpy
-release) and a JSON manifest; the worker makes Zarr of them.
+Run by the *env's* interpreter: the standard library and cloudpickle only
+(:mod:`dscheduler.run.envcall` puts it, as ``_dscheduler_runner``, and cloudpickle on
+``PYTHONPATH``).  PAYLOAD is a cloudpickle of ``(function, args, kwargs)``; RESULT receives,
+atomically, a cloudpickle of ``("success", value, info)`` or ``("error", details, info)``.  The
+process group ends when PARENT_PID (the dask worker) dies.  :class:`ConfigView` stands in for a
+``RunConfig`` (same fields and ids, read-only, pickled by value).  Tracking (``ds.log_param``,
+``log_metric``, ``set_tag``, ``log_artifact``, ``output``) lives here for both sides: the worker
+sets :data:`CURRENT` to an in-memory :class:`Tracker`; in an env :func:`current` makes one from
+the ``DSCHEDULER_*`` variables that appends a JSON line per call for the worker to merge.
+:func:`to_exchange` returns arrays, dicts of arrays and xarray objects as ``.npy`` files and a
+JSON manifest, never pickled; the worker makes Zarr of them (docs/design.md §11).
 """
 
 from __future__ import annotations

@@ -1,34 +1,17 @@
-"""Where graphs run: ``cluster="local"``, ``"slurm"``, ``"store"``, a scheduler address,
-a Client or a cluster.
+"""Where graphs run: ``"local"``, ``"slurm"``, ``"store"``, an address, a Client or a cluster.
 
-``"local"`` is one embedded cluster per driver process, made on first use
-and reused by every later ``ds.compute`` (starting one costs about a
-second), closed at exit.  Its scheduler runs in the driver; its workers are
-processes of their own, ``python -m dask spec`` with a nanny each, that never
-import the driver's script: a script needs no ``if __name__ == "__main__":``
-guard, and tasks defined in it travel by value (docs/design.md §8).  Each
-nanny loads :mod:`dscheduler.run.watchdog`, so the workers end with the
-driver, even after kill -9.
-
-The cluster is sized to the machine: one worker process per core (setting
-``local.n_workers``), one thread each (``local.threads_per_worker``: tasks in
-envs are processes of their own, and one thread per worker keeps a worker's
-memory for one task), each thread offered as a ``CPU`` resource that every
-dscheduler task asks for, so that Dask does not queue them (docs/design.md
-§5.2), everything bound to 127.0.0.1, the dashboard too
-(``local.dashboard_address``), and TLS between driver, scheduler and workers
-with credentials of its own (:mod:`.security`: every user of the node
-reaches 127.0.0.1); its link, as ``distributed.dashboard.link``
-makes it (a JupyterHub proxy path, say), is printed once with the link of
-the dscheduler page that :mod:`dscheduler.run.dashboard` adds to it.  An address
-(``tcp://host:8786``) connects a Client with dask's configured security,
-also reused, or is a ConfigError naming it within ``security.connect_timeout``;
-a ``Client`` is used as it is.
-
-``"slurm"`` is, like ``"local"``, one cluster per driver process, made on
-first use and closed at exit: a :class:`~dscheduler.run.slurm.SlurmCluster`
-whose CPU and GPU jobs follow the graph (docs/design.md §13).  ``"store"``
-connects to the long-lived cluster ``dscheduler cluster up`` recorded in the
+``"local"``: one embedded cluster per driver process, made on first use, reused by later
+``ds.compute`` calls, closed at exit (docs/design.md §8).  Its scheduler runs in the driver; its
+workers (``python -m dask spec``, a nanny each, preloading :mod:`dscheduler.run.watchdog`) never
+import the driver's script and end with the driver, even after kill -9.  One worker per core
+(``local.n_workers``), ``local.threads_per_worker`` threads each offered as a ``CPU`` resource
+(§5.2), bound to 127.0.0.1 (dashboard too, ``local.dashboard_address``), TLS with credentials of
+its own (:mod:`.security`); its dashboard link and that of the dscheduler page
+(:mod:`dscheduler.run.dashboard`) are printed once.
+An address (``tcp://host:8786``) connects a Client with dask's configured security, reused, or
+is a ConfigError naming it within ``security.connect_timeout``; a ``Client`` is used as it is.
+``"slurm"``: like ``"local"``, one :class:`~dscheduler.run.slurm.SlurmCluster` per driver
+process (§13).  ``"store"``: the long-lived cluster ``dscheduler cluster up`` recorded in the
 store (:func:`connect`), only with this user's credentials for it.
 """
 

@@ -1,19 +1,13 @@
 """``dscheduler rerun RUN|NODE``: run recorded calls again, into new attempts.
 
-Each record names its task's function, version, code digest and typed
-arguments (:mod:`dscheduler.graph.calls`).  :func:`rerun` rebuilds the
-nodes from today's code and those arguments and runs them once more with
-``cache=False`` (their upstream nodes stay cached), so that the record gains
-an attempt.  It refuses, before anything runs, when today's code would not
-be the recorded call: the task's version changed, its code changed under the
-same version, or an input changed (a file's content, the env); the message
-names what differs, and ``force=True`` runs today's code anyway.
-
-Today's code is what this process has loaded, else the files the records
-name once each is checked to be the user's own (owned by them or root,
-writable by no one else: :func:`~dscheduler.graph.imports.own_file`); any
-other file is refused, naming it and its owner, and ``on_load`` is told of
-each file loaded (docs/design.md §15 Trust model).
+:func:`rerun` rebuilds the nodes from today's code and the records' typed arguments
+(:mod:`dscheduler.graph.calls`) and runs them with ``cache=False`` (upstream nodes stay cached),
+so each record gains an attempt.  Before anything runs it refuses when today's code would not be
+the recorded call (the task's version or code changed, or an input: a file's content, the env),
+naming what differs; ``force=True`` runs today's code anyway.  Today's code is what this process
+has loaded, else the files the records name, each checked to be the user's own
+(:func:`~dscheduler.graph.imports.own_file`); any other file is refused, naming it and its owner,
+and ``on_load`` is told of each file loaded (docs/design.md §15).
 """
 
 from __future__ import annotations

@@ -1,28 +1,16 @@
-"""The on-disk layout as path objects: the only place store paths are spelled.
+"""Store paths as path objects: the only place they are spelled (docs/design.md §3)::
 
-::
+    envs/{env_id}/            env.json, build.log, image.sqsh or venv/, build-failed.log, last_used
+    images/{lock_id}.sqsh     content-addressed images shared by env_ids (+ .json: what each holds)
+    runs/{env_id}/{config_hash}/run.json, and per case {case}/ holding per node: {task}.json
+                              (record), {task}.zarr or .value.json, logs/{task}.log, {task}.files/,
+                              {task}.artifacts/, .{task}.done (symlink whose target is the key)
+    tasks/{task}/{key16}/     the same files, for tasks not bound to a run
+    locks/                    env-{env_id}.lease, node-{key16}.lease, cancel-{id}
+    slurm/                    cluster.json, scheduler.log, jobs/{cluster}.json, logs/{job}-{id}.log
+    index/                    snapshot.json, summaries-{generation}.json, segments/*.log
 
-    root/
-      envs/{env_id}/            env.json, build.log, image.sqsh or venv/,
-                                build-failed.log, last_used
-      images/{lock_id}.sqsh     content-addressed images shared by env_ids,
-      images/{lock_id}.json       and what each holds
-      runs/{env_id}/{config_hash}/run.json
-      runs/{env_id}/{config_hash}/{case}/{task}.json    the node's record
-                                {task}.zarr or {task}.value.json, logs/{task}.log,
-                                {task}.files/, {task}.artifacts/ (ds.output, ds.log_artifact),
-                                .{task}.done (a symlink whose target is the key)
-      tasks/{task}/{key16}/     the same files, for tasks not bound to a run
-      locks/                    env-{env_id}.lease, node-{key16}.lease, cancel-{id}
-      slurm/cluster.json        the address of the cluster `dscheduler cluster up` started,
-      slurm/scheduler.log         and its scheduler's log
-      slurm/jobs/{cluster}.json a live SLURM cluster's owner and its job ids (orphan cleanup)
-      slurm/logs/{job}-{id}.log worker logs, one file per SLURM job
-      index/                    snapshot.json, summaries-{generation}.json,
-                                segments/{time}-{host}-{pid}-{random}.log (see store.index)
-
-The reasons for this shape are in docs/design.md §3.  Names that become path
-components are checked (:func:`check_name`): a label such as ``../../x``
+Names that become path components are checked (:func:`check_name`): a label such as ``../../x``
 never leaves the store.
 """
 

@@ -3,24 +3,16 @@
 =====================================  ===========================================
 returned value                         stored as
 =====================================  ===========================================
-``numpy.ndarray``                      ``{task}.zarr``: a group with one array, dims
-                                       ``dim_0, dim_1, ...`` (xarray opens it as a
-                                       DataArray)
+``numpy.ndarray``                      ``{task}.zarr``: one array, dims ``dim_0, ...``
 dict of numpy arrays (str keys)        ``{task}.zarr``: one array per key
 ``xarray.Dataset`` / ``DataArray``     ``{task}.zarr``
 ``None`` after ``ds.output()``         ``{task}.zarr`` as the task wrote it
-JSON values (None, bool, numbers,      ``{task}.value.json`` (numpy scalars become
-str, lists, dicts with str keys)       numbers; tuples come back as lists)
-anything else                          an error that names the type and the fix
+JSON values, numpy scalars             ``{task}.value.json`` (tuples come back as lists)
+anything else                          an error naming the type and the fix (no pickle)
 =====================================  ===========================================
 
-Zarr values are zarr v3 groups with consolidated metadata, zstd-compressed,
-chunked by :func:`chunks_for` (setting ``results.chunk_mb``), so that xarray
-opens every one of them the same way.  Anything else is refused rather than
-pickled: a pickle ties the result to the library versions that wrote it
-(docs/design.md §3, §11).  Outputs are written to a temporary sibling and
-renamed into place (:func:`atomic.publish_dir`); the returned description
-goes into the node's record, which is written after the output.
+Zarr values are v3 groups, consolidated, zstd, chunked by :func:`chunks_for` (design.md §3, §11);
+outputs are renamed into place from a temporary sibling, before the record that describes them.
 """
 
 from __future__ import annotations

@@ -1,25 +1,16 @@
-"""Checking a store: every finished node's record, value and ``.done`` link.
+"""Checking a store: every finished node's record, value and ``.done`` link (docs/design.md §3).
 
-A node counts as finished when its ``.done`` link exists or its record says
-``succeeded``.  :func:`verify` reports each finished node whose record is
-missing or unreadable, whose value is missing or unreadable, or whose link
-is missing or points at another key.  With ``repair=True`` it mends what it
-can without losing anything:
+A node is finished when its ``.done`` link exists or its record says ``succeeded``.
+:func:`verify` reports each finished node whose record or value is missing or unreadable, or
+whose link is missing or points at another key.  ``repair=True`` mends without losing anything:
+a good record and value get their link set; any other node is *demoted* so the next run redoes
+it (link removed; a readable record rewritten ``damaged``, attempts kept; an unreadable one
+moved aside to ``{task}.json.damaged-{time}``).  Nothing is deleted.
 
-* a good record and value whose link is missing or wrong: the link is set;
-* otherwise the node is *demoted* so that the next run redoes it: its link
-  is removed, and a readable record is rewritten with state ``damaged`` (its
-  attempts kept), an unreadable one is moved aside to
-  ``{task}.json.damaged-{time}``.
-
-Nothing is deleted: values stay where they are until the node's next
-attempt replaces them.  Values are checked by reading JSON values whole and
-Zarr metadata (``zarr.json`` of the store and of its arrays); a value the
-record says is zarr v3 must be v3, and one written with every chunk (record
-``all_chunks``) must have a file for each chunk of its grid (a listing per
-array).  ``deep=True`` also reads and decodes every chunk.  Directories are
-checked by a pool of threads: on a parallel filesystem every open is a
-network round trip, and they overlap.
+Values are checked by reading JSON values whole and Zarr metadata (the store's and its arrays'
+``zarr.json``): a value the record says is zarr v3 must be, and one written with every chunk
+(record ``all_chunks``) must have a file per chunk of its grid.  ``deep=True`` also reads and
+decodes every chunk.  Directories are checked by a pool of threads.
 """
 
 from __future__ import annotations

@@ -1,29 +1,17 @@
-"""The summaries file: node summaries as columns, in blocks of rows.
+"""The summaries file: node summaries as columns, in blocks of rows (docs/design.md §14.1).
 
-``index/summaries-{generation}.json`` is a series of blocks of at most
-:data:`ROWS` summaries each.  A block is a header line
-``{"rows": n, "groups": [...], "columns": [...], "dropped": [...]}``, then
-the JSON list of its n paths, then one line per column: the JSON list of
-that column's n values.  A summary's field is a column of its own name; a
-field holding a dict (``params``, ``metrics``, ``tags``, ``config``: a
-*group*) is one column ``{group}.{name}`` per name in it, null where a
-summary has no such name (so a null in a group and a missing name are one;
-field names hold no dot).  ``dropped`` (optional) lists the rows that are no
-longer summaries: their paths' newer ones are in later blocks, or gone.
+``index/summaries-{generation}.json`` is a series of blocks of at most :data:`ROWS` summaries.
+A block is a header line ``{"rows": n, "groups": [...], "columns": [...], "dropped": [...]}``,
+the JSON list of its n paths, then one line per column: the JSON list of its n values.  A field
+is a column of its own name; a dict field (``params``, ``metrics``, ``tags``, ``config``: a
+*group*) is one column ``{group}.{name}`` per name, null where a summary lacks it (field names
+hold no dot).  ``dropped`` (optional) lists rows superseded by later blocks, or gone.
 
-Why columns: parsing lists of scalars makes no dict per node (making 100,000
-dicts was most of the cost of listing 100,000 runs), pandas takes lists as
-columns directly, and a listing parses only the columns it shows
-(:class:`Table` parses a column when it is first asked for).
-
-Why blocks: compaction (:func:`write`) parses only the paths of each block.
-A block with a changed path is copied with those rows added to ``dropped``
-(its header alone changes), and the new summaries go into new blocks; only a
-block less than half alive is parsed, and its live rows go into new blocks.
-So compaction costs little more than copying the file, and holds a few
-blocks in memory, never every summary of a large store.  The summaries of
-runs' own entries (a run without node records) go in blocks of their own: a
-listing skips them once their runs have nodes, parsing only their paths.
+:class:`Table` parses a column when it is first asked for.  Compaction (:func:`write`) parses
+only each block's paths: a block with changed paths is copied with them added to ``dropped``,
+new summaries go into new blocks, and a block less than half alive is parsed and its live rows
+moved; it holds a few blocks in memory, never every summary.  Runs' own entries (runs without
+node records) have blocks of their own.
 """
 
 from __future__ import annotations

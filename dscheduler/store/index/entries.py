@@ -1,25 +1,16 @@
 """Index entries: one line of a segment, one value of the snapshot, and which one wins.
 
-An entry says "node ``path`` was in ``state`` with ``key`` as of ``seq``":
+An entry says "node ``path`` was in ``state`` with ``key`` as of ``seq``" (docs/design.md §14.1):
+``path`` is the node's ``.done`` link relative to the store root (``Layout.node_id``) or a run's
+``run.json`` (``Layout.run_id_path``); ``seq`` that of the record it reflects
+(``records.next_seq``); ``state`` ``succeeded`` (finished), ``running``, ``failed``,
+``cancelled``, ``damaged``, ``unlinked`` (not finished) or ``run`` (a run's entry); ``key`` the
+node's full key (a run's: its config digest); ``summary`` a small dict kept for listing.
 
-* ``path``: the node's ``.done`` link relative to the store root
-  (``Layout.node_id``), or a run's ``run.json`` (``Layout.run_id_path``);
-* ``seq``: the ``seq`` of the record it reflects (``records.next_seq``);
-* ``state``: ``succeeded`` (finished), or ``running``, ``failed``,
-  ``cancelled``, ``damaged``, ``unlinked`` (not finished), or ``run`` for a
-  run's entry;
-* ``key``: the node's full key (a run's: its config digest);
-* ``summary``: a small dict the record's writer passes in, kept for listing.
-
-For one path the entry with the highest ``seq`` wins, wherever it was read;
-at equal ``seq`` one that is not ``succeeded`` wins, so a tie never makes a
-node look finished.  Reading an entry twice changes nothing, so readers and
-compaction may replay any segment from any earlier offset.
-
-A segment line is the JSON array ``[path, seq, state, key, summary]`` and a
-newline; a snapshot value is the string ``"state seq key"`` (one string per
-node parses three times faster than a list, and planning only compares its
-end with a key).
+Per path the entry with the highest ``seq`` wins, wherever it was read; at equal ``seq`` one that
+is not ``succeeded``.  Reading an entry twice changes nothing, so any segment may be replayed
+from any earlier offset.  A segment line is the JSON array ``[path, seq, state, key, summary]``
+and a newline; a snapshot value is the string ``"state seq key"``.
 """
 
 from __future__ import annotations

@@ -1,25 +1,16 @@
 """Rebuilding the index from the truth: records, ``.done`` links and ``run.json`` files.
 
-Used when the snapshot is missing or unreadable, and by ``dscheduler index
-rebuild``.  Under the index lease (waited for), it walks ``runs/`` and
-``tasks/`` with a pool of threads (every open is a round trip on a parallel
-filesystem) and makes one entry per node:
+Used when the snapshot is missing or unreadable, and by ``dscheduler index rebuild``
+(docs/design.md §14.1).  Under the index lease (waited for), a pool of threads walks ``runs/``
+and ``tasks/`` and makes one entry per node, with its record's ``seq`` and
+:func:`~dscheduler.store.records.node_summary`:
 
 * a ``.done`` link pointing at its succeeded record's key: ``succeeded``;
 * a record in another state: that state (an unreadable one: ``damaged``);
-* a succeeded record without its link (a crash between the two):
-  ``unlinked``, not finished, one ``seq`` below the record's, so that the
-  entry of the writer about to make the link, or of the node's next
-  attempt, which restores it, wins;
+* a succeeded record without its link: ``unlinked``, one ``seq`` below the record's.
 
-each with its record's ``seq`` and :func:`~dscheduler.store.records.node_summary`.
-Segment entries are then laid over those, but only entries newer than the
-walk's start less twice ``task.lease_ttl``:
-an older entry is reflected by the files the walk read, or by later ones
-(a node is changed only under its lease, and the entry announcing a change
-that unfinishes it is written first), while a newer one may describe a
-change the walk raced with.  Entries of results deleted by hand more than
-that long ago are thus forgotten, which is what a rebuild is for.
+Segment entries newer than the walk's start less twice ``task.lease_ttl`` are laid over those;
+older ones are forgotten in favour of the files (results deleted by hand included).
 """
 
 from __future__ import annotations

@@ -1,20 +1,15 @@
-"""Segments: each writer process appends index entries to a file of its own.
+"""Segments: each writer process appends index entries to a file of its own (docs/design.md §14.1).
 
-A process's first entry for a store creates
-``index/segments/{unix time}-{host}-{pid}-{random}.log`` exclusively
-(``O_EXCL``), so no two writers, on one host or many, ever append to one
-file, and no lock is needed.  Each :meth:`SegmentWriter.append` is one
-``write`` of whole lines on a file opened ``O_APPEND``: no metadata
-operation per entry.  A writer starts a new segment after
-``index.segment_seconds`` or ``index.segment_bytes``, and abandons one after
-a failed or short write (a torn line is never followed by another entry).
+A process's first entry for a store creates ``index/segments/{unix time}-{host}-{pid}-{random}.log``
+exclusively (``O_EXCL``): no two writers share a file, and no lock is needed.  Each
+:meth:`SegmentWriter.append` is one ``write`` of whole lines to a file opened ``O_APPEND``.  A
+writer starts a new segment after ``index.segment_seconds`` or ``index.segment_bytes``, and
+abandons one after a failed or short write (a torn line is never followed by another entry).
 
-Entries that make a node unfinished (``durable=True``) are fsynced, then the
-writer checks by name that its segment was not sealed meanwhile (compaction
-renames a segment before its last read, :mod:`.snapshot`); if it was, the
-entries go again into a new segment.  So such an entry is in a file
-compaction will still read, or already in the snapshot, before the change it
-announces is made.
+Entries that make a node unfinished (``durable=True``) are fsynced, then the writer checks by
+name that its segment was not sealed meanwhile (:mod:`.snapshot`), else writes them again into a
+new segment: such an entry is in a file compaction will read, or in the snapshot, before the
+change it announces is made.
 """
 
 from __future__ import annotations

@@ -1,27 +1,16 @@
-"""The snapshot: the index compacted into one file, and how readers combine it with segments.
+"""The snapshot: the index compacted into one file, read with the segments (docs/design.md §14.1).
 
-``index/snapshot.json`` is two lines: a header (format, generation, entry
-count, the summaries file, and for each segment the offset up to which its
-entries are in the snapshot), then one JSON object mapping path to
-``"state seq key"``.  Summaries live in ``index/summaries-{generation}.json``,
-in columns (:mod:`.columns`), written before the snapshot that names it, so
-planning never reads them.  A snapshot of another format (1: a line per
-summary) is unreadable here, and so rebuilt from the records.
+``index/snapshot.json`` is two lines: a header (format, generation, entry count, the summaries
+file, and per segment the offset up to which it is folded in), then one JSON object mapping path
+to ``"state seq key"``.  Summaries are in ``index/summaries-{generation}.json`` (:mod:`.columns`),
+written before the snapshot naming it.  A snapshot of another format is unreadable, so rebuilt.
 
-Reading (:func:`load`): the snapshot, one listing of ``segments/``, each
-segment from its offset (whole lines only), merged by
-:class:`~.entries.Merged`; then the snapshot is opened again and must be
-the same file, else everything is read again.  Compaction publishes a new
-snapshot before it deletes what it folded in, so a reader whose snapshot did
-not change missed nothing.
-
-Compaction (:func:`compact`, under the lease ``locks/index.lease``, never
-waited for; one left by a dead process of this host is broken at once):
-read as above; seal segments started more than
-``index.seal_after`` seconds ago (rename to ``.sealed``: their writers moved
-on long since, :mod:`.segments`) and read what they gained since; write
-the summaries file, then the snapshot (fsynced, renamed into place); then
-delete sealed segments and summaries files two generations old.
+:func:`load` reads the snapshot, lists ``segments/``, reads each from its offset (whole lines),
+merges with :class:`~.entries.Merged`, then reopens the snapshot: another file means it reads
+again.  :func:`compact`, under ``locks/index.lease`` (never waited for; a dead local holder's is
+broken at once), reads likewise, seals segments older than ``index.seal_after`` (renamed
+``.sealed``) and reads what they gained, writes the summaries, then the snapshot (fsynced,
+renamed into place), then deletes sealed segments and summaries two generations old.
 """
 
 from __future__ import annotations
