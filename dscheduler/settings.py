@@ -53,7 +53,20 @@ def dask_config() -> ModuleType:
             defaults = yaml.safe_load(f)
         dask.config.update_defaults(defaults)
         _defaults.update(defaults)
+    elif "dscheduler" not in dask.config.config:
+        # a ``dask.config.set`` block begun before the defaults were merged removed the whole
+        # namespace as it ended (it deletes the keys it inserted): put the defaults back
+        dask.config.update(dask.config.config, _defaults, priority="old")
     return dask.config
+
+
+def current() -> dict[str, Any]:
+    """Every ``dscheduler`` setting as it stands: what is set, over the packaged defaults (for
+    handing the driver's settings to workers)."""
+    config = dask_config()
+    merged: dict[str, Any] = config.merge(_defaults, {"dscheduler": config.config.get(
+        "dscheduler", {})})
+    return dict(merged["dscheduler"])
 
 
 def node_local(key: str, fallback: str, override: Any = None) -> Path:

@@ -110,17 +110,28 @@ def count(log: str | Path, prefix: str) -> int:
 
 
 @pytest.fixture(scope="session")
-def cluster(node_dirs: dict[str, Path]) -> Iterator[Any]:
-    """The process's embedded local cluster, 2 workers x 1 thread, for the session."""
+def _local_cluster_settings(node_dirs: dict[str, Path]) -> Iterator[None]:
+    """The settings of the tests' embedded cluster for the whole session; closed at its end."""
     from dscheduler.run import clusters as ds_cluster
 
     ds_cluster.close_local()
     with dask.config.set({"dscheduler.local.n_workers": N_WORKERS}):
-        client = ds_cluster.local_cluster()
+        yield
+    ds_cluster.close_local()
+
+
+@pytest.fixture
+def cluster(_local_cluster_settings: None) -> Any:
+    """The process's embedded local cluster, 2 workers x 1 thread: made once for the session,
+    and made again if a test closed it (the tests of the local cluster's own TLS do)."""
+    from dscheduler.run import clusters as ds_cluster
+
+    client = ds_cluster.local_cluster()
+    if not getattr(client, "_ds_tests_ready", False):
         client.wait_for_workers(N_WORKERS, timeout=60)
         client.register_plugin(SubmittedTasks())
-        yield client
-    ds_cluster.close_local()
+        client._ds_tests_ready = True
+    return client
 
 
 @pytest.fixture

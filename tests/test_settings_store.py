@@ -158,3 +158,19 @@ def test_settings_namespace_is_registered() -> None:
     assert settings.get("env.compression_level") == 3
     assert settings.get("store") == "data"
     assert settings.get("store", "elsewhere") == "elsewhere"
+
+
+@pytest.mark.fast
+def test_a_set_block_before_the_first_read_keeps_the_defaults() -> None:
+    """dask.config.set of a dscheduler key before any setting was read inserts the namespace;
+    leaving the block deletes it again, with the packaged defaults merged under it meanwhile:
+    they must come back (a SLURM job script reads the whole namespace)."""
+    code = ("import dask.config, dscheduler.settings as s\n"
+            "with dask.config.set({'dscheduler.local.n_workers': 3}):\n"
+            "    assert s.get('local.n_workers') == 3\n"
+            "print(s.current()['lease']['ttl'], s.get('lease.ttl'),"
+            " s.dask_config().get('dscheduler.lease.ttl'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["60", "60", "60"]

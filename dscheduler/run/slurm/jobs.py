@@ -61,8 +61,7 @@ NANNY_CONFIG: dict[str, Any] = {
 def inherited_config() -> str:
     """The driver's ``dscheduler`` settings and :data:`NANNY_CONFIG`, serialized for the
     workers' environment."""
-    config = settings.dask_config()  # the packaged defaults merged in, if not yet
-    return config.serialize({"dscheduler": config.get("dscheduler"), **NANNY_CONFIG})
+    return settings.dask_config().serialize({"dscheduler": settings.current(), **NANNY_CONFIG})
 
 
 class CpuJob(SLURMJob):
