@@ -12,9 +12,9 @@ tests/test_layout.py, which holds the two equal.
 
 from __future__ import annotations
 
-import importlib
 import typing
 
+from . import lazy
 from . import settings as settings
 from .errors import (
     CollisionError,
@@ -49,16 +49,7 @@ _LAZY = {
     ".run.tracking": ["log_artifact", "log_metric", "log_param", "output", "set_tag"],
     ".store": ["Lease", "Store", "open_results"],
 }
-_WHERE = {name: module for module, names in _LAZY.items() for name in names}
-
-
-def __getattr__(name: str) -> typing.Any:
-    """A lazily exported name: its subpackage is imported on first use (PEP 562)."""
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy.exports(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

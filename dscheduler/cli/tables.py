@@ -127,15 +127,19 @@ def fit(cols: Sequence[Col], width: int, wide: bool = False) -> tuple[list[Col],
             used += GAP + room
     kept = [replace(c, width=chosen[i]) for i, c in enumerate(cols) if i in chosen]
     dropped = [c for i, c in enumerate(cols) if i not in chosen]
-    room = width - used
-    while room > 0:  # what is left widens cut columns, a character each in turn
+    _widen(kept, width - used)
+    return kept, dropped
+
+
+def _widen(kept: list[Col], room: int) -> None:
+    """Give ``room`` characters left on the line to cut columns, one each in turn."""
+    while room > 0:
         wanting = [c for c in kept if c.width < c.natural][:room]
         if not wanting:
             break
         for c in wanting:
             c.width += 1
         room -= len(wanting)
-    return kept, dropped
 
 
 def fit_by(cols: Sequence[Col], importance: Sequence[str], width: int
@@ -163,14 +167,7 @@ def fit_even(first: Col, rest: Sequence[Col], width: int) -> tuple[list[Col], li
         share = (width - head.width - GAP * n) // n
         kept += [replace(c, width=min(c.natural, max(share, m)))
                  for c, m in zip(rest[:n], least, strict=False)]
-        room = width - table_width(kept)
-        while room > 0:
-            wanting = [c for c in kept if c.width < c.natural][:room]
-            if not wanting:
-                break
-            for c in wanting:
-                c.width += 1
-            room -= len(wanting)
+        _widen(kept, width - table_width(kept))
     return kept, list(rest[n:])
 
 

@@ -7,8 +7,9 @@ Imports everything below it (graph, envs, store), nothing above.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .. import lazy
 
 # ``compute`` is also a submodule's name: importing it binds the attribute to the module,
 # which this import then rebinds to the function, so it stays eager (and cheap).
@@ -24,15 +25,7 @@ _LAZY = {".clusters": ["connect"], ".results": ["Handle", "Results"],
          ".slurm": ["slurm_cluster"]}
 
 
-def __getattr__(name: str) -> Any:
-    """A name of ``_LAZY``, its module imported on first use (a module's own name: itself)."""
-    for module, names in _LAZY.items():
-        if name in names:
-            found = importlib.import_module(module, __name__)
-            value = found if module == f".{name}" else getattr(found, name)
-            globals()[name] = value
-            return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy.exports(__name__, _LAZY, globals())
 
 
 __all__ = ["Handle", "Results", "compute", "connect", "slurm_cluster", "submit"]

@@ -11,12 +11,12 @@ is in docs/design.md §12.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import warnings
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from ... import lazy
 from ...graph import Node, Plan
 from ...store.status import NO_LABEL
 from ..spec import NodeSpec
@@ -32,15 +32,7 @@ _LAZY = {".plugin": ["plugin", "NAME", "DashboardPlugin"]}
 __all__ = ["NAME", "DashboardPlugin", "graph_meta", "install", "links", "page_link"]
 
 
-def __getattr__(name: str) -> Any:
-    """A name of ``_LAZY``, its module imported on first use (a module's own name: itself)."""
-    for module, names in _LAZY.items():
-        if name in names:
-            found = importlib.import_module(module, __name__)
-            value = found if module == f".{name}" else getattr(found, name)
-            globals()[name] = value
-            return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy.exports(__name__, _LAZY, globals())
 
 
 _printed: set[str] = set()  # scheduler addresses whose links this process printed

@@ -11,8 +11,9 @@ cluster up|down``), :mod:`.preload` (workers release env mounts).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ... import lazy
 
 if TYPE_CHECKING:
     from . import jobs as jobs
@@ -28,15 +29,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """A name of ``_LAZY``, its module imported on first use (a module's own name: itself)."""
-    for module, names in _LAZY.items():
-        if name in names:
-            found = importlib.import_module(module, __name__)
-            value = found if module == f".{name}" else getattr(found, name)
-            globals()[name] = value
-            return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy.exports(__name__, _LAZY, globals())
 
 
 __all__ = ["SlurmCluster", "SlurmOptions", "resolve", "slurm_cluster"]
