@@ -27,12 +27,12 @@ from typer.testing import CliRunner
 import dscheduler as ds
 from dscheduler import settings
 from dscheduler.cli import app
-from dscheduler.graph.plan import CHANGED, DAMAGED, FAILED, INTERRUPTED, NO_RECORD
 from dscheduler.run import execute
 from dscheduler.store.index import Entry, Index
 from dscheduler.store.index import segments as segments_mod
 from dscheduler.store.index.entries import Merged
 from dscheduler.store.index.snapshot import load
+from dscheduler.store.state import Reason
 
 pytestmark = pytest.mark.fast
 
@@ -149,7 +149,7 @@ def test_results_removed_by_hand_need_a_rebuild(store: ds.Store, log: str) -> No
     # trusts only entries younger than 2 lease ttls over the files it reads.
     with dask.config.set({"dscheduler.task.lease_ttl": 0}):
         store.index.rebuild()
-    assert ds.plan(nodes, store=store).reason(nodes[0]) == NO_RECORD
+    assert ds.plan(nodes, store=store).reason(nodes[0]) == Reason.NO_RECORD
     agrees(store, nodes)
 
 
@@ -176,14 +176,14 @@ def test_forced_rerun_that_fails_or_dies_is_not_hidden(
     Path(log + ".fail").touch()
     assert run_inline(nodes[:1], store, force=True) == {nodes[0].name: "failed"}
     p = ds.plan(nodes, store=store)
-    assert p.reason(nodes[0]) == FAILED and p.reason(nodes[1]) is None
+    assert p.reason(nodes[0]) == Reason.FAILED and p.reason(nodes[1]) is None
     agrees(store, nodes)
     Path(log + ".fail").unlink()
     with monkeypatch.context() as mp:
         killed_mid_attempt(mp)
         with pytest.raises(SystemExit):
             run_inline(nodes[1:2], store, force=True)
-    assert ds.plan(nodes, store=store).reason(nodes[1]) == INTERRUPTED
+    assert ds.plan(nodes, store=store).reason(nodes[1]) == Reason.INTERRUPTED
     agrees(store, nodes)
     run_inline(nodes, store)
     assert ds.plan(nodes, store=store).nothing_to_do
@@ -202,16 +202,16 @@ def test_version_bump_at_the_same_path_is_not_hidden(
         killed_mid_attempt(mp)
         with pytest.raises(SystemExit):
             run_inline([new], store)
-    assert ds.plan(old, store=store).reason(old) == NO_RECORD  # v2's "running" record
+    assert ds.plan(old, store=store).reason(old) == Reason.NO_RECORD  # v2's "running" record
     agrees(store, [old, new])
     Path(log + ".fail").touch()
     run_inline([new], store)  # fails: the path now holds v2's failed record
-    assert ds.plan(old, store=store).reason(old) == NO_RECORD
-    assert ds.plan(new, store=store).reason(new) == FAILED
+    assert ds.plan(old, store=store).reason(old) == Reason.NO_RECORD
+    assert ds.plan(new, store=store).reason(new) == Reason.FAILED
     Path(log + ".fail").unlink()
     run_inline([new], store)
     assert ds.plan(new, store=store).nothing_to_do
-    assert ds.plan(old, store=store).reason(old) == CHANGED  # back to v1: rerun
+    assert ds.plan(old, store=store).reason(old) == Reason.CHANGED  # back to v1: rerun
     agrees(store, [old, new])
 
 
@@ -222,7 +222,7 @@ def test_verify_repair_tells_the_index(store: ds.Store, log: str) -> None:
     run_inline(nodes, store)
     nodes[0].paths(store).value.unlink()
     verify(store, repair=True)
-    assert ds.plan(nodes, store=store).reason(nodes[0]) == DAMAGED
+    assert ds.plan(nodes, store=store).reason(nodes[0]) == Reason.DAMAGED
     agrees(store, nodes)
 
 

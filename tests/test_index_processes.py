@@ -23,9 +23,9 @@ import pytest
 from helpers import wait_for
 
 import dscheduler as ds
-from dscheduler.graph.plan import INTERRUPTED
 from dscheduler.run.execute import run_node
 from dscheduler.run.spec import make_specs
+from dscheduler.store.state import Reason
 
 FAST_INDEX = {
     "DASK_DSCHEDULER__INDEX__SEGMENT_SECONDS": "0.5",
@@ -162,7 +162,7 @@ def test_kill9_mid_update_then_plan_is_right(tmp_path: Path) -> None:
         assert finished_index(store, nodes) <= truth  # never finished when it is not
         p = ds.plan(nodes, store=store)
         assert {node.key for node in p.cached} == truth
-        interrupted = {node.key for node in p.to_run if p.reason(node) == INTERRUPTED}
+        interrupted = {node.key for node in p.to_run if p.reason(node) == Reason.INTERRUPTED}
         if hang >= 0:
             assert nodes[hang].key in interrupted
         assert len(interrupted) <= round_ + 1  # one per kill at most, until rerun

@@ -16,7 +16,7 @@ import pytest
 from helpers import run_inline
 
 import dscheduler as ds
-from dscheduler.graph.plan import CHANGED, FAILED, NO_RECORD
+from dscheduler.store.state import Reason
 
 pytestmark = pytest.mark.fast
 plan_module = importlib.import_module("dscheduler.graph.plan")  # ds.graph.plan is the function
@@ -71,7 +71,8 @@ def test_new_cases_of_a_run_are_decided_by_one_listing(tmp_path: Any, reads: lis
 
     nodes = [v2(cfg, c) for c in old] + [v1(cfg, "f00", fail=True)] + [v2(cfg, c) for c in new]
     p = ds.plan(nodes, store=store)
-    assert [p.reason(n) for n in nodes] == [CHANGED] * 10 + [FAILED] + [NO_RECORD] * 10
+    assert [p.reason(n) for n in nodes] == ([Reason.CHANGED] * 10 + [Reason.FAILED]
+                                            + [Reason.NO_RECORD] * 10)
     # Every stored case is read (to say "changed" or "failed"); of the new ones only
     # those asked about before the run's directory was listed.
     assert len(reads) <= 11 + 4, reads
@@ -84,7 +85,7 @@ def test_new_nodes_not_bound_to_a_run(tmp_path: Any, reads: list[str]) -> None:
     reads.clear()
     nodes = [square(i) for i in range(3, 40)]
     p = ds.plan(nodes, store=store)
-    assert all(p.reason(n) == NO_RECORD for n in nodes)
+    assert all(p.reason(n) == Reason.NO_RECORD for n in nodes)
     assert len(reads) <= 4, reads
 
 
@@ -98,6 +99,6 @@ def test_a_few_new_nodes_beside_many_stored_are_opened_not_listed(
     reads.clear()
     nodes = [square(i) for i in range(30, 33)]
     p = ds.plan(nodes, store=store)
-    assert all(p.reason(n) == NO_RECORD for n in nodes)
+    assert all(p.reason(n) == Reason.NO_RECORD for n in nodes)
     assert len(reads) == 3
     assert not [d for d in listed if "/tasks/" in str(d)], listed  # the index lists its own

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 import dscheduler as ds
 from dscheduler.cli import app
-from dscheduler.graph.plan import DAMAGED
 from dscheduler.run.execute import run_node
 from dscheduler.run.spec import make_specs
 from dscheduler.store.records import read_record
+from dscheduler.store.state import Reason
 from dscheduler.store.verify import verify
 
 pytestmark = pytest.mark.fast
@@ -116,7 +116,7 @@ def test_verify_finds_and_repair_demotes(finished: tuple[ds.Store, list[ds.Node]
     assert paths[3].value.read_bytes() == good_value and os.readlink(paths[3].done)
     # The next plan redoes exactly the demoted nodes (and what depends on them).
     p = ds.plan(nodes, store=store)
-    assert p.reason(nodes[1]) == p.reason(nodes[2]) == DAMAGED
+    assert p.reason(nodes[1]) == p.reason(nodes[2]) == Reason.DAMAGED
     assert p.reason(nodes[0]) == "no record" and p.reason(nodes[3]) is not None
     run_inline(nodes, store)
     assert ds.plan(nodes, store=store).nothing_to_do

@@ -28,10 +28,10 @@ from typer.testing import CliRunner
 
 import dscheduler as ds
 from dscheduler.cli import app
-from dscheduler.graph.plan import DAMAGED
 from dscheduler.run.execute import run_node
 from dscheduler.run.spec import make_specs
 from dscheduler.store.records import read_record
+from dscheduler.store.state import Reason
 from dscheduler.store.verify import verify
 
 pytestmark = pytest.mark.fast
@@ -122,7 +122,7 @@ def test_a_missing_chunk_is_reported_repaired_and_refused_by_open(
     out = CliRunner().invoke(app, ["verify", "--store", str(store.root), "--repair"])
     assert out.exit_code == 0 and "demoted" in out.output, out.output
     assert read_record(node.paths(store).record)["state"] == "damaged"
-    assert ds.plan(node, store=store).reason(node) == DAMAGED
+    assert ds.plan(node, store=store).reason(node) == Reason.DAMAGED
 
 
 def test_a_corrupt_chunk_is_found_by_deep(stored: tuple[ds.Store, ds.Node]) -> None:

@@ -35,19 +35,6 @@ from ..store.state import Reason, Why, judge, upstream_runs
 from . import drift, html
 from .node import Node
 
-# The reasons by their old names (docs/design.md §5.1): each is a Reason, a str.
-NO_RECORD = Reason.NO_RECORD
-FAILED = Reason.FAILED
-FORCED = Reason.FORCED
-NO_CACHE = Reason.NO_CACHE
-CHANGED = Reason.CHANGED
-INTERRUPTED = Reason.INTERRUPTED
-IN_PROGRESS = Reason.IN_PROGRESS
-CANCELLED = Reason.CANCELLED
-DAMAGED = Reason.DAMAGED
-UNLINKED = Reason.UNLINKED
-UPSTREAM = Reason.UPSTREAM
-
 log = logging.getLogger("dscheduler.plan")
 
 
@@ -217,7 +204,7 @@ def _why(node: Node, store: Store, listings: _Listings) -> tuple[Why | None, Rec
     when it finished after all, with the record that says so (the index missed it)."""
     paths = node.paths(store)
     if listings.absent(paths.dir):
-        return Why(NO_RECORD), None
+        return Why(Reason.NO_RECORD), None
     judged = judge(store, paths, node.key)
     return judged.why, judged.record
 
@@ -268,9 +255,9 @@ def plan(*nodes: Any, store: Store | str | os.PathLike[str] | None = None,
         _check_unique(node, done, locations, writers, root)
         rerun_upstream = upstream_runs(node.upstream, reasons)
         if force:
-            reasons[node.key] = Why(FORCED)
+            reasons[node.key] = Why(Reason.FORCED)
         elif not node.task.options_.cache:
-            reasons[node.key] = Why(NO_CACHE)
+            reasons[node.key] = Why(Reason.NO_CACHE)
         elif rerun_upstream is not None:
             reasons[node.key] = rerun_upstream
         elif not (finished(values.get(done), node.key) if values is not None
