@@ -99,18 +99,22 @@ def private_dir(path: Path, setting: str | None = None) -> Path:
     st = os.lstat(path)
     problem = _unsafe(st)
     if problem:
-        try:
-            owner = f"{pwd.getpwuid(st.st_uid).pw_name} (uid {st.st_uid})"
-        except KeyError:
-            owner = f"uid {st.st_uid}"
         where = (f"set dscheduler.{setting} (DASK_DSCHEDULER__"
                  f"{setting.upper().replace('.', '__')}=DIR) or TMPDIR to a directory of "
                  "your own" if setting else "use a directory of your own")
         raise UnsafePathError(
-            f"refusing to use {path}: {problem} (owner {owner}, mode "
+            f"refusing to use {path}: {problem} (owner {owner(st.st_uid)}, mode "
             f"{stat.filemode(st.st_mode)}); another user could put code there that we "
             f"would run. Remove it if it is yours to remove, or {where}")
     return path
+
+
+def owner(uid: int) -> str:
+    """A uid as people read it in an error: ``name (uid N)``, or ``uid N`` without a name."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _unsafe(st: os.stat_result) -> str:

@@ -18,13 +18,13 @@ import importlib
 import importlib.machinery
 import importlib.util
 import os
-import pwd
 import stat
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .. import settings
 from ..errors import ConfigError, DSchedulerError, UnsafePathError
 
 #: Prefix of the names of modules loaded from a file path.
@@ -33,11 +33,10 @@ BY_PATH_PREFIX = "_ds_recipe_"
 
 def load_file(path: Path) -> ModuleType:
     """The module of the Python file ``path``, loaded once per process."""
+    loaded = loaded_module(None, str(path))
+    if loaded is not None:
+        return loaded
     resolved = path.resolve()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == resolved:
-            return module
     tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
     name = f"{BY_PATH_PREFIX}{path.stem}_{tag}"
     module_spec = importlib.util.spec_from_file_location(name, resolved)
@@ -174,7 +173,8 @@ def own_file(path: Path) -> Path:
     if not stat.S_ISREG(info.st_mode):
         problem = "is not a regular file"
     elif info.st_uid not in (os.getuid(), 0):
-        problem = f"is owned by {_owner(info.st_uid)}, not by you ({_owner(os.getuid())})"
+        problem = (f"is owned by {settings.owner(info.st_uid)}, not by you "
+                   f"({settings.owner(os.getuid())})")
     elif info.st_mode & 0o022:
         problem = f"is writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
     elif folder.st_mode & 0o002:
@@ -189,8 +189,3 @@ def own_file(path: Path) -> Path:
     return resolved
 
 
-def _owner(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"

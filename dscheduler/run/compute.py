@@ -28,8 +28,7 @@ from typing import Any
 from .. import settings
 from ..errors import LeaseError, StoreError
 from ..graph import Plan, plan
-from ..store import Store, store_of
-from ..store.atomic import temp_sibling
+from ..store import Store, atomic, store_of
 from . import dashboard
 from .clusters import check_detachable, get_client, is_local
 from .execute import build_task, node_task
@@ -61,9 +60,9 @@ def _tidy_index(p: Plan) -> None:
 def _check_writable(store: Store) -> None:
     """A StoreError naming the store and the fix when a file cannot be written in its
     ``locks/``: every task takes its lease there first, so each would fail on its own."""
-    probe = temp_sibling(store.locks_dir / "write-check")
+    probe = atomic.temp_sibling(store.locks_dir / "write-check")
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = atomic.create_file(probe)
         try:
             os.write(fd, b"dscheduler write check\n")  # a full disk fails here, not at open
         finally:

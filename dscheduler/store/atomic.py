@@ -147,7 +147,7 @@ def _create(path: Path, mode: int, append: bool = False) -> int:
     the umask would take bits away: each is a round trip on a shared
     filesystem, and a tiny task writes several files (docs/benchmarks.md).
     """
-    if _group_roots and str(path).startswith(_group_roots):
+    if modes_for(path).group:
         mode |= (mode & 0o200) >> 3  # the group may write what the owner may
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | (os.O_APPEND if append else 0)
     try:

@@ -44,7 +44,8 @@ def damaged(path: Path, err: BaseException | str) -> StoreError:
 #: ``"Infinity"``, ``"-Infinity"``, the names Python's json reads).  Strict JSON readers
 #: refuse a bare ``NaN``; a metric or a task's value may be one (docs/design.md §11).
 FLOAT_TAG = "$float"
-_TAG_BYTES = b'"$float"'
+_TAG_TEXT = f'"{FLOAT_TAG}"'  # how the tag appears in JSON text
+_TAG_BYTES = _TAG_TEXT.encode()
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -142,7 +143,7 @@ def dumps(value: Any, path: str = "value", *, default: Callable[[Any], Any] | No
     """
     try:
         text = json.dumps(value, allow_nan=False, default=default, separators=separators)
-        if '"$float"' not in text:
+        if _TAG_TEXT not in text:
             return text
     except ValueError as err:
         if "Out of range float" not in str(err):
@@ -158,7 +159,7 @@ def _untag(obj: dict[str, Any]) -> Any:
 
 def loads(data: bytes | str) -> Any:
     """JSON written by :func:`dumps` (or by older versions, ``NaN`` tokens and all)."""
-    tagged = (_TAG_BYTES in data) if isinstance(data, bytes) else ('"$float"' in data)
+    tagged = (_TAG_BYTES in data) if isinstance(data, bytes) else (_TAG_TEXT in data)
     return json.loads(data, object_hook=_untag) if tagged else json.loads(data)
 
 

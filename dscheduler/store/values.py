@@ -279,10 +279,12 @@ def _files_under(folder: Path) -> set[str]:
     return found
 
 
-def array_metadata(path: Path) -> dict[str, dict[str, Any]]:
+def array_metadata(path: Path, root: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Metadata of each array of the zarr v3 group at ``path``, by name: from its
-    consolidated metadata, else from each child's ``zarr.json``."""
-    root = json.loads((path / "zarr.json").read_bytes())
+    consolidated metadata, else from each child's ``zarr.json``.  ``root``: the group's
+    ``zarr.json`` when the caller has read it already (each read is a round trip)."""
+    if root is None:
+        root = json.loads((path / "zarr.json").read_bytes())
     consolidated = ((root.get("consolidated_metadata") or {}).get("metadata")) or {}
     if consolidated:
         return {name: meta for name, meta in consolidated.items()
@@ -296,14 +298,15 @@ def array_metadata(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def missing_chunks(path: Path) -> str | None:
+def missing_chunks(path: Path, root: dict[str, Any] | None = None) -> str | None:
     """Which chunk files of the zarr v3 group at ``path`` are missing (one listing per
     array), as text naming the array and its first missing chunk; None when none is.
 
     Only for values written with every chunk (record ``all_chunks``): zarr leaves
-    out chunks that hold only the fill value unless told otherwise.
+    out chunks that hold only the fill value unless told otherwise.  ``root``: as for
+    :func:`array_metadata`.
     """
-    for name, meta in sorted(array_metadata(path).items()):
+    for name, meta in sorted(array_metadata(path, root).items()):
         keys = _chunk_keys(meta)
         if keys is None:
             continue

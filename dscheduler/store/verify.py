@@ -89,7 +89,7 @@ def _zarr_readable(path: Path, output: dict[str, Any], deep: bool) -> str | None
             for child in os.scandir(path):
                 if child.is_dir():
                     _zarr_meta(Path(child.path))
-        why = missing_chunks(path) if output.get("all_chunks") else None
+        why = missing_chunks(path, meta) if output.get("all_chunks") else None
         if why is None and deep:
             why = unreadable_chunk(path)
     except FileNotFoundError as err:

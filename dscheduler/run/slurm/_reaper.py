@@ -57,6 +57,11 @@ def valid_jobs(data: dict[str, object]) -> list[str]:
     return [job for job in _listed(data, "jobs") if JOB_ID.fullmatch(job)]
 
 
+def valid_names(data: dict[str, object]) -> list[str]:
+    """The job names of a job file that are shaped like dscheduler's."""
+    return [name for name in _listed(data, "names") if JOB_NAME.fullmatch(name)]
+
+
 def refused(data: dict[str, object]) -> list[str]:
     """The job ids and names of a job file that no command is given, quoted."""
     return [f"job id {job!r}" for job in _listed(data, "jobs") if not JOB_ID.fullmatch(job)] \
@@ -67,8 +72,7 @@ def refused(data: dict[str, object]) -> list[str]:
 def scancel_commands(data: dict[str, object], user: str) -> list[list[str]]:
     """The scancel commands that end every job of a ledger's cluster: its valid job ids
     and names only (:func:`refused` lists the rest)."""
-    jobs = valid_jobs(data)
-    names = [name for name in _listed(data, "names") if JOB_NAME.fullmatch(name)]
+    jobs, names = valid_jobs(data), valid_names(data)
     commands = [["scancel", *jobs]] if jobs else []
     commands += [["scancel", f"--user={user}", f"--name={name}"] for name in names]
     return commands
