@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -15,11 +14,9 @@ from graphfixtures import Cfg, work
 import dscheduler as ds
 import dscheduler.identity
 from dscheduler.store.records import write_record
+from dscheduler.store.state import Reason
 
 pytestmark = pytest.mark.fast
-
-# ds.plan is the function; the module is reached through sys.modules.
-plan_mod = importlib.import_module("dscheduler.graph.plan")
 
 
 @ds.task(version="1")
@@ -199,8 +196,8 @@ def test_plan_reasons(tmp_path: Path) -> None:
     a = add(1)
     b = add(a)
     p = ds.plan(b, store=store)
-    assert p.reason(a) == plan_mod.NO_RECORD
-    assert p.reason(b).startswith(plan_mod.UPSTREAM)
+    assert p.reason(a) == Reason.NO_RECORD
+    assert p.reason(b).startswith(Reason.UPSTREAM)
     assert [n.key for n in p.nodes] == [a.key, b.key]  # upstream first
     # Finished a: a is cached, and b, which has no record yet, runs.
     paths = a.paths(store)
@@ -208,17 +205,17 @@ def test_plan_reasons(tmp_path: Path) -> None:
     write_record(paths, {"key": a.key, "state": "succeeded", "attempts": []})
     os.symlink(a.key, paths.done)
     p = ds.plan(b, store=store)
-    assert p.reason(a) is None and p.reason(b) == plan_mod.NO_RECORD
-    assert ds.plan(b, store=store, force=True).reason(a) == plan_mod.FORCED
+    assert p.reason(a) is None and p.reason(b) == Reason.NO_RECORD
+    assert ds.plan(b, store=store, force=True).reason(a) == Reason.FORCED
     assert ds.plan(add.options(cache=False)(1), store=store).reasons
     write_record(paths, {"key": a.key, "state": "failed", "attempts": []})
     paths.done.unlink()
-    assert ds.plan(a, store=store).reason(a) == plan_mod.FAILED
+    assert ds.plan(a, store=store).reason(a) == Reason.FAILED
     # Its attempt never finished (a record left "running" by a killed worker).
     write_record(paths, {"key": a.key, "state": "running", "attempts": [{}]})
-    assert ds.plan(a, store=store).reason(a) == plan_mod.INTERRUPTED
+    assert ds.plan(a, store=store).reason(a) == Reason.INTERRUPTED
     write_record(paths, {"key": a.key, "state": "cancelled", "attempts": []})
-    assert ds.plan(a, store=store).reason(a) == plan_mod.CANCELLED
+    assert ds.plan(a, store=store).reason(a) == Reason.CANCELLED
     # A succeeded record of another key at the same path (the version was bumped
     # since) is "changed".
     bumped = ds.task(version="2", name="add")(add.fn)(1)
@@ -230,7 +227,7 @@ def test_plan_reasons(tmp_path: Path) -> None:
     write_record(old_paths, {"key": old.key, "state": "succeeded", "attempts": []})
     os.symlink(old.key, old_paths.done)
     assert new.paths(store) == old_paths
-    assert ds.plan(new, store=store).reason(new) == plan_mod.CHANGED
+    assert ds.plan(new, store=store).reason(new) == Reason.CHANGED
     assert ds.plan(old, store=store).reason(old) is None
 
 
