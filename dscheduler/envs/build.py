@@ -560,12 +560,10 @@ class _Builder:
             return tmp
 
     def _fix_modes(self, out: Path) -> None:
-        """The store's modes for what is published (docs/design.md §3): the log, which
-        BuildLog opened with the umask's mode, and in a group store a dir env's venv
-        (normalised to 0755/0644), which every member must be able to remove."""
-        modes = atomic.modes_for(out)
-        os.chmod(out / self.paths.log.name, modes.file)
-        if self.kind == "dir" and modes.group:
+        """The store's modes for what is published (docs/design.md §3): in a group store a
+        dir env's venv (normalised to 0755/0644), which every member must be able to
+        remove.  (The log is created with the store's mode by :class:`BuildLog`.)"""
+        if self.kind == "dir" and atomic.modes_for(out).group:
             atomic.fix_tree(self.venv, always=True)
 
     def _publish_image(self) -> tuple[str | None, bool, int]:

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import CommandError
+from ..store import atomic
 from . import commands
 
 log = logging.getLogger("dscheduler.build")
@@ -66,7 +67,8 @@ class BuildLog:
         self.path = path
         self.env_id = env_id
         self.timings: dict[str, float] = {}
-        self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
+        # the store's mode (a log published into the store), not the umask's
+        self._file = open(atomic.open_append(path), "ab")  # noqa: SIM115 - closed by close()
 
     def close(self) -> None:
         self._file.close()
