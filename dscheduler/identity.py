@@ -3,11 +3,11 @@
 Pure functions, stable across processes, machines, hash seeds, dict orderings and releases of
 the same ``FORMAT``:
 
-* canonical JSON: keys sorted, separators ``(",", ":")``, ``ensure_ascii=False``,
-  tuples as lists, ``Path`` as a POSIX string, datetimes as ISO 8601 UTC,
-  pydantic models as ``model_dump(mode="json")``, enums as their value.
-  NaN/Infinity, bytes, mixed-type sets and unknown objects are rejected with
-  an :class:`IdentityError` naming the field path (``config.layers[2]``).
+* canonical JSON: keys sorted, separators ``(",", ":")``, ``ensure_ascii=False``, tuples
+  as lists, ``Path`` as POSIX, datetimes as ISO 8601 UTC, enums by value; an object with
+  ``__ds_identity__`` (RunConfig, Env, ``ds.File`` value) as what it returns, before any
+  other pydantic model as ``model_dump(mode="json")``.  NaN/Infinity, bytes, mixed-type
+  sets and unknown objects raise :class:`IdentityError` naming the path (``config.a[2]``).
 * a digest is sha256 over ``"dscheduler/{FORMAT}/{kind}\\n"`` + canonical JSON;
   the full hex digest is stored in manifests, ids are its first 16 hex chars.
 
@@ -27,7 +27,9 @@ from typing import Any
 
 from .errors import CollisionError, IdentityError
 
-FORMAT = "1"
+# "2": objects' own identity before model_dump, so a RunConfig inside a RunConfig
+# counts by its ids, as a task argument always did (docs/design.md §2).
+FORMAT = "2"
 SHORT = 16
 
 # json's public encoder, made once: ``json.dumps`` makes one per call with these
@@ -53,6 +55,11 @@ def _default(obj: Any) -> Any:
     """JSON form of the non-builtin types the contract knows; anything else fails."""
     from pydantic import BaseModel  # local: keeps this module importable alone
 
+    # The hook first: a RunConfig is a pydantic model and a ds.File value a Path, and
+    # each is identified by what its hook says (its ids; its content), nothing else.
+    hook = getattr(obj, "__ds_identity__", None)
+    if hook is not None:
+        return hook()
     if isinstance(obj, PurePath):
         return obj.as_posix()
     if isinstance(obj, dt.datetime):
@@ -67,9 +74,6 @@ def _default(obj: Any) -> Any:
         kinds = {type(x) for x in obj}
         if len(kinds) <= 1 and kinds <= {str, int, float}:
             return sorted(obj)
-    hook = getattr(obj, "__ds_identity__", None)
-    if hook is not None:
-        return hook()
     raise TypeError(type(obj).__name__)
 
 
@@ -134,6 +138,8 @@ def _find_problem(value: Any, path: str) -> None:
         raise IdentityError(path, "a set of mixed types has no order; use a list")
     try:
         converted = _default(value)
+    except IdentityError as err:  # a hook's own problem (a ds.File naming nothing)
+        raise IdentityError(path, err.problem) from None
     except TypeError:
         raise IdentityError(
             path,

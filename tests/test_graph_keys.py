@@ -48,12 +48,38 @@ def test_golden_key() -> None:
     # Pins the key format (node key format 2: it covers where the function is
     # defined); a change here changes every stored result's key.
     node = add(1, 2)
-    assert node.key == "e3e52ec9976de07437a465ff8669f179010fc151ec89d93aa0bf623b3217130c"
+    assert node.key == "aa562898c3b7eed7cdc5aefe3c69fa20b6060c1cf3f73dd477a293a26a2dc08a"
     # ... and it is the documented formula.
     spec = {"format": 2, "task": "add", "version": "1", "fn": "test_graph_keys:add",
             "env": None, "args": {"a": 1, "b": 2}}
     assert node.key == dscheduler.identity.digest("node", spec)
-    assert node.name == "add-e3e52ec9976de074"
+    assert node.name == "add-aa562898c3b7eed7"
+
+
+class Holder(ds.RunConfig):
+    inner: NoEnv
+    label: str = ""
+
+
+@ds.task(version="1", env=None)
+def pair(a: Any, b: Any) -> None: ...
+
+
+def test_golden_key_of_config_arguments() -> None:
+    # One rule for a RunConfig in a task argument and in another config's field: its
+    # two digests, tagged (identity FORMAT 2).
+    inner = NoEnv(checkpoint="c", label="x")
+    holder = Holder(inner=inner)
+    tag = {"\u0000config": {"env": inner.env_digest, "run": inner.config_digest}}
+    assert holder.config_digest == dscheduler.identity.digest("run", {"inner": tag})
+    node = pair(inner, holder)
+    assert node.key == "5d91daaeafaa05e3ba764e612cc07c68457d54950f30040589723e36905de42a"
+    spec = {"format": 2, "task": "pair", "version": "1", "fn": "test_graph_keys:pair",
+            "env": None, "args": {"a": tag, "b": {"\u0000config": holder.identity_fields()}}}
+    assert node.key == dscheduler.identity.digest("node", spec)
+    # The inner run's label is HASH_EXCLUDE: neither key nor holder moves with it.
+    other = inner.model_copy(update={"label": "y"})
+    assert pair(other, Holder(inner=other)).key == node.key
 
 
 def test_key_stable_across_processes() -> None:

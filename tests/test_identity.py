@@ -34,6 +34,8 @@ class Model(ds.RunConfig):
 
 
 # -- golden values: a change here is a format change, bump identity.FORMAT ----
+# FORMAT 2 (from 1): an object's __ds_identity__ comes before model_dump, so a RunConfig
+# inside a RunConfig counts by its ids (docs/design.md §2); every id moved once.
 
 GOLDEN_CONFIG = {"checkpoint": "ckpt/a.pt", "config": {"lr": 0.001, "layers": [64, 64]}}
 
@@ -49,27 +51,78 @@ def test_golden_canonical_json() -> None:
 
 def test_golden_digests() -> None:
     assert identity.digest("run", {"a": 1}) == (
-        "b4f8932011def2fc94f01f9ab23d52e2f748dc03e15eec2bea2663dee52cdde1"
+        "19640e0b9804cd86dfb3a8fe576df2ca4bc394b0d0aa71b72361ae1a8d418cc3"
     )
     # The format, spelled out: sha256 of the kind tag line and the canonical JSON.
-    spelled = hashlib.sha256(b'dscheduler/1/run\n{"a":1}').hexdigest()
+    spelled = hashlib.sha256(b'dscheduler/2/run\n{"a":1}').hexdigest()
     assert identity.digest("run", {"a": 1}) == spelled
     assert identity.short_id(spelled) == spelled[:16]
 
 
 def test_golden_run_config_ids() -> None:
     cfg = Model(**GOLDEN_CONFIG)
-    assert cfg.env_id == "5b0daf573277ba3d"
-    assert cfg.config_hash == "95777feeb5d27ea8"
+    assert cfg.env_id == "c88fbdca2603c696"
+    assert cfg.config_hash == "c76e73c8e7217dc2"
     assert cfg.run_id == f"{cfg.env_id}/{cfg.config_hash}"
     assert len(cfg.env_digest) == 64 and cfg.env_digest.startswith(cfg.env_id)
 
 
 def test_golden_env_ids() -> None:
     env = ds.Env(python="3.11", requirements=["numpy==1.26.4", "xarray>=2024.1"])
-    assert env.env_id == "f01d24e3a6b6cafa"
+    assert env.env_id == "9e8d2203e966595d"
     assert len(env.digest) == 64 and env.digest.startswith(env.env_id)
-    assert ds.Env(python="3.11").env_id == "106182a0e359ca90"
+    assert ds.Env(python="3.11").env_id == "0f76bbead89361d8"
+
+
+class Downscaler(ds.RunConfig):
+    """A run on another run: its forecaster is a field."""
+
+    ENV_FIELDS: ClassVar = ("region",)
+    forecaster: Model
+    members: dict[str, Model] = {}
+    region: str = "alps"
+    label: str = ""
+    resources: dict[str, Any] = {}
+
+
+def _as_argument(cfg: ds.RunConfig) -> Any:
+    from dscheduler.graph.node import canon
+
+    return canon(cfg, [])[0]
+
+
+def test_golden_nested_run_config_ids() -> None:
+    inner = Model(**GOLDEN_CONFIG)
+    outer = Downscaler(forecaster=inner, members={"m": inner})
+    assert outer.env_id == "baf7e74b81b77640"
+    assert outer.config_hash == "27193e56e5429ceb"
+    # The rule, spelled out: a config in a field counts by its two digests, tagged, as
+    # the same config passed as a task argument does.
+    ids = {"\u0000config": {"env": inner.env_digest, "run": inner.config_digest}}
+    assert outer.config_digest == identity.digest("run", {"forecaster": ids,
+                                                          "members": {"m": ids}})
+    assert _as_argument(inner) == ids
+
+
+def test_nested_run_config_keeps_its_hash_exclude() -> None:
+    # The forecaster's label and resources moved neither its run_id nor, now, the
+    # run_id of a run that holds it (FORMAT 1 hashed its model_dump: they did).
+    inner = Model(**GOLDEN_CONFIG)
+    renamed = inner.model_copy(update={"label": "other", "resources": {"GPU": 1}})
+    assert renamed.run_id == inner.run_id
+    assert Downscaler(forecaster=renamed, members={"m": renamed}).run_id == \
+        Downscaler(forecaster=inner, members={"m": inner}).run_id
+    # Anything its ids cover moves the outer config_hash, not the outer env_id.
+    changed = Downscaler(forecaster=inner.model_copy(update={"members": 7}))
+    base = Downscaler(forecaster=inner)
+    assert changed.config_hash != base.config_hash and changed.env_id == base.env_id
+    # A config given as a dict is validated into the same run.
+    assert Downscaler(forecaster=dict(GOLDEN_CONFIG)).run_id == base.run_id
+
+
+def test_objects_with_an_identity_hook_use_it_before_model_dump() -> None:
+    env = ds.Env(python="3.11", requirements=["numpy"])
+    assert identity.canonical_json({"e": env}) == f'{{"e":"{env.digest}"}}'
 
 
 # -- properties -----------------------------------------------------------

@@ -2,7 +2,8 @@
 
 :func:`describe` gives the record fields ``format`` (2), ``label``, ``model``, ``config`` (the
 RunConfig's fields), ``env`` and ``call``: ``fn`` (the key's location), ``module``, ``qualname``,
-``file``, ``code`` (``digest``, ``scheme``) and ``args``, each argument as typed JSON
+``file``, ``code`` (``digest``, ``scheme``), ``files`` (the config's ``ds.File`` fields:
+``path`` and content ``digest``, when it has any) and ``args``, each argument as typed JSON
 (docs/design.md §11): JSON values as they are, others as a one-key object tagged ``\\u0000node``
 (key, name, record path), ``\\u0000config`` (class and fields; the run's own config by reference),
 ``\\u0000path`` (with the file's sha256), ``\\u0000tuple``, ``\\u0000datetime``/``date``/``time``,
@@ -10,9 +11,8 @@ RunConfig's fields), ``env`` and ``call``: ``fn`` (the key's location), ``module
 back into a Node from the task's current code; its key equals the stored one exactly when
 nothing that identifies the node changed.
 
-A record is data: code is taken from modules already loaded, and another file is loaded only if
-the caller's ``gate`` lets it through (§15): ``rerun`` the user's own files
-(:func:`~.imports.own_file`), ``explain`` the files named, and by default none.
+A record is data: code comes from modules already loaded, another file is loaded only if the
+caller's ``gate`` lets it through (§15): ``rerun`` the user's own files, ``explain`` those named.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ..store.record import FORMAT as FORMAT  # the record format (store/record.p
 from ..store.record import Record
 from ..store.records import read_node
 from .drift import code_digest
+from .files import hashed_paths
 from .imports import BY_PATH_PREFIX, load_file, loaded_module, module_files
 from .node import Node, file_digest
 from .runconfig import RunConfig
@@ -78,6 +79,13 @@ def encode(value: Any, store: Store, own: RunConfig | None = None) -> Any:
     return {JSON: identity.canonical_json(value)}
 
 
+def config_files(cfg: RunConfig) -> dict[str, dict[str, str]]:
+    """The ``ds.File`` values of ``cfg`` (nested runs' too) by dotted field name: the
+    path as written and the content digest its ids were made of."""
+    return {name: {"path": value.as_posix(), "digest": value.content_digest()}
+            for name, value in hashed_paths(cfg, "config")}
+
+
 def describe(node: Node, store: Store, env: Env | None,
              configs: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The record fields that say what ``node`` is (``configs``: dumps by id(cfg), shared
@@ -92,6 +100,9 @@ def describe(node: Node, store: Store, env: Env | None,
     fn = node.task.fn
     call = {"fn": node.task.location, **class_ref(fn), "code": code_digest(fn),
             "args": {p: encode(v, store, cfg) for p, v in node.arguments.items()}}
+    files = config_files(cfg) if cfg is not None else {}
+    if files:
+        call["files"] = files
     return {
         "format": FORMAT,
         "label": str(getattr(cfg, "label", "") or "") if cfg is not None else "",

@@ -27,6 +27,7 @@ from ..store.records import read_node
 from ..store.runs import find, node_summaries
 from . import drift
 from .calls import CONFIG, ENV, JSON, NODE, PATH, TIMES, TUPLE, describe, rebuild
+from .files import content_identity
 from .imports import module_files
 from .node import Node, file_digest
 from .plan import plan
@@ -109,8 +110,8 @@ def identity_view(info: Record, node: Node) -> dict[str, Any]:
     """The identity inputs of a record (a stored one, or one made of :func:`describe`'s
     fields), by field name.
 
-    Config fields are those ``node``'s config class hashes; env fields those
-    that decide an env's content.
+    Config fields are those ``node``'s config class hashes (a run it is on field by
+    field); env fields those that decide an env's content.
     """
     call = info.call or {}
     out: dict[str, Any] = {"version": info.version, "function": call.get("fn"),
@@ -119,14 +120,27 @@ def identity_view(info: Record, node: Node) -> dict[str, Any]:
     if cfg is not None:
         hashed = [f for f in type(cfg).model_fields if f not in cfg.HASH_EXCLUDE]
         config = info.config or {}
+        runs = cfg.runs_on()
         for name in hashed:
-            out[f"config.{name}"] = config.get(name)
+            inner = runs.get(name)
+            value = config.get(name)
+            if inner is not None and isinstance(value, dict):  # a run it is on: by field
+                kept = {k: v for k, v in value.items() if k not in inner.HASH_EXCLUDE}
+                _flatten(kept, f"config.{name}", out)
+            else:
+                out[f"config.{name}"] = value
+        for name, file in (call.get("files") or {}).items():  # ds.File fields: by content
+            out[name] = _file_text(file.get("path"), file.get("digest"))
     env = info.env or {}
     for name, value in env.items():
         if name not in _ENV_UNHASHED:
             out[f"env.{name}"] = value
     _flatten(call.get("args") or {}, "args", out)
     return out
+
+
+def _file_text(path: Any, digest: Any) -> str:
+    return f"{path} (content {str(digest)[:12]})" if digest else f"{path} (no such file)"
 
 
 def diff(stored: dict[str, Any], current: dict[str, Any]) -> list[Change]:
@@ -253,6 +267,12 @@ def explain_record(path: Path, record: Record, missing: str) -> StoredExplanatio
         if now != digest:
             out.changes.append(Change(name, f"sha256 {digest[:12]}",
                                       f"sha256 {now[:12]}" if now else "(no such file)"))
+    for name, file in ((record.call or {}).get("files") or {}).items():
+        found = content_identity(Path(file.get("path", "")))
+        now = next(iter(found.values())) if found else None
+        if now != file.get("digest"):
+            out.changes.append(Change(name, _file_text(file.get("path"), file.get("digest")),
+                                      _file_text(file.get("path"), now)))
     if out.changes and out.reason is None:
         out.reason = "a file it read changed"
     return out

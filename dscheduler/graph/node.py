@@ -5,7 +5,8 @@ The key (node key format 2) is ``digest("node", {"format": 2, "task", "version",
 module, :func:`dscheduler.graph.task.function_location`), ``env`` the env_id or None, and each
 argument is canonicalised by :func:`canon`: an upstream ``Node`` as ``{"\\u0000node": its
 key}``, a ``Path`` naming an existing file as ``{"\\u0000file": sha256 of its bytes}`` (other
-paths as POSIX strings), a ``RunConfig`` as ``{"\\u0000config": its two digests}``, anything
+paths as POSIX strings; a ``ds.File`` value by its content, a directory too), a ``RunConfig``
+by its ``__ds_identity__`` (``{"\\u0000config": its two digests}``, as in a field), anything
 else as canonical JSON (:mod:`dscheduler.identity`); a value without one fails at call time,
 naming the task and the argument.  A task bound to a run (a RunConfig first argument; its case
 is the parameter ``@ds.task(case=...)`` names, else a second ``str`` argument) writes to
@@ -16,9 +17,6 @@ process; by default a task bound to a run runs in ``cfg.env()``, any other in th
 
 from __future__ import annotations
 
-import hashlib
-import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePath
 from typing import Any
@@ -27,6 +25,8 @@ from .. import identity
 from ..envs import Env
 from ..errors import ConfigError, GraphError, IdentityError
 from ..store import NodePaths, Store, check_name
+from .files import FILE_TAG, HashedPath, content_identity
+from .files import file_digest as file_digest  # where graph/calls.py and explain.py find it
 from .options import AUTO
 from .runconfig import RunConfig
 from .taskdef import TaskDef
@@ -35,30 +35,8 @@ from .taskdef import TaskDef
 KEY_FORMAT = 2
 
 NODE_TAG = "\u0000node"
-FILE_TAG = "\u0000file"
-CONFIG_TAG = "\u0000config"
 
 _SCALARS = (str, int, float, bool, type(None))
-_file_cache: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: Path) -> str | None:
-    """sha256 of a file's bytes, cached by (path, mtime, size); None if not a file."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    cache_key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
-    found = _file_cache.get(cache_key)
-    if found is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        found = _file_cache[cache_key] = h.hexdigest()
-    return found
 
 
 def canon(value: Any, upstream: list[Node]) -> tuple[Any, Any]:
@@ -69,7 +47,9 @@ def canon(value: Any, upstream: list[Node]) -> tuple[Any, Any]:
         upstream.append(value)
         return {NODE_TAG: value.key}, value
     if isinstance(value, RunConfig):
-        return {CONFIG_TAG: value.identity_fields()}, value
+        return value.__ds_identity__(), value
+    if isinstance(value, HashedPath) and content_identity(value) is not None:
+        return value.__ds_identity__(), value  # a ds.File field's value: its content
     if isinstance(value, PurePath):
         found = file_digest(Path(value))
         return ({FILE_TAG: found} if found else value), value

@@ -42,7 +42,7 @@ def load_recipe(path: Path, recipe: str | None = None, model: str | None = None)
     and ``model`` (``module:Class``) override what the file says.
     """
     if path.suffix in (".yaml", ".yml"):
-        exp = load_experiment(path, model=model)
+        exp = load_experiment(path, model=model, recipe=recipe)
         return Recipe(exp.nodes(recipe), exp, recipe)
     file, name = split_spec(str(path))
     if file.suffix != ".py":

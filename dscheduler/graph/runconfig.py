@@ -1,18 +1,18 @@
 """``ds.RunConfig``: a run's configuration and its two ids.
 
-A subclass names which fields decide the environment (``ENV_FIELDS``) and
-which never move outputs (``HASH_EXCLUDE``); every other field decides the
-run.  From those::
+A subclass names the fields that decide the environment (``ENV_FIELDS``) and those
+that never move outputs (``HASH_EXCLUDE``, e.g. ``label``, ``resources``)::
 
     env_id      = short(digest("env.fields", {f: value for f in ENV_FIELDS}))
     config_hash = short(digest("run", {f: value for the other fields}))
     run_id      = f"{env_id}/{config_hash}"
 
-``HASH_EXCLUDE`` holds fields such as ``label`` and ``resources``: where and
-under which name a run happens cannot change its results, so they must not
-move its outputs either.  Ids are computed once, at construction, without I/O;
-a config whose values have no canonical form fails there, naming the field.
-Instances are frozen: use ``cfg.model_copy(update={...})`` for a variant.
+A RunConfig in a field (a run this run is on, :meth:`RunConfig.runs_on`) counts by
+its ids, ``{"\\u0000config": {"env", "run"}}``, as a task argument does; in
+ENV_FIELDS it counts in env_id by its env digest alone, and in config_hash by its
+ids.  Ids are made once, at construction, with no I/O but ``ds.File`` contents; a
+value without a canonical form fails there, naming the field.  Frozen: use
+``cfg.model_copy(update={...})`` for a variant.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 
 _BAD_LABEL = re.compile(r"[/\\\x00-\x1f]")
+
+#: The tag of a RunConfig's identity, in fields and task arguments alike.
+CONFIG_TAG = "\u0000config"
 
 
 class RunConfig(BaseModel):
@@ -96,8 +99,14 @@ class RunConfig(BaseModel):
                 f"label {label!r} looks like a path; a label names a run for people: use "
                 "letters, digits, spaces and punctuation other than '/' and '\\'"
             )
-        env = identity.digest("env.fields", {f: values[f] for f in self.ENV_FIELDS}, "")
-        run = identity.digest("run", {f: values[f] for f in self._run_fields}, "")
+        env_values = {f: values[f] for f in self.ENV_FIELDS}
+        run_values = {f: values[f] for f in self._run_fields}
+        for name, value in env_values.items():
+            if isinstance(value, RunConfig):  # an env derived from another run's env
+                env_values[name] = {CONFIG_TAG: {"env": value.env_digest}}
+                run_values[name] = value
+        env = identity.digest("env.fields", env_values, "")
+        run = identity.digest("run", run_values, "")
         object.__setattr__(self, "__pydantic_private__", {"env": env, "run": run})
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
@@ -141,4 +150,53 @@ class RunConfig(BaseModel):
         return {"env": self.env_digest, "run": self.config_digest}
 
     def __ds_identity__(self) -> dict[str, Any]:
-        return self.identity_fields()
+        """How this config counts wherever it is hashed: in another config's field
+        and as a task argument alike."""
+        return {CONFIG_TAG: self.identity_fields()}
+
+    def runs_on(self) -> dict[str, RunConfig]:
+        """The runs this run is on: its fields that hold another RunConfig, by name."""
+        return {name: value for name, value in self.__dict__.items()
+                if isinstance(value, RunConfig)}
+
+
+def run_ref_fields(model: type[RunConfig]) -> dict[str, tuple[type[RunConfig], ...]]:
+    """The fields of ``model`` that may hold another run, with the RunConfig classes
+    they accept (from the annotation: ``Forecast``, ``Forecast | None``, ``A | B``)."""
+    out: dict[str, tuple[type[RunConfig], ...]] = {}
+    for name, info in model.model_fields.items():
+        kinds = _run_classes(info.annotation)
+        if kinds:
+            out[name] = kinds
+    return out
+
+
+def _run_classes(annotation: Any) -> tuple[type[RunConfig], ...]:
+    if isinstance(annotation, type):
+        return (annotation,) if issubclass(annotation, RunConfig) else ()
+    return tuple(k for arg in get_args(annotation) if not isinstance(arg, str)
+                 for k in _run_classes(arg))
+
+
+def resolve_run_refs(model: type[RunConfig], entry: Mapping[str, Any],
+                     by_label: Mapping[str, RunConfig]) -> dict[str, Any]:
+    """``entry`` (one run of an experiment file) with each run field given as a label
+    replaced by the run of that label among ``by_label`` (the runs listed before it)."""
+    out = dict(entry)
+    for name, kinds in run_ref_fields(model).items():
+        label = out.get(name)
+        if not isinstance(label, str):
+            continue
+        run = by_label.get(label)
+        if run is None:
+            raise ConfigError(
+                f"{name}: {label!r} is the label of no run listed before this one; "
+                f"known labels: {sorted(by_label)}. Runs another run is on come first"
+            )
+        if not isinstance(run, kinds):
+            raise ConfigError(
+                f"{name}: the run labelled {label!r} is a {type(run).__name__}; this field "
+                f"takes a {' or '.join(k.__name__ for k in kinds)}"
+            )
+        out[name] = run
+    return out
