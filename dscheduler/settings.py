@@ -6,17 +6,23 @@ argument (``override``) beats an environment variable
 (``DASK_DSCHEDULER__LEASE__TTL``), which beats a user file
 (``~/.config/dask/dscheduler.yaml``), which beats the packaged default.
 
-dask (and its ``dask.config``) is imported, and the packaged defaults merged
-in, on the first :func:`get`, not when this module is imported: importing
-dask costs a fifth of a second, which a command that reads no setting does
-not pay (docs/design.md §4).
+Until something imports dask, :func:`get` reads the same sources as dask
+would (:func:`_without_dask`: its config directories and ``DASK_`` variables,
+under the same rules) without importing it: dask costs a fifth of a second,
+which ``dscheduler runs`` or ``status`` does not otherwise pay.  Once dask is
+loaded (a ``dask.config.set`` block is only possible then), ``dask.config``
+answers, with the packaged defaults merged in (docs/design.md §4).
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import os
 import pwd
+import site
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +38,8 @@ def get(key: str, override: Any = None) -> Any:
     """The setting ``dscheduler.{key}``, or ``override`` when it is not None."""
     if override is not None:
         return override
+    if "dask.config" not in sys.modules and "DASK_INTERNAL_INHERIT_CONFIG" not in os.environ:
+        return _without_dask(key)
     config = dask_config()
     try:
         return config.get(f"dscheduler.{key}")
@@ -50,7 +58,7 @@ def dask_config() -> ModuleType:
         import yaml
 
         with _DEFAULTS.open() as f:
-            defaults = yaml.safe_load(f)
+            defaults = yaml.load(f, Loader=_safe_loader(yaml))
         dask.config.update_defaults(defaults)
         _defaults.update(defaults)
     elif "dscheduler" not in dask.config.config:
@@ -58,6 +66,119 @@ def dask_config() -> ModuleType:
         # namespace as it ended (it deletes the keys it inserted): put the defaults back
         dask.config.update(dask.config.config, _defaults, priority="old")
     return dask.config
+
+
+# -- the same answer without importing dask ------------------------------------------------
+# Hand-written because dask.config cannot be imported without the whole dask package
+# (dask/config.py imports dask.typing, so dask/__init__): these mirror dask.config's
+# _get_paths, collect_yaml, collect_env and canonical_name for the one namespace we read;
+# tests/test_startup.py holds the answers equal to dask's.
+
+_files: list[dict[str, Any]] = []  # the dscheduler section of each config file, read once
+_by_env: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}  # merged, per DASK_ vars
+
+
+def _without_dask(key: str) -> Any:
+    """``dscheduler.{key}`` as dask.config would answer it, were it imported now."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("DASK_")))
+    merged = _by_env.get(env)
+    if merged is None:
+        if not _files:
+            _files.extend(_config_files())
+        merged = {}
+        for source in (*_files, _env_section(env)):
+            _update(merged, source)
+        _by_env.clear()
+        _by_env[env] = merged
+    value: Any = merged
+    for part in key.split("."):
+        try:
+            value = value[_canonical(part, value)]
+        except (TypeError, KeyError):
+            raise KeyError(key) from None
+    return value
+
+
+def _config_files() -> list[dict[str, Any]]:
+    """The packaged defaults, then the ``dscheduler`` section of every YAML/JSON file in
+    dask's config directories, in dask's order (a later one wins)."""
+    import yaml
+
+    dirs = [os.getenv("DASK_ROOT_CONFIG", "/etc/dask"), os.path.join(sys.prefix, "etc", "dask"),
+            *[os.path.join(p, "etc", "dask") for p in site.PREFIXES],
+            os.path.join(os.path.expanduser("~"), ".config", "dask")]
+    if "DASK_CONFIG" in os.environ:
+        dirs.append(os.environ["DASK_CONFIG"])
+    dirs = list(reversed(list(dict.fromkeys(reversed(dirs)))))  # as dask: last one kept
+    files: list[str] = []
+    for path in dirs:
+        if os.path.isdir(path):
+            with contextlib.suppress(OSError):  # unreadable: skipped, as dask does
+                files += sorted(os.path.join(path, p) for p in os.listdir(path)
+                                if os.path.splitext(p)[1].lower() in (".json", ".yaml", ".yml"))
+        elif os.path.exists(path):
+            files.append(path)
+    with _DEFAULTS.open() as f:
+        sections = [yaml.load(f, Loader=_safe_loader(yaml))["dscheduler"]]
+    for file in files:
+        try:
+            with open(file) as f:
+                data = yaml.load(f, Loader=_safe_loader(yaml))
+        except OSError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("dscheduler"), dict):
+            sections.append(data["dscheduler"])
+        elif data is not None and not isinstance(data, dict):
+            raise ValueError(f"A dask config file at {file!r} is malformed - config files "
+                             "must have a dict as the top level object")
+    return sections
+
+
+def _safe_loader(yaml: ModuleType) -> Any:
+    """PyYAML's safe loader in C when built with libyaml: the same data, 15x faster."""
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _env_section(env: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """``DASK_DSCHEDULER__A__B=v`` as ``{"a": {"b": v}}`` (values as dask interprets them)."""
+    out: dict[str, Any] = {}
+    for name, text in env:
+        path = name[5:].lower().replace("__", ".").split(".")
+        if path[0] != "dscheduler" or len(path) < 2:
+            continue
+        try:
+            value = ast.literal_eval(text)
+        except (SyntaxError, ValueError):
+            value = {"none": None, "null": None, "false": False, "true": True}.get(
+                text.lower(), text)
+        node = out
+        for part in path[1:-1]:
+            part = _canonical(part, node)
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[_canonical(path[-1], node)] = value
+    return out
+
+
+def _canonical(key: str, config: Any) -> str:
+    """dask's canonical_name: ``a-b`` and ``a_b`` are one key, the one given first."""
+    if not isinstance(config, dict) or key in config:
+        return key
+    other = key.replace("_", "-") if "_" in key else key.replace("-", "_")
+    return other if other in config else key
+
+
+def _update(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """dask.config.update(old, new): nested mappings merged, ``new`` winning."""
+    for key, value in new.items():
+        key = _canonical(key, old)
+        if isinstance(value, dict):
+            if not isinstance(old.get(key), dict):
+                old[key] = {}
+            _update(old[key], value)
+        else:
+            old[key] = value
 
 
 def current() -> dict[str, Any]:

@@ -23,7 +23,9 @@ from dscheduler.cli.common import console
 from dscheduler.cli.tables import clip, unique_prefixes
 from dscheduler.store import atomic
 from dscheduler.store.layout import RUN_RECORD
+from dscheduler.store.listing import listing
 from dscheduler.store.records import write_record
+from dscheduler.store.runs import node_summaries
 
 LONG = "stencil-with-a-rather-long-label"
 LABELS = ["linear", "mlp", "mlp-ensemble", LONG]
@@ -183,6 +185,82 @@ def test_runs_by_node_fits(runs_store: ds.Store, width: Any) -> None:
         head, rows = header_and_rows(out.output)
         assert head[:3] == ["name", "label", "state"]
         assert rows[0][0].startswith(("verify-", "forecast-")) and "…" not in rows[0][0]
+
+
+# -- runs without pandas (issue 20 item 5) ------------------------------------------------------
+
+
+def _mixed_store(store: ds.Store) -> ds.Store:
+    """Beside the four runs: a failed node, a running one, a run with no node yet, a NaN
+    metric logged, a run without a label, a metric only some nodes have, a param that is
+    an int in one run and missing in others, a tag that differs."""
+    _write(store, 5, "broken", state="failed", metrics={"rmse": 9.5})
+    _write(store, 5, "broken", task="forecast", metrics={"rmse": 0.5, "skill": 1.0})
+    running = {"attempts": [{"attempt": 1, "state": "running", "host": "node-2",
+                             "seconds": None, "start": "2026-01-02T00:00:00.000+00:00",
+                             "end": None, "error": None}]}
+    _write(store, 6, "busy", state="running", **running)
+    _write(store, 6, "busy", task="forecast", params={"members": 3}, tags={"stage": "x"})
+    _write(store, 7, "logged", metrics={"rmse": float("nan")})
+    _write(store, 8, "", metrics={"bias": -1.0})
+    atomic.write_json(store.run("00aa" + "1" * 12 + "/" + "00bb" + "2" * 12).dir / RUN_RECORD,
+                      {"run_id": "00aa" + "1" * 12 + "/" + "00bb" + "2" * 12, "label": "new"})
+    return store
+
+
+def _plain(values: list[Any]) -> list[Any]:
+    return [None if v is None or (isinstance(v, float) and v != v) or
+            type(v).__name__ == "NaTType" else v for v in values]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("by", ["run", "node"])
+@pytest.mark.parametrize("state", [None, ["succeeded"], ["failed", "running"], ["pending"]])
+def test_listing_without_pandas_equals_the_frame(runs_store: ds.Store, by: str,
+                                                 state: list[str] | None) -> None:
+    if by == "node" and state == ["pending"]:
+        state = ["cancelled"]
+    store = _mixed_store(runs_store)
+    frame = store.runs(state=state, by=by)
+    rows = listing(node_summaries(store), state=state, by=by)
+    assert rows.columns == list(frame.columns)
+    assert len(rows) == len(frame) and (len(rows) > 0 or state in (["pending"], ["cancelled"]))
+    for name in rows.columns:
+        want = _plain(frame[name].tolist())
+        got = _plain(rows.column(name))
+        if name.startswith("metrics."):
+            assert [g is None for g in got] == [w is None for w in want], name
+            got, want = [g for g in got if g is not None], [w for w in want if w is not None]
+            assert got == pytest.approx(want, rel=1e-12), name
+        else:
+            assert got == want, name
+
+
+@pytest.mark.fast
+def test_runs_lists_without_pandas_or_dask(runs_store: ds.Store) -> None:
+    """``dscheduler runs`` (table, CSV, JSON) in a new interpreter: no pandas, no dask;
+    the same CSV and JSON as through the DataFrame (--sort, which needs pandas)."""
+    store = _mixed_store(runs_store)
+    outputs = {}
+    for fmt in ("table", "csv", "json"):
+        for sort in ([], ["--sort", "run_id asc"]):
+            args = ["runs", "--store", str(store.root), "--format", fmt, *sort]
+            code = ("import sys\nfrom dscheduler.cli import app\ntry:\n"
+                    f"    app({args!r})\nexcept SystemExit:\n    pass\n"
+                    "print('loaded:', [m for m in ('pandas', 'dask', 'numpy') "
+                    "if m in sys.modules])")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 timeout=300, check=False, env={**os.environ, "COLUMNS": "200"})
+            assert out.returncode == 0, out.stderr[-2000:]
+            text, _, loaded = out.stdout.rpartition("loaded: ")
+            assert (loaded.strip() == "[]") == (not sort), (fmt, sort, loaded)
+            outputs[fmt, bool(sort)] = text
+    unsorted = json.loads(outputs["json", False])
+    assert sorted(unsorted, key=lambda r: r["run_id"]) == json.loads(outputs["json", True])
+    lines = outputs["csv", False].splitlines()
+    assert lines[0] == outputs["csv", True].splitlines()[0]
+    assert sorted(lines[1:]) == sorted(outputs["csv", True].splitlines()[1:])
+    assert len(lines) == 1 + 9 and "nan" not in outputs["csv", False].lower()
 
 
 # -- status, show, compare ---------------------------------------------------------------------

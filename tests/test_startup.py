@@ -10,8 +10,11 @@ session imported counts.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +49,11 @@ def test_cli_and_compute_load_no_cluster_code() -> None:
     assert loaded(code, CLUSTER) == []
 
 
+def test_runs_command_loads_no_pandas_nor_dask() -> None:
+    # it lists from the index's columns (tests/test_cli_tables.py runs it on a store)
+    assert loaded("import dscheduler.cli.runs", ["pandas", "numpy", "dask"]) == []
+
+
 def test_the_check_sees_a_heavy_import() -> None:
     # What the two tests above would say if dscheduler imported distributed.
     assert {"dask", "distributed"} <= set(loaded("import dscheduler, distributed", HEAVY))
@@ -70,10 +78,48 @@ else:
     assert "distributed" in loaded(code, ["distributed"])  # it really loaded them
 
 
-def test_settings_load_dask_config_on_first_get() -> None:
-    code = "import dscheduler.settings as s\nimport sys\nassert 'dask' not in sys.modules\n" \
-           "assert s.get('lease.ttl') == 60"
-    assert loaded(code, ["dask.config"]) == ["dask.config"]
+def test_settings_are_read_without_dask() -> None:
+    code = "import dscheduler.settings as s\nassert s.get('lease.ttl') == 60"
+    assert loaded(code, ["dask", "dask.config"]) == []
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    return [k for name, value in tree.items()
+            for k in (_leaves(value, f"{prefix}{name}.") if isinstance(value, dict) and value
+                      else [f"{prefix}{name}"])]
+
+
+def test_settings_without_dask_answer_as_dask_does(tmp_path: Path) -> None:
+    """Every setting, with a user file and DASK_ variables (dashes and underscores mixed,
+    values as dask interprets them), read before dask is imported and after."""
+    import yaml
+
+    (tmp_path / "a.yaml").write_text("dscheduler:\n  lease: {ttl: 5, poll: 0.5}\n"
+                                     "  store-shared: group\n  index: {seal-after: 9}\n")
+    (tmp_path / "b.yml").write_text("dscheduler:\n  lease: {ttl: 7}\n")
+    packaged = Path(__file__).parent.parent / "dscheduler" / "dscheduler.yaml"
+    keys = _leaves(yaml.safe_load(packaged.read_text())["dscheduler"])
+    env = {**os.environ, "DASK_CONFIG": str(tmp_path), "DASK_DSCHEDULER__LEASE__POLL": "2",
+           "DASK_DSCHEDULER__TASK__FSYNC": "false", "DASK_DSCHEDULER__STORE": "/x/y",
+           "DASK_DSCHEDULER__DASHBOARD__LOG_LINES": "None", "DASK_DSCHEDULER__NEW": "[1, 2]"}
+    env.pop("DASK_INTERNAL_INHERIT_CONFIG", None)
+    code = f"""
+import json, sys
+import dscheduler.settings as s
+keys = {[*keys, "new"]!r}
+light = {{k: s.get(k) for k in keys}}
+assert "dask" not in sys.modules
+import dask.config
+print(json.dumps([light, {{k: s.get(k) for k in keys}}]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=False, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    light, with_dask = json.loads(out.stdout.splitlines()[-1])
+    assert light == with_dask
+    assert light["lease.ttl"] == 7 and light["lease.poll"] == 2 and light["new"] == [1, 2]
+    assert light["store_shared"] == "group" and light["task.fsync"] is False
+    assert light["store"] == "/x/y" and light["dashboard.log_lines"] is None
 
 
 #: Every command module of the CLI, each loaded only when its command runs.

@@ -15,6 +15,7 @@ the same names, and tests/test_layout.py holds the two equal.
 
 from __future__ import annotations
 
+import gc
 import importlib
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,10 @@ _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 def load_command(name: str) -> click.Command:
     """The click command ``name``, its module imported now."""
     module = importlib.import_module(_WHERE[name], __name__)
+    # What is alive now lives as long as the command (modules, classes): out of the
+    # collector's sight until it ends (LazyGroup.invoke), so that the many objects a
+    # recipe and its plan make cost a full collection far less (a sixth of a no-op run).
+    gc.freeze()
     function = getattr(module, name, None)
     if function is None:  # a group: the module ``name``'s app
         group = typer.main.get_group(module.app)
@@ -100,6 +105,14 @@ class LazyGroup(TyperGroup):
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
         self.commands = Commands()
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; objects frozen by :func:`load_command` are seen by the
+        collector again afterwards (when the CLI runs inside another program)."""
+        try:
+            return super().invoke(ctx)
+        finally:
+            gc.unfreeze()
 
 
 def _main() -> None:

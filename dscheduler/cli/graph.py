@@ -26,6 +26,7 @@ from ..run import compute
 from ..run.clusters import close_local, close_slurm, local_running, slurm_running
 from ..run.slurm.ledger import cluster_jobs, reap_orphans
 from ..store import Store
+from ..store.index.snapshot import paused_gc
 from ..store.status import STATES, Summary, summarize
 from .common import (
     ModelOption,
@@ -64,7 +65,8 @@ def run(
     owned = not local_running()  # close only a cluster this command starts
     owned_slurm = not slurm_running()
     try:
-        described = load_recipe(path, recipe, model)
+        with paused_gc():  # the recipe makes many objects, all kept: nothing to collect
+            described = load_recipe(path, recipe, model)
         results = compute(described.nodes, store=Store(store), cluster=cluster, force=force,
                           progress=progress)
     except DSchedulerError as err:

@@ -1,7 +1,8 @@
 """``dscheduler runs``: list runs or nodes from the store's index (docs/design.md §11).
 
-Its own module, so that listing loads the store layer and pandas, not the
-graph and run layers the other result commands need (docs/design.md §4).
+Its own module, so that listing loads the store layer, not the graph and run
+layers the other result commands need; and without --filter or --sort it
+lists from the index's columns without pandas (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from typing import Annotated
 import typer
 
 from ..errors import DSchedulerError
+from ..store import Store
+from ..store.index.snapshot import paused_gc
+from ..store.listing import Rows, listing
+from ..store.runs import node_summaries
 from .common import StoreOption, console, existing_store, fail, print_wide, say
-from .tables import frame_table
+from .tables import frame_table, to_csv, to_json
 
 
 def runs(
@@ -42,21 +47,31 @@ def runs(
         fail(DSchedulerError(f"--format {format!r}: use table, csv or json"))
     st = existing_store(store)
     try:
-        frame = st.runs(filter=filter, order_by=sort, state=state, by=by)
+        rows = _rows(st, filter, sort, state, by)
     except DSchedulerError as err:
         fail(err)
     if limit is not None:
-        frame = frame.head(limit)
+        rows = rows.head(limit)
     if format == "csv":
-        print(frame.to_csv(index=False), end="")
+        print(to_csv(rows), end="")
     elif format == "json":
-        print(frame.to_json(orient="records", indent=1))
+        print(to_json(rows))
     else:
         try:
-            table, width, more = frame_table(frame, by, console.width, columns, wide)
+            table, width, more = frame_table(rows, by, console.width, columns, wide)
         except DSchedulerError as err:
             fail(err)
         print_wide(table, width)
-        say(f"{len(frame)} {by}(s)")
+        say(f"{len(rows)} {by}(s)")
         if more:
             say(more)
+
+
+def _rows(st: Store, filter: str | None, sort: list[str] | None, state: list[str] | None,
+          by: str) -> Rows:
+    """The listing: from the index's columns in plain Python, or through the DataFrame
+    of ``store.runs()`` (pandas) when a filter or an order asks for its queries."""
+    if filter or sort:
+        return Rows.of_frame(st.runs(filter=filter, order_by=sort, state=state, by=by))
+    with paused_gc():
+        return listing(node_summaries(st), state=state, by=by)

@@ -7,12 +7,15 @@ already, numbers never shrink, text is cut at its end (``…``) down to
 minimum widths fit, then widens them towards their natural widths; the columns
 left out are named in a footer line.  :func:`render` makes the rich Table with
 exactly those widths, so rich never squeezes it (cells are ``Text``: no markup).
-CSV and JSON output never come here: they stay complete.
+CSV and JSON (:func:`to_csv`, :func:`to_json`) stay complete: every column.
 """
 
 from __future__ import annotations
 
+import csv
 import fnmatch
+import io
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -223,7 +226,7 @@ def select(names: Sequence[str], patterns: Iterable[str]) -> list[str]:
     return chosen
 
 
-# -- store.runs() frames ---------------------------------------------------------------
+# -- store.runs() listings (dscheduler.store.listing.Rows) -----------------------------
 
 #: Columns holding ids: shortened to unique prefixes unless --wide.
 ID_COLUMNS = ("run_id", "env_id", "config_hash", "key")
@@ -236,7 +239,7 @@ _NUMBERS = ("nodes", "seconds", "attempts")
 
 
 def _values(frame: Any, name: str) -> list[Any]:
-    return list(frame[name].tolist())
+    return list(frame.column(name))
 
 
 def _varies(cells: list[str]) -> bool:
@@ -310,6 +313,32 @@ def frame_table(frame: Any, by: str, width: int, columns: list[str] | None = Non
     kept, dropped = fit(cols, width, wide)
     hidden = 0 if wide or columns else len(names) - len(wanted)
     return render(kept), table_width(kept), footer([c.name for c in dropped], hidden, width)
+
+
+def _plain(value: Any) -> Any:
+    """A value for CSV and JSON: None for a missing one (None, NaN, NaT)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return None if type(value).__name__ == "NaTType" else value
+
+
+def to_csv(rows: Any) -> str:
+    """Every column and row of a listing as CSV: missing values empty, floats whole."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(rows.columns)
+    columns = [rows.column(c) for c in rows.columns]
+    for i in range(len(rows)):
+        writer.writerow(["" if (v := _plain(c[i])) is None else v for c in columns])
+    return out.getvalue()
+
+
+def to_json(rows: Any) -> str:
+    """Every column and row of a listing as a JSON list of objects (missing: null)."""
+    columns = [(name, rows.column(name)) for name in rows.columns]
+    records = [{name: _plain(values[i]) for name, values in columns}
+               for i in range(len(rows))]
+    return json.dumps(records, indent=1, separators=(",", ":"), default=str)
 
 
 # -- show and compare --------------------------------------------------------------------

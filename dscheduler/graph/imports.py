@@ -115,9 +115,11 @@ def loaded_module(name: str | None, file: str | None) -> ModuleType | None:
     if module is not None or not file:
         return module
     resolved = Path(file).resolve()
+    names = {Path(file).name, resolved.name}
     for module in list(sys.modules.values()):
         found = getattr(module, "__file__", None)
-        if found and Path(found).resolve() == resolved:
+        # names first: resolving every module's path took 30 ms of a no-op `dscheduler run`
+        if found and os.path.basename(found) in names and Path(found).resolve() == resolved:
             return module
     return None
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -196,16 +197,16 @@ def scorecard(scores: list[xr.Dataset], labels: list[str]) -> dict[str, Any]:
 
 def main(experiment: ds.Experiment) -> list[ds.Node]:
     """Nodes for every run and init time of ``experiment``, and the scorecard."""
-    import pandas as pd  # loaded already: the experiment's dates are pandas' date_range
-
     if not experiment.cases:
         raise ds.ConfigError(f"{experiment.path}: needs dates (start, end, frequency) for "
                              "the init times")
     configs = [cfg for cfg in experiment.runs if isinstance(cfg, Forecast)]
     last_lead = max(max(cfg.lead_hours()) for cfg in configs)
-    end = pd.Timestamp(experiment.cases[-1]) + pd.Timedelta(hours=last_lead)
-    reference = truth(pd.Timestamp(experiment.cases[0]).isoformat(), end.isoformat(),
-                      TRUTH_SEED)
+    # plain datetime: planning a finished graph loads no pandas (a quarter of a second)
+    first, last = (datetime.strptime(c, "%Y%m%d%H%M")
+                   for c in (experiment.cases[0], experiment.cases[-1]))
+    end = last + timedelta(hours=last_lead)
+    reference = truth(first.isoformat(), end.isoformat(), TRUTH_SEED)
     states = {case: analysis(reference, case) for case in experiment.cases}
     scores, labels = [], []
     for cfg in configs:
