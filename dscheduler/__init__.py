@@ -35,16 +35,18 @@ from .errors import (
 if typing.TYPE_CHECKING:
     # mypy takes a name that is also a submodule's (envs.mount, graph.plan, run.compute)
     # for a second definition under TYPE_CHECKING; they are the functions, as at run time.
-    from .envs import BuiltEnv, Env, mount  # type: ignore[no-redef]
+    from .envs import BuiltEnv, Env, checkpoint, mount  # type: ignore[no-redef]
     from .graph import Experiment, Node, Plan, RunConfig, Task, load_experiment, plan, task  # type: ignore[no-redef]
+    from .graph.files import File
     from .run import Handle, Results, compute, connect, slurm_cluster, submit  # type: ignore[no-redef]
     from .run.tracking import log_artifact, log_metric, log_param, output, set_tag
     from .store import Lease, Store, open_results
 
 _LAZY = {
-    ".envs": ["BuiltEnv", "Env", "mount"],
+    ".envs": ["BuiltEnv", "Env", "checkpoint", "mount"],
     ".graph": ["Experiment", "Node", "Plan", "RunConfig", "Task", "load_experiment", "plan",
                "task"],
+    ".graph.files": ["File"],
     ".run": ["Handle", "Results", "compute", "connect", "slurm_cluster", "submit"],
     ".run.tracking": ["log_artifact", "log_metric", "log_param", "output", "set_tag"],
     ".store": ["Lease", "Store", "open_results"],
@@ -67,6 +69,7 @@ __all__ = [
     "Env",
     "EnvBuildError",
     "Experiment",
+    "File",
     "GraphError",
     "Handle",
     "IdentityError",
@@ -83,6 +86,7 @@ __all__ = [
     "Task",
     "TaskError",
     "UnsafePathError",
+    "checkpoint",
     "compute",
     "connect",
     "load_experiment",

@@ -141,6 +141,8 @@ EXPORTED = [
     "log_artifact", "log_metric", "log_param", "open_results", "output", "set_tag",
 ]
 EXPORTED += ["connect", "slurm_cluster"]  # SLURM (docs/design.md §13)
+EXPORTED += ["File"]  # a RunConfig field hashed by content (docs/design.md §2)
+EXPORTED += ["checkpoint"]  # a checkpoint reference as a local path (docs/design.md §6)
 EXPORTED.sort()
 
 

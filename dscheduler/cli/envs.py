@@ -11,13 +11,13 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..envs import build_env
+from ..envs import Env, build_env, checkpoints
 from ..envs.gc import find_env, gc_apply, gc_plan, inventory
 from ..errors import DSchedulerError
 from ..graph.recipe import envs_of
@@ -51,25 +51,40 @@ def list_envs(
                 "env_id": e.env_id, "status": e.status, "kind": (e.record or {}).get("kind"),
                 "size": e.size, "image": e.image, "runs": e.runs, "building": e.building,
                 "created": (e.record or {}).get("created"), "last_used": e.last_used,
+                "checkpoint": _spec(e.record).get("checkpoint"),
             }))
         return
     table = Table(box=None)
-    for name in ("env_id", "status", "kind", "python", "requirements", "size", "age",
-                 "last used", "runs"):
-        table.add_column(name, no_wrap=name != "requirements")
+    for name in ("env_id", "status", "kind", "python", "requirements", "checkpoint", "size",
+                 "age", "last used", "runs"):
+        table.add_column(name, no_wrap=name not in ("requirements", "checkpoint"))
     for e in entries:
-        spec = (e.record or {}).get("spec", {})
+        spec = _spec(e.record)
         reqs = ", ".join(spec.get("requirements", []))
         table.add_row(
             e.env_id, e.status + (" (building)" if e.building else ""),
             (e.record or {}).get("kind", "-"),
             (e.record or {}).get("python", {}).get("version", "-"),
             escape(reqs if len(reqs) <= 48 else reqs[:45] + "..."),  # "pkg[extra]"
+            escape(_origin(spec.get("checkpoint"))),
             size(e.size) if e.record else "-",
             _ago(e.created), _ago(e.last_used), str(e.runs),
         )
     console.print(table)
     say(f"{len(entries)} envs in {s.envs_dir}")
+
+
+def _spec(record: dict[str, Any] | None) -> dict[str, Any]:
+    spec = (record or {}).get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def _origin(source: Any) -> str:
+    """Where an env's checkpoint came from: the reference, and what it was pinned to."""
+    if not isinstance(source, dict):
+        return "-"
+    reference, resolved = str(source.get("reference")), str(source.get("resolved"))
+    return reference if reference == resolved else f"{reference} -> {resolved}"
 
 
 @app.command()
@@ -98,9 +113,10 @@ def show(
 
 @app.command()
 def build(
-    target: Annotated[Path | None, typer.Argument(
+    target: Annotated[str | None, typer.Argument(
         help="experiment YAML, env spec (.json with ds.Env fields), requirements .txt, "
-             "or a checkpoint carrying dscheduler-env.json")] = None,
+             "or a checkpoint carrying dscheduler-env.json (a path, an MLflow or Hugging "
+             "Face reference)")] = None,
     requirement: Annotated[list[str] | None, typer.Option(
         "--requirement", "-r", help="a requirement (repeatable)")] = None,
     python: Annotated[str | None, typer.Option(help="Python version, e.g. 3.11")] = None,
@@ -122,7 +138,7 @@ def build(
                "index_url": index_url, "extra_index_urls": extra_index_url or [],
                "offline": offline or None}
     try:
-        envs = envs_of(target, requirement or [], options, model)
+        envs = _envs(target, requirement or [], options, model)
     except (DSchedulerError, ValueError, OSError) as err:
         fail(err)
     s = Store(store)
@@ -140,6 +156,15 @@ def build(
             f"({built.kind}: {built.image or built.venv})")
     if failed:
         raise typer.Exit(1)
+
+
+def _envs(target: str | None, requirements: list[str], options: dict[str, Any],
+          model: str | None) -> list[Env]:
+    """What ``envs build TARGET`` names: a registry checkpoint's env, else envs_of's."""
+    if target is not None and not checkpoints.parse(target).local:
+        fields = {k: v for k, v in options.items() if v not in (None, [], ())}
+        return [Env.from_checkpoint(target, extra_requirements=requirements, **fields)]
+    return envs_of(Path(target) if target is not None else None, requirements, options, model)
 
 
 @app.command()

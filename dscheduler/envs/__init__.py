@@ -7,8 +7,9 @@ Imports only :mod:`dscheduler.store` and the top-level modules.
 from __future__ import annotations
 
 from .build import build_env
+from .checkpoints import checkpoint
 from .mount import mount
 from .published import BuiltEnv, published_env
 from .spec import Env
 
-__all__ = ["BuiltEnv", "Env", "build_env", "mount", "published_env"]
+__all__ = ["BuiltEnv", "Env", "build_env", "checkpoint", "mount", "published_env"]

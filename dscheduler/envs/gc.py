@@ -3,7 +3,8 @@
 :func:`inventory` lists every env directory with its record, the runs that
 use it and whether a build holds its lease.  :func:`gc_plan` decides what
 garbage collection would remove: envs that no run record names, images no
-remaining env uses, temporary leftovers of killed builders; :func:`gc_apply`
+remaining env uses, temporary leftovers of killed builders and checkpoint fetchers
+(``checkpoints/.*``; fetched checkpoints themselves are kept); :func:`gc_apply`
 removes it.  An env whose build lease is held is never touched (gc takes the
 lease itself while deleting), and no image is removed while any build runs
 (it may be about to reuse one).  Removal renames first, then deletes:
@@ -22,6 +23,7 @@ from ..errors import ConfigError, StoreError
 from ..store import EnvPaths, Store, atomic
 from ..store.lease import lease_held
 from ..store.records import read_node, read_record
+from . import checkpoints
 
 
 @dataclass
@@ -160,6 +162,7 @@ def gc_plan(store: Store) -> GcPlan:
                  if not lease_held(store.env_lease_path(env_id))]
     if not any_build:  # temporary names of sidecars and deletions in images/
         leftovers += store.image_leftovers()
+    leftovers += checkpoints.leftovers(store)  # of fetches killed midway
     return GcPlan(doomed, images, leftovers, building, any_build)
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -228,9 +229,23 @@ class Store(Layout):
         return env.build(self, **options)
 
 
+#: The store of the task running in this thread (run/execute.py sets it around each
+#: task): what ``store_of(None)`` gives inside a task, so that ``ds.checkpoint(ref)``
+#: in a task fetches into the store the task writes to.
+TASK_STORE: contextvars.ContextVar[Store | None] = contextvars.ContextVar(
+    "dscheduler_task_store", default=None)
+
+
 def store_of(store: Store | str | os.PathLike[str] | None) -> Store:
-    """``store`` as a Store (a path or None: the setting ``store``)."""
-    return store if isinstance(store, Store) else Store(store)
+    """``store`` as a Store (a path; None: the running task's store, else the setting
+    ``store``)."""
+    if isinstance(store, Store):
+        return store
+    if store is None:
+        running = TASK_STORE.get()
+        if running is not None:
+            return running
+    return Store(store)
 
 
 def open_results(what: Any, *, task: str | None = None, dim: str = "case",
