@@ -6,6 +6,7 @@ docs/design.md §13.1.  Fast tier: nothing here starts a scheduler or submits a 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from dscheduler.cli.cluster import parse_options
 from dscheduler.run.slurm import _reaper
 from dscheduler.run.slurm.jobs import job_script
 from dscheduler.run.slurm.options import resolve, walltime_seconds
+from dscheduler.run.slurm.preload import gpu_share
 
 pytestmark = pytest.mark.fast
 
@@ -77,8 +79,9 @@ def test_python_defaults_to_the_drivers_interpreter() -> None:
     ({"memory": 4000}, r"memory=4000: needs a unit"),
     ({"gpu": {"memory": "12"}}, r"gpu.memory='12': needs a unit"),
     ({"walltme": "01:00:00"}, r"unknown slurm option\(s\) \['walltme'\] in the arguments; "
-                              r"valid options: partition, account, cores, memory"),
-    ({"gpu": {"gpu": 2}}, r"unknown slurm option\(s\) \['gpu.gpu'\].*gpu: gpus, max_jobs"),
+                              r"valid options: partition, account, qos, cores, memory"),
+    ({"gpu": {"gpu": 2}}, r"unknown slurm option\(s\) \['gpu.gpu'\].*gpu and each of kinds: "
+                          r"gpus, max_jobs"),
     ({"cores": 3, "processes": 2}, r"cores 3 cannot be split over 2 worker processes"),
     ({"directives": ["qos=short"]}, r"'qos=short' is not an sbatch option: write it as on the "
                                     r"sbatch command line, e.g. '--qos=short'"),
@@ -100,12 +103,120 @@ def test_unknown_key_in_the_settings_lists_the_valid_ones() -> None:
         resolve()
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("30", 1800), ("30:15", 1815), ("01:30:00", 5400), ("2-0", 172800), ("1-02:03", 93780),
-    ("1-00:00:10", 86410),
+@pytest.mark.parametrize(("text", "seconds", "slurm"), [
+    # SLURM's own forms: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
+    ("30", 1800, "00:30:00"), ("30:15", 1815, "00:30:15"), ("01:30:00", 5400, "01:30:00"),
+    ("2-0", 172800, "2-00:00:00"), ("1-02:03", 93780, "1-02:03:00"),
+    ("1-00:00:10", 86410, "1-00:00:10"),
+    # durations as people write them
+    ("1h", 3600, "01:00:00"), ("90min", 5400, "01:30:00"), ("1h30m", 5400, "01:30:00"),
+    ("2d", 172800, "2-00:00:00"), ("45s", 45, "00:00:45"), ("1d 12h", 129600, "1-12:00:00"),
+    (" 2H ", 7200, "02:00:00"), ("1.5h", 5400, "01:30:00"), ("36h", 129600, "1-12:00:00"),
 ])
-def test_walltime_forms(text: str, seconds: int) -> None:
+def test_walltime_forms(text: str, seconds: int, slurm: str) -> None:
     assert walltime_seconds(text) == seconds
+    assert resolve(walltime=text).walltime == slurm  # what sbatch -t gets
+    assert resolve(kinds={"k": {"walltime": text}}).kind("k").walltime == slurm
+
+
+@pytest.mark.parametrize("text", ["1:2:3:4", "abc", "1x", "h", "1h30", "90 lightyears", "0",
+                                  "0h", "-1h", "1-", "1:", "", "1h-30m"])
+def test_walltime_refused_names_the_forms(text: str) -> None:
+    forms = (r"is not a SLURM time limit: write MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
+             r"D-HH:MM:SS \('01:30:00'\), or a duration such as '1h', '90min', '1h30m' or '2d'")
+    forms = forms.replace("\\(", "\\(e.g. ")
+    with pytest.raises(ds.ConfigError, match=rf"^slurm walltime {re.escape(repr(text))} {forms}"):
+        resolve(walltime=text)
+    with pytest.raises(ds.ConfigError, match=rf"slurm kinds.k.walltime {re.escape(repr(text))} "
+                                             r"is not a SLURM time limit"):
+        resolve(kinds={"k": {"walltime": text}})
+    with pytest.raises(ds.ConfigError, match=r"is not a SLURM time limit"):
+        walltime_seconds(text)
+
+
+def test_named_kinds_take_their_own_fields_and_the_rest_from_cpu_jobs() -> None:
+    options = resolve(partition="debug", account="proj", qos="normal", cores=2, memory="4GB",
+                      walltime="2h", max_jobs=3, directives=["--constraint=x"], kinds={
+                          "preempt-gpu": {"partition": "preempt", "qos": "low", "gpus": 2,
+                                          "walltime": "30min", "max_jobs": 2, "min_jobs": 1},
+                          "bigmem": {"memory": "64GB", "account": "big",
+                                     "directives": ["--exclusive"]}})
+    assert options.kind_names == ("cpu", "gpu", "preempt-gpu", "bigmem")
+    pre, big, cpu = options.kind("preempt-gpu"), options.kind("bigmem"), options.kind("cpu")
+    assert (pre.partition, pre.account, pre.cores, pre.memory, pre.gpus, pre.walltime,
+            pre.max_jobs, pre.min_jobs, pre.resource, pre.per_worker, pre.slots) == (
+        "preempt", "proj", 2, "4GB", 2, "00:30:00", 2, 1, "job-preempt-gpu", 2, 2)
+    assert pre.directives == ("--constraint=x", "--qos=low", "--gres=gpu:2")
+    assert (big.partition, big.account, big.memory, big.gpus, big.walltime, big.max_jobs,
+            big.resource, big.per_worker) == ("debug", "big", "64GB", 0, "02:00:00", 3,
+                                              "job-bigmem", 2)
+    assert big.directives == ("--constraint=x", "--exclusive", "--qos=normal")
+    assert (cpu.resource, cpu.per_worker, cpu.directives) == ("CPU", 2,
+                                                              ("--constraint=x", "--qos=normal"))
+    assert options.kind("gpu").resource == "GPU"
+    # a kind's lifetime follows its own walltime
+    assert options.lifetime_seconds("preempt-gpu") == (1620.0, 90.0)
+    script = job_script(options, "preempt-gpu", cluster_id="c0ffee00", log_dir="/logs")
+    for line in ["#SBATCH -J dscheduler-preempt-gpu-c0ffee00", "#SBATCH -p preempt",
+                 "#SBATCH -A proj", "#SBATCH -t 00:30:00", "#SBATCH --qos=low",
+                 "#SBATCH --gres=gpu:2", "#SBATCH --cpus-per-task=2",
+                 "#SBATCH --output=/logs/dscheduler-preempt-gpu-c0ffee00-%j.log"]:
+        assert line in script.splitlines(), (line, script)
+    assert "--resources job-preempt-gpu=2" in script and "DSCHEDULER_GPUS_PER_WORKER" not in script
+
+
+def test_a_gpu_job_of_several_workers_gives_each_its_share() -> None:
+    options = resolve(cores=2, kinds={"g": {"gpus": 4, "processes": 2}})
+    script = job_script(options, "g")
+    assert "export DSCHEDULER_GPUS_PER_WORKER=2" in script.splitlines()
+    assert "--resources job-g=2" in script and "--nworkers 2" in script
+    # what each worker keeps of SLURM's CUDA_VISIBLE_DEVICES (dask names them {job}-{i})
+    assert [gpu_share("4,5,6,7", 2, f"g-0-{i}") for i in range(2)] == ["4,5", "6,7"]
+    assert [gpu_share("0,1", 1, f"preempt-gpu-3-{i}") for i in range(2)] == ["0", "1"]
+
+
+@pytest.mark.parametrize(("kinds", "expected"), [
+    ({"gpu": {"gpus": 2}}, r"slurm kinds \['gpu'\]: 'cpu' and 'gpu' are the default kinds"),
+    ({"a.b": {}}, r"the kind name 'a.b' is not a name: use letters, digits, '-' and '_'"),
+    ({"k": {"partion": "x"}}, r"unknown slurm option\(s\) \['kinds.k.partion'\].*each of "
+                              r"kinds: gpus, max_jobs, min_jobs, partition, account, qos"),
+    ({"k": {"memory": "12"}}, r"slurm kinds.k.memory='12': needs a unit"),
+    ({"k": {"gpus": 3, "processes": 2, "cores": 2}},
+     r"slurm kinds.k.gpus 3 cannot be shared by 2 worker processes"),
+    ({"k": {"cores": 3, "processes": 2}}, r"slurm kinds.k.cores 3 cannot be split over 2"),
+    ({"k": {"min_jobs": 2, "max_jobs": 1}}, r"slurm kinds.k.min_jobs 2 exceeds kinds.k.max_jobs"),
+    ({"k": {"walltime": "1min"}, "_": None}, r"reaches the walltime '00:01:00' of k jobs"),
+    ({"k": {"directives": ["qos=x"]}}, r"'qos=x' is not an sbatch option"),
+    ([1], r"slurm kinds=\[1\] must map names to kinds"),
+])
+def test_bad_kinds_are_config_errors_naming_them(kinds: object, expected: str) -> None:
+    if isinstance(kinds, dict) and "_" in kinds:
+        kinds = {k: v for k, v in kinds.items() if k != "_"}
+        extra = {"lifetime": "70s"}
+    else:
+        extra = {}
+    with pytest.raises(ds.ConfigError, match=expected):
+        resolve(kinds=kinds, **extra)
+    assert "kinds.k" not in str(resolve().kinds)
+
+
+def test_an_unknown_kind_names_the_known_ones() -> None:
+    options = resolve(kinds={"preempt-gpu": {"gpus": 1}})
+    with pytest.raises(ds.ConfigError, match=r"unknown SLURM job kind 'preemt-gpu'; known kinds: "
+                                             r"cpu, gpu, preempt-gpu"):
+        options.kind("preemt-gpu")
+
+
+def test_kinds_from_the_settings_and_the_arguments_merge_per_key() -> None:
+    with dask.config.set({"dscheduler.slurm.kinds": {"p": {"partition": "preempt",
+                                                            "walltime": "1h"}}}):
+        assert resolve().kind("p").partition == "preempt"
+        merged = resolve(kinds={"p": {"walltime": "2h"}, "q": {"gpus": 1}}).kind("p")
+        assert (merged.partition, merged.walltime) == ("preempt", "02:00:00")
+        assert resolve(kinds={"p": {"partition": None}}).kind("p").partition is None
+    # the CLI's -o kinds.NAME.KEY=VALUE
+    options = resolve(**parse_options(["kinds.p.partition=preempt", "kinds.p.walltime=90min"]))
+    assert (options.kind("p").partition, options.kind("p").walltime) == ("preempt", "01:30:00")
 
 
 def test_lifetime_is_derived_from_the_walltime() -> None:
@@ -184,7 +295,7 @@ def test_cluster_up_options_parse_as_yaml_values() -> None:
     assert options == {"max_jobs": "8", "walltime": "1:00:00", "gpu": {"max_jobs": "2"},
                        "directives": ["--qos=short"], "account": None}
     resolved = resolve(**options)
-    assert (resolved.max_jobs, resolved.walltime, resolved.gpu.max_jobs) == (8, "1:00:00", 2)
+    assert (resolved.max_jobs, resolved.walltime, resolved.gpu.max_jobs) == (8, "01:00:00", 2)
     # an empty value is None, and None clears a configured value
     with dask.config.set({"dscheduler.slurm.account": "proj",
                           "dscheduler.slurm.walltime": "02:00:00"}):

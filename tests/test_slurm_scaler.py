@@ -26,8 +26,15 @@ from distributed.collections import HeapSet
 from distributed.core import Status
 from distributed.scheduler import TaskGroup, TaskPrefix, TaskState, TaskStateState, WorkerState
 
+from dscheduler.errors import ConfigError
 from dscheduler.run.slurm.options import resolve
-from dscheduler.run.slurm.routing import RoutingPlugin
+from dscheduler.run.slurm.routing import (
+    RoutingPlugin,
+    _scheduler_kinds,
+    check_resources,
+    kinds_of,
+    route,
+)
 from dscheduler.run.slurm.scaler import demand, slot_caps, targets
 
 CPU, GPU = {"CPU": 1}, {"GPU": 1}
@@ -133,6 +140,40 @@ def test_cpu_and_gpu_are_counted_apart() -> None:
     assert jobs(state, max_jobs=8, gpu={"max_jobs": 0})[1] == {"cpu": 6, "gpu": 0}
 
 
+KINDS = {"pre": {"partition": "preempt", "max_jobs": 2},
+         "big": {"gpus": 2, "max_jobs": 3, "min_jobs": 1}}
+
+
+@pytest.mark.fast
+def test_each_named_kind_is_scaled_to_its_own_tasks() -> None:
+    pre = [task(f"p-{i}", "no-worker", {"job-pre": 1}) for i in range(5)]
+    big = [task(f"b-{i}", "no-worker", {"job-big": 2}) for i in range(2)]
+    one_gpu = [task("b1-0", "no-worker", {"job-big": 1})]
+    cpu = [task("c-0", "queued", CPU)]
+    unknown = [task("u-0", "no-worker", {"job-nope": 1})]  # a kind nobody has: no job
+    state = scheduler([*pre, *big, *one_gpu, *cpu, *unknown])
+    wanted, want = jobs(state, max_jobs=4, kinds=KINDS)
+    assert wanted == {"cpu": 1, "gpu": 0, "pre": 5, "big": 5}
+    # pre stops at its max_jobs; big: 5 GPUs, 2 a job; its min_jobs kept without tasks
+    assert want == {"cpu": 1, "gpu": 0, "pre": 2, "big": 3}
+    assert jobs(scheduler([]), kinds=KINDS)[1] == {"cpu": 0, "gpu": 0, "pre": 0, "big": 1}
+    # one kind at its max_jobs leaves the others alone
+    assert jobs(state, max_jobs=4, kinds={**KINDS, "pre": {"max_jobs": 0}})[1] == \
+        {"cpu": 1, "gpu": 0, "pre": 0, "big": 3}
+
+
+@pytest.mark.fast
+def test_routing_sends_each_task_to_its_kinds_resource() -> None:
+    kinds = kinds_of(resolve(kinds=KINDS))
+    assert route({"job": "pre"}, kinds) == {"job-pre": 1}
+    assert route({"job": "big", "GPU": 2}, kinds) == {"job-big": 2}
+    assert route({"job": "gpu"}, kinds) == {"GPU": 1}
+    assert route({"job": "cpu", "memory": 3}, kinds) == {"CPU": 1, "memory": 3}
+    assert route({"GPU": 1}, kinds) == {"GPU": 1}
+    assert route(None, kinds) == {"CPU": 1}
+    assert route({"job": "nope"}, kinds) == {"job-nope": 1}  # waits: nobody offers it
+
+
 # -- the same on a real scheduler ------------------------------------------------------------
 
 GO = threading.Event()
@@ -186,3 +227,60 @@ def test_demand_on_a_real_scheduler() -> None:
                       "after-both": "waiting"}
     assert wanted == {"cpu": 2, "gpu": 3}
     assert want == {"cpu": 2, "gpu": 2}
+
+
+async def _real_scheduler_kinds() -> tuple[int, str, dict[str, float], list[str]]:
+    options = resolve(kinds=KINDS)
+    async with Scheduler(host="127.0.0.1", port=0, dashboard=False,
+                         plugins=[RoutingPlugin(kinds_of(options))]) as s, \
+            Worker(s.address, nthreads=1, resources={"job-pre": 1}, name="pre-0"), \
+            Client(s.address, asynchronous=True) as client:
+        ran = client.submit(inc, 1, key="pre-task", resources={"job": "pre"})
+        done = await ran  # held: its task stays in the scheduler
+        waiting = client.submit(inc, 2, key="big-task", resources={"job": "big", "GPU": 2})
+        deadline = time.monotonic() + 30
+        while getattr(s.tasks.get("big-task"), "state", None) != "no-worker" \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        wanted = demand(s, slot_caps(options))
+        restrictions = str(s.tasks["pre-task"].resource_restrictions)
+        errors = []
+        for asks in ({"t": {"job": "nope"}}, {"t": {"job": "pre", "GPU": 1}},
+                     {"t": {"job": "big", "GPU": 3}}, {"t": {"GPU": 2}}):
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, check_resources, _SyncKinds(await client.run_on_scheduler(
+                        _scheduler_kinds)), asks)
+            except ConfigError as err:
+                errors.append(str(err))
+        del waiting, ran
+        return done, restrictions, wanted, errors
+
+
+class _SyncKinds:
+    """A stand-in client whose scheduler holds ``kinds`` (check_resources asks it once)."""
+
+    def __init__(self, kinds: Any) -> None:
+        self.kinds = kinds
+
+    def run_on_scheduler(self, fn: Any) -> Any:
+        return self.kinds
+
+
+def test_named_kinds_on_a_real_scheduler() -> None:
+    """A task of kind ``pre`` runs on the worker offering ``job-pre``; one of kind ``big``
+    waits and counts as ``big`` demand; the driver's check names unknown kinds and GPUs a
+    kind's workers do not have."""
+    done, restrictions, wanted, errors = asyncio.run(_real_scheduler_kinds())
+    assert done == 2 and restrictions == "{'job-pre': 1}"
+    assert wanted == {"cpu": 0, "gpu": 0, "pre": 0, "big": 2}
+    assert errors == [
+        "task 't' asks for the job kind 'nope', which this SLURM cluster does not have; known "
+        "kinds: cpu, gpu, pre, big (named kinds are set in the settings dscheduler.slurm.kinds)",
+        "task 't' asks for 1 GPU(s) of job kind 'pre', whose workers have 0: it would never "
+        "run; raise kinds.pre.gpus or lower kinds.pre.processes",
+        "task 't' asks for 3 GPU(s) of job kind 'big', whose workers have 2: it would never "
+        "run; raise kinds.big.gpus or lower kinds.big.processes",
+        "task 't' asks for 2 GPU(s) of job kind 'gpu', whose workers have 1: it would never "
+        "run; raise gpu.gpus or lower gpu.processes",
+    ]

@@ -44,7 +44,8 @@ class TaskOptions:
 OPTION_HELP = {
     "env": "auto: cfg.env() when the first argument is a RunConfig, else the worker's own "
     "Python; or a ds.Env; or None for the worker's own Python",
-    "resources": "None, or a dict such as {'GPU': 1} (dask worker resources)",
+    "resources": "None, or a dict such as {'GPU': 1} (dask worker resources); "
+    "{'job': NAME} picks a SLURM job kind",
     "retries": "None (setting task.retries), or how often to retry a failed attempt",
     "timeout": "None (setting task.timeout), or seconds an attempt in an env may run",
     "cache": "True: skip when a finished result is stored; False: always run",
@@ -74,11 +75,12 @@ def check_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     resources = out.get("resources")
     if resources is not None:
         if not isinstance(resources, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, int | float) for k, v in resources.items()
+            (isinstance(k, str) and isinstance(v, int | float))
+            or (k == "job" and isinstance(v, str)) for k, v in resources.items()
         ):
             raise ConfigError(
                 f"task {name!r}: resources={resources!r} must map names to amounts, "
-                "e.g. {'GPU': 1}"
+                "e.g. {'GPU': 1}, and 'job' to the name of a SLURM job kind"
             )
         out["resources"] = dict(resources)
     if not isinstance(out.get("cache", True), bool):

@@ -1,8 +1,8 @@
-"""SLURM: one dask-jobqueue scheduler with CPU and GPU jobs scaled to the graph
-(docs/design.md §13).
+"""SLURM: one dask-jobqueue scheduler with kinds of jobs (cpu, gpu, named) each scaled to
+its tasks (docs/design.md §13).
 
 :mod:`.options` (the ``dscheduler.slurm`` settings, validated), :mod:`.jobs`
-(the two kinds of job), :mod:`.routing` (GPU tasks to GPU jobs),
+(a job of a kind), :mod:`.routing` (each task to its kind),
 :mod:`.scaler` (per-kind adaptive scaling), :mod:`.ledger` and
 :mod:`._reaper` (no job outlives its cluster), :mod:`.cluster`
 (``SlurmCluster``, ``ds.slurm_cluster``), :mod:`.detached` (``dscheduler
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from . import jobs as jobs
     from .cluster import SlurmCluster, slurm_cluster
     from .options import SlurmOptions, resolve
+    from .routing import check_resources
 
 # Loaded on first use (PEP 562): the cluster imports dask_jobqueue and distributed,
 # which `dscheduler status` and a run with nothing to do never need (docs/design.md §4).
@@ -26,10 +27,11 @@ _LAZY = {
     ".cluster": ["SlurmCluster", "slurm_cluster"],
     ".jobs": ["jobs"],
     ".options": ["SlurmOptions", "resolve"],
+    ".routing": ["check_resources"],
 }
 
 
 __getattr__ = lazy.exports(__name__, _LAZY, globals())
 
 
-__all__ = ["SlurmCluster", "SlurmOptions", "resolve", "slurm_cluster"]
+__all__ = ["SlurmCluster", "SlurmOptions", "check_resources", "resolve", "slurm_cluster"]

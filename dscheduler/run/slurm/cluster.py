@@ -1,9 +1,10 @@
-"""``SlurmCluster``: one dask-jobqueue ``SLURMCluster`` scheduler, CPU jobs and GPU jobs.
+"""``SlurmCluster``: one dask-jobqueue ``SLURMCluster`` scheduler, jobs of several kinds.
 
-A distributed ``SpecCluster`` whose ``worker_spec`` holds :class:`~.jobs.CpuJob` and
-:class:`~.jobs.GpuJob` entries, scaled per kind by :class:`~.scaler.Scaler`, with
-:class:`~.routing.RoutingPlugin` sending GPU tasks to GPU jobs and the rest to CPU jobs, and the
-dscheduler page (:mod:`..dashboard`) on its dashboard (docs/design.md §13.2).
+A distributed ``SpecCluster`` whose ``worker_spec`` holds :class:`~.jobs.KindJob` entries of
+kinds ``cpu``, ``gpu`` and the named kinds of ``slurm.kinds``, scaled per kind by
+:class:`~.scaler.Scaler`, with :class:`~.routing.RoutingPlugin` sending each task to the kind
+it asks for (GPU tasks to ``gpu``, the rest to ``cpu``), and the dscheduler page
+(:mod:`..dashboard`) on its dashboard (docs/design.md §13.2).
 
 Its jobs are recorded in the store (:mod:`.ledger`): closing the cluster cancels every job it
 submitted, and a reaper process cancels them when the process holding the cluster dies, even by
@@ -24,15 +25,16 @@ from distributed.deploy.cluster import Cluster
 from distributed.utils import format_dashboard_link
 from tornado.ioloop import PeriodicCallback
 
+from ... import settings
 from ...errors import ConfigError
 from ...store import Store, store_of
 from .. import security
 from ..dashboard import DashboardPlugin
 from .jobqueue import SLURMCluster, SLURMJob
-from .jobs import JOB_CLASSES, CpuJob, inherited_config, job_label
+from .jobs import CpuJob, KindJob, inherited_config, job_label
 from .ledger import BEAT, Ledger, reap_orphans
 from .options import SlurmOptions, resolve
-from .routing import KINDS, RoutingPlugin
+from .routing import RoutingPlugin, kinds_of
 from .scaler import Scaler
 
 log = logging.getLogger("dscheduler.slurm")
@@ -53,7 +55,7 @@ class SlurmCluster(SLURMCluster):
         "driver" (the process using it) or "detached" (``dscheduler cluster up``).
     **overrides
         ``dscheduler.slurm`` options (partition, cores, memory, walltime,
-        max_jobs, gpu={...}, ...); see :func:`~.options.resolve`.
+        max_jobs, gpu={...}, kinds={NAME: {...}}, ...); see :func:`~.options.resolve`.
 
     Raises
     ------
@@ -80,8 +82,9 @@ class SlurmCluster(SLURMCluster):
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = log_dir
         self.ledger = Ledger(self.store, self.cluster_id, owner,
-                             [job_label(options, kind, self.cluster_id) for kind in KINDS])
-        self._kind_counts = dict.fromkeys(KINDS, 0)
+                             [job_label(options, kind, self.cluster_id)
+                              for kind in options.kind_names])
+        self._kind_counts = dict.fromkeys(options.kind_names, 0)
         self._client: Client | None = None
         self.certs = self.cluster_id if security.enabled() else None
         sec = security.create(self.cluster_id) if self.certs else None
@@ -110,7 +113,9 @@ class SlurmCluster(SLURMCluster):
             # The dscheduler page is on the dashboard from the start, before any submit
             # (a detached scheduler may be watched long before its first graph).
             scheduler_options={"dashboard_address": options.dashboard_address,
-                               "plugins": [RoutingPlugin(), DashboardPlugin()]},
+                               # a job lost is no task's failure (docs/design.md §5.6)
+                               "allowed_failures": int(settings.get("task.lost_workers")),
+                               "plugins": [RoutingPlugin(kinds_of(options)), DashboardPlugin()]},
             interface=options.interface,
             name=f"dscheduler-slurm-{self.cluster_id}",
             options=options, cluster_id=self.cluster_id, log_dir=str(log_dir),
@@ -120,11 +125,13 @@ class SlurmCluster(SLURMCluster):
     # -- heterogeneous worker specs --------------------------------------------------
 
     def new_job_spec(self, kind: str) -> tuple[str, dict[str, Any]]:
-        """A fresh name and worker-spec entry for one ``kind`` job."""
+        """A fresh name and worker-spec entry for one ``kind`` job (a ConfigError naming the
+        known kinds for an unknown one)."""
+        self.options.kind(kind)
         name = f"{kind}-{self._kind_counts[kind]}"
         self._kind_counts[kind] += 1
-        spec: dict[str, Any] = {"cls": JOB_CLASSES[kind], "options": self._job_kwargs}
-        processes = self.options.job(kind).processes
+        spec: dict[str, Any] = {"cls": KindJob, "options": {**self._job_kwargs, "kind": kind}}
+        processes = self.options.kind(kind).processes
         if processes > 1:
             spec["group"] = [f"-{i}" for i in range(processes)]
         return name, spec
@@ -151,9 +158,14 @@ class SlurmCluster(SLURMCluster):
         await self._correct_state()
 
     def job_script(self, kind: str = "cpu") -> str:
-        """The batch script of a ``kind`` ("cpu" or "gpu") job of this cluster."""
-        job = JOB_CLASSES[kind](self.scheduler_address, name="dummy-name", **self._job_kwargs)
+        """The batch script of a ``kind`` ("cpu", "gpu" or a named kind) job of this cluster."""
+        job = KindJob(self.scheduler_address, name="dummy-name", **self._job_kwargs, kind=kind)
         return str(job.job_script())
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of job of this cluster: cpu, gpu, then the named ones."""
+        return self.options.kind_names
 
     @property
     def history(self) -> dict[str, str]:
@@ -166,7 +178,8 @@ class SlurmCluster(SLURMCluster):
     # kind of job, configured by the options: hence another signature.
     def adapt(self, *args: Any, **kwargs: Any) -> Scaler:  # type: ignore[override]
         """Start scaling each kind of job to its tasks (options max_jobs, min_jobs,
-        gpu.max_jobs, idle_timeout, interval); replaces any earlier adaptivity."""
+        gpu.max_jobs, kinds.NAME.max_jobs, idle_timeout, interval); replaces any earlier
+        adaptivity."""
         if args or kwargs:
             raise TypeError("SlurmCluster.adapt takes no arguments: set max_jobs, min_jobs "
                             "and gpu={'max_jobs': ...} when making the cluster")
@@ -234,11 +247,12 @@ def slurm_cluster(store: Store | str | os.PathLike[str] | None = None, *, adapt:
     store
         Where its jobs are recorded and worker logs go (default: setting ``store``).
     adapt
-        Scale CPU and GPU jobs to the graph's tasks (default True).
+        Scale each kind of job to the graph's tasks (default True).
     **overrides
         ``dscheduler.slurm`` options: partition, account, cores, memory,
         processes, walltime, max_jobs, min_jobs, gpu={"gpus", "max_jobs", ...},
-        directives, prologue, interface, log_directory, python, lifetime, ...
+        kinds={NAME: {"partition", "qos", "gpus", "walltime", ...}}, directives,
+        prologue, interface, log_directory, python, lifetime, ...
 
     Returns
     -------

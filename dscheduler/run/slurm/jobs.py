@@ -1,10 +1,9 @@
-"""The two kinds of SLURM job: dask-jobqueue's ``SLURMJob`` told apart by attributes.
+"""Kinds of SLURM job: dask-jobqueue's ``SLURMJob`` told apart by their ``kind``.
 
-:class:`CpuJob` and :class:`GpuJob` differ only by ``kind``: that kind's options
-(:meth:`SlurmOptions.job`), ``--gres=gpu:N`` for GPU jobs, and the resource their workers offer
-(``CPU={threads}`` or ``GPU={gpus per worker}``, :mod:`.routing`).  Both add to dask-jobqueue's
-script (docs/design.md §13):
-
+A :class:`KindJob` of kind ``cpu``, ``gpu`` or a named one (``slurm.kinds``) asks for that
+kind's partition, account, QoS, cores, memory, walltime, directives and ``--gres=gpu:N``
+(:meth:`SlurmOptions.kind`); its workers offer the kind's resource (:mod:`.routing`), each
+worker process of a GPU job seeing its share of the GPUs (:mod:`.preload`).  Every job adds:
 * ``--output`` one log per job, ``{job_name}-{kind}-{cluster}-{job id}.log`` (stderr included),
   named by ``DSCHEDULER_WORKER_LOG`` for node records to quote;
 * ``--lifetime``/``--lifetime-stagger`` from the walltime, without restart;
@@ -33,6 +32,7 @@ log = logging.getLogger("dscheduler.slurm")
 
 PRELOAD = "dscheduler.run.slurm.preload"
 WORKER_DIR = "DSCHEDULER_WORKER_DIR"
+GPUS_PER_WORKER = "DSCHEDULER_GPUS_PER_WORKER"
 
 
 def job_label(options: SlurmOptions, kind: str, cluster_id: str) -> str:
@@ -64,21 +64,23 @@ def inherited_config() -> str:
     return settings.dask_config().serialize({"dscheduler": settings.current(), **NANNY_CONFIG})
 
 
-class CpuJob(SLURMJob):
-    """One SLURM job running the dask workers of a CPU job."""
+class KindJob(SLURMJob):
+    """One SLURM job running the dask workers of a ``kind`` job."""
 
-    kind: ClassVar[str] = "cpu"
+    default_kind: ClassVar[str] = "cpu"
 
     def __init__(self, scheduler: str | None = None, name: str | None = None, *,
                  options: SlurmOptions, cluster_id: str, log_dir: str,
-                 ledger: Ledger | None = None, config: str = "", **jobqueue: Any) -> None:
+                 ledger: Ledger | None = None, config: str = "", kind: str | None = None,
+                 **jobqueue: Any) -> None:
         self.ledger = ledger
         self.error: str | None = None  # why sbatch failed (text: no frames kept alive)
-        job = options.job(self.kind)
+        self.kind = kind or self.default_kind
+        job = options.kind(self.kind)
         label = job_label(options, self.kind, cluster_id)
         logs = Path(log_dir)
-        worker_args = ["--resources", self.resources(options), "--preload", PRELOAD]
-        lifetime = options.lifetime_seconds()
+        worker_args = ["--resources", f"{job.resource}={job.per_worker}", "--preload", PRELOAD]
+        lifetime = options.lifetime_seconds(self.kind)
         if lifetime is not None:
             worker_args += ["--lifetime", f"{lifetime[0]:g}s",
                             "--lifetime-stagger", f"{lifetime[1]:g}s", "--no-lifetime-restart"]
@@ -89,23 +91,21 @@ class CpuJob(SLURMJob):
         ]
         if config:
             prologue.append(f"export DASK_INTERNAL_INHERIT_CONFIG={config}")
+        if job.gpus and job.processes > 1:  # each worker process takes its share
+            prologue.append(f"export {GPUS_PER_WORKER}={job.gpus // job.processes}")
         prologue.append(worker_dir_line(options))
         super().__init__(
-            scheduler=scheduler, name=name, queue=job.partition, account=options.account,
-            walltime=options.walltime, cores=job.cores, memory=job.memory,
+            scheduler=scheduler, name=name, queue=job.partition, account=job.account,
+            walltime=job.walltime, cores=job.cores, memory=job.memory,
             processes=job.processes, death_timeout=options.death_timeout,
             local_directory=f'"${WORKER_DIR}"', worker_extra_args=worker_args,
             job_extra_directives=[f"--output={logs / slurm_log_name(label, '%j')}",
                                   *job.directives],
             # null walltime: no -t line (dask-jobqueue would write its own default)
-            job_directives_skip=["-t "] if options.walltime is None else [],
+            job_directives_skip=["-t "] if job.walltime is None else [],
             job_script_prologue=prologue, log_directory=None, python=options.interpreter,
             job_name=label, **jobqueue,
         )
-
-    def resources(self, options: SlurmOptions) -> str:
-        """What each worker of this job offers: ``CPU={threads}``."""
-        return f"CPU={options.threads(self.kind)}"
 
     async def start(self) -> None:
         """sbatch, then record the job id in the ledger (an error is kept in ``error``)."""
@@ -126,23 +126,20 @@ class CpuJob(SLURMJob):
         await ProcessInterface.close(self)
 
 
-class GpuJob(CpuJob):
-    """One SLURM job with ``--gres=gpu:N`` whose workers run the tasks that ask for GPU."""
-
-    kind: ClassVar[str] = "gpu"
-
-    def resources(self, options: SlurmOptions) -> str:
-        per_worker = options.gpu.gpus // options.job("gpu").processes
-        return f"GPU={per_worker}"
+class CpuJob(KindJob):
+    """A ``cpu`` job (dask-jobqueue's ``job_cls``: ``cluster.scale(n)`` makes these)."""
 
 
-JOB_CLASSES: dict[str, type[CpuJob]] = {"cpu": CpuJob, "gpu": GpuJob}
+class GpuJob(KindJob):
+    """A ``gpu`` job: ``--gres=gpu:N``, workers that run the tasks asking for ``GPU``."""
+
+    default_kind: ClassVar[str] = "gpu"
 
 
 def job_script(options: SlurmOptions, kind: str = "cpu", cluster_id: str = "0" * 8,
                log_dir: str = "logs", scheduler: str = "tcp://scheduler:8786") -> str:
     """The batch script of a ``kind`` job, without a cluster (what ``sbatch`` would get)."""
-    job = JOB_CLASSES[kind](scheduler, name="dummy-name", options=options,
-                            cluster_id=cluster_id, log_dir=log_dir, config=inherited_config(),
-                            interface=options.interface)
+    job = KindJob(scheduler, name="dummy-name", options=options, cluster_id=cluster_id,
+                  log_dir=log_dir, config=inherited_config(), interface=options.interface,
+                  kind=kind)
     return str(job.job_script())

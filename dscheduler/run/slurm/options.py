@@ -3,22 +3,26 @@
 :func:`resolve` is the one place they are read: a key given as an argument wins with its value
 (None included: it clears a configured value), every other comes from ``settings.get("slurm.KEY")``
 (environment variable > user file > packaged default); all are validated by
-:class:`SlurmOptions` (pydantic).  An unknown key, a walltime SLURM would refuse or a memory
-without a unit is a :class:`~dscheduler.errors.ConfigError` naming the value and the fix.
+:class:`SlurmOptions` (pydantic).  An unknown key, a time limit that is neither SLURM's form nor
+a duration (``1h``, ``90min``, ``1h30m``, ``2d``), or a memory without a unit is a
+:class:`~dscheduler.errors.ConfigError` naming the value and the fix.  Kinds of job
+(:meth:`SlurmOptions.kind`): ``cpu`` (top-level keys), ``gpu`` (``gpu:``) and the named
+``kinds:``, whose unset keys are the CPU jobs' (docs/design.md §13.2).
 
-Walltime and lifetime (docs/design.md §13.3): ``--lifetime`` is the walltime minus a margin (a
-tenth of the walltime, at least 10 s, at most 10 minutes and half the walltime) and
-``--lifetime-stagger`` half that margin.
+Walltime and lifetime (§13.3): ``--lifetime`` is a kind's walltime minus a margin (a tenth of
+it, at least 10 s, at most 10 minutes and half the walltime), ``--lifetime-stagger`` half that.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from ... import settings
 from ...errors import ConfigError
@@ -27,22 +31,79 @@ _WALLTIME = re.compile(
     r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"  # D-H, D-H:M, D-H:M:S
     r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$"  # M, M:S, H:M:S
 )
+# A duration as people write it: 1h, 90min, 1h30m, 2d, 45s (a unit after every number).
+_UNITS = {"d": 86400, "day": 86400, "days": 86400, "h": 3600, "hr": 3600, "hour": 3600,
+          "hours": 3600, "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+          "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1}
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)\s*")
 _MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*([kmgtp]i?b?)\s*$", re.IGNORECASE)
-WALLTIME_FORMS = "MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (e.g. '01:30:00')"
+WALLTIME_FORMS = ("MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (e.g. '01:30:00'), or a "
+                  "duration such as '1h', '90min', '1h30m' or '2d'")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
+DEFAULT_KINDS = ("cpu", "gpu")
+
+
+def _human_seconds(text: str) -> float | None:
+    """Seconds of ``1h30m``-like text, None when it is not one (hand-written: dask's
+    ``parse_timedelta`` takes one number and one unit, not ``1h30m``)."""
+    pos, total = 0, 0.0
+    while pos < len(text):
+        part = _PART.match(text, pos)
+        if part is None or part.group(2) not in _UNITS:
+            return None
+        total += float(part.group(1)) * _UNITS[part.group(2)]
+        pos = part.end()
+    return total if pos else None
 
 
 def walltime_seconds(text: str) -> int:
-    """Seconds in a SLURM time limit (``-t``); a ConfigError for anything SLURM refuses."""
-    match = _WALLTIME.match(str(text).strip())
-    if match is None:
+    """Seconds in a time limit: SLURM's forms (``-t``) or ``1h``, ``90min``, ``1h30m``,
+    ``2d``; a ConfigError naming the forms for anything else or for zero."""
+    seconds = _time_seconds(text)
+    if seconds is None:
         raise ConfigError(
             f"slurm walltime {text!r} is not a SLURM time limit: write {WALLTIME_FORMS}")
+    return seconds
+
+
+def _time_seconds(text: object) -> int | None:
+    if isinstance(text, bool) or not isinstance(text, str | int):
+        return None
+    clean = str(text).strip().lower()
+    match = _WALLTIME.match(clean)
+    if match is None:
+        human = _human_seconds(clean)
+        return None if not human else math.ceil(human)
     g = {k: int(v) for k, v in match.groupdict().items() if v is not None}
     if "d" in g:
-        return ((g["d"] * 24 + g["dh"]) * 60 + g.get("dm", 0)) * 60 + g.get("ds", 0)
-    if "c" in g:  # H:M:S
-        return (g["a"] * 60 + g["b"]) * 60 + g["c"]
-    return g["a"] * 60 + g.get("b", 0)  # M or M:S
+        seconds = ((g["d"] * 24 + g["dh"]) * 60 + g.get("dm", 0)) * 60 + g.get("ds", 0)
+    elif "c" in g:  # H:M:S
+        seconds = (g["a"] * 60 + g["b"]) * 60 + g["c"]
+    else:
+        seconds = g["a"] * 60 + g.get("b", 0)  # M or M:S
+    return seconds or None
+
+
+def slurm_time(seconds: int) -> str:
+    """``seconds`` as SLURM writes a time limit: ``HH:MM:SS``, or ``D-HH:MM:SS``."""
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    clock = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{days}-{clock}" if days else clock
+
+
+def _check_time(value: object) -> str | None:
+    """A time limit in SLURM's own form (``1h30m`` -> ``01:30:00``); null stays null."""
+    if value is None:
+        return None
+    seconds = _time_seconds(value)
+    if seconds is None:
+        raise PydanticCustomError(
+            "slurm_time", "is not a SLURM time limit: write {forms}", {"forms": WALLTIME_FORMS})
+    return slurm_time(seconds)
+
+
+Walltime = Annotated[str | None, BeforeValidator(_check_time)]
 
 
 def _duration(value: str | float, what: str, zero: bool = False) -> float:
@@ -76,35 +137,84 @@ def _check_directives(value: list[str]) -> list[str]:
     return value
 
 
-@dataclass(frozen=True)
-class JobShape:
-    """What one job of a kind asks for."""
+def resource_of(kind: str) -> str:
+    """The Dask resource the workers of a ``kind`` job offer: CPU (cpu), GPU (gpu), else
+    ``job-{kind}``, so that only the tasks that ask for that kind run there."""
+    return {"cpu": "CPU", "gpu": "GPU"}.get(kind, f"job-{kind}")
 
+
+def _check_kind_names(value: Any) -> Any:
+    for name in value if isinstance(value, dict) else ():
+        if not isinstance(name, str) or not re.match(_NAME, name):
+            raise ValueError(f"the kind name {name!r} is not a name: use letters, digits, "
+                             "'-' and '_' (at most 32, no dots), e.g. 'preempt-gpu'")
+    return value
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of job, resolved: what its jobs ask SLURM for and what its workers offer."""
+
+    name: str
     partition: str | None
+    account: str | None
     cores: int
     memory: str
     processes: int
-    directives: tuple[str, ...]
+    gpus: int
+    walltime: str | None
+    max_jobs: int
+    min_jobs: int
+    directives: tuple[str, ...]  # the extra #SBATCH lines, --qos and --gres included
+
+    @property
+    def resource(self) -> str:
+        return resource_of(self.name)
+
+    @property
+    def threads(self) -> int:
+        """Threads of each worker process."""
+        return self.cores // self.processes
+
+    @property
+    def slots(self) -> int:
+        """What one job offers: its GPUs, or without GPUs its threads."""
+        return self.gpus or self.cores
+
+    @property
+    def per_worker(self) -> int:
+        """How much of :attr:`resource` each worker process offers."""
+        return self.slots // self.processes
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class GpuOptions(_Strict):
-    """GPU jobs: ``--gres=gpu:{gpus}``; unset fields are those of CPU jobs."""
+class KindOptions(_Strict):
+    """A named kind of job (``kinds: {NAME: {...}}``); unset fields are those of CPU jobs."""
 
-    gpus: int = Field(default=1, ge=1)
-    max_jobs: int = Field(default=1, ge=0)
+    gpus: int | None = Field(default=None, ge=0)  # null: 0, a CPU kind
+    max_jobs: int | None = Field(default=None, ge=0)  # null: as CPU jobs
+    min_jobs: int = Field(default=0, ge=0)
     partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
     cores: int | None = Field(default=None, ge=1)
     memory: str | None = None
     processes: int | None = Field(default=None, ge=1)
+    walltime: Walltime = None
     directives: list[str] = []
 
-    _memory = field_validator("memory", mode="before")(
-        lambda v: _check_memory(v, "gpu.memory"))
+    _memory = field_validator("memory", mode="before")(lambda v: _check_memory(v, "memory"))
     _directives = field_validator("directives")(_check_directives)
+
+
+class GpuOptions(KindOptions):
+    """GPU jobs (kind ``gpu``): ``--gres=gpu:{gpus}``; unset fields are those of CPU jobs."""
+
+    gpus: int | None = Field(default=1, ge=1)
+    max_jobs: int | None = Field(default=1, ge=0)
 
 
 class SlurmOptions(_Strict):
@@ -112,13 +222,15 @@ class SlurmOptions(_Strict):
 
     partition: str | None = None
     account: str | None = None
+    qos: str | None = None
     cores: int = Field(default=1, ge=1)
     memory: str = "2GB"
     processes: int = Field(default=1, ge=1)
-    walltime: str | None = "01:00:00"
+    walltime: Walltime = "01:00:00"
     max_jobs: int = Field(default=4, ge=0)
     min_jobs: int = Field(default=0, ge=0)
     gpu: GpuOptions = Field(default_factory=GpuOptions)
+    kinds: dict[str, KindOptions] = {}
     directives: list[str] = []
     prologue: list[str] = []
     interface: str | None = None
@@ -135,57 +247,75 @@ class SlurmOptions(_Strict):
 
     _memory = field_validator("memory", mode="before")(lambda v: _check_memory(v, "memory"))
     _directives = field_validator("directives")(_check_directives)
+    _kinds = field_validator("kinds", mode="before")(lambda v: _check_kind_names(v))
 
     def model_post_init(self, context: Any) -> None:
-        if self.walltime is not None:
-            walltime_seconds(self.walltime)
+        clash = sorted(set(self.kinds) & set(DEFAULT_KINDS))
+        if clash:
+            raise ConfigError(
+                f"slurm kinds {clash}: 'cpu' and 'gpu' are the default kinds, set by the "
+                "top-level options and by gpu: {...}; give a named kind another name")
         if self.min_jobs > self.max_jobs:
             raise ConfigError(f"slurm min_jobs {self.min_jobs} exceeds max_jobs "
                               f"{self.max_jobs}: lower min_jobs or raise max_jobs")
-        for kind in ("cpu", "gpu"):
-            self.threads(kind)  # raises when cores do not split over processes
-        if self.gpu.gpus % self.job("gpu").processes:
+        for name in self.kind_names:
+            self._check_kind(self.kind(name))
+
+    def _check_kind(self, kind: Kind) -> None:
+        where = {"cpu": "", "gpu": "gpu."}.get(kind.name, f"kinds.{kind.name}.")
+        if kind.cores % kind.processes:
             raise ConfigError(
-                f"slurm gpu.gpus {self.gpu.gpus} cannot be shared by "
-                f"{self.job('gpu').processes} worker processes: make gpu.processes divide it")
-        self.lifetime_seconds()
+                f"slurm {where}cores {kind.cores} cannot be split over {kind.processes} "
+                f"worker processes: make {where}processes divide {where}cores")
+        if kind.gpus % kind.processes:
+            raise ConfigError(
+                f"slurm {where}gpus {kind.gpus} cannot be shared by {kind.processes} worker "
+                f"processes: make {where}processes divide it")
+        if kind.name != "cpu" and kind.min_jobs > kind.max_jobs:
+            raise ConfigError(f"slurm {where}min_jobs {kind.min_jobs} exceeds {where}max_jobs "
+                              f"{kind.max_jobs}: lower min_jobs or raise max_jobs")
+        self.lifetime_seconds(kind.name)
 
     # -- derived values ---------------------------------------------------------------
 
-    def job(self, kind: str) -> JobShape:
-        """Partition, cores, memory, processes and directives of a ``kind`` job."""
-        if kind != "gpu":
-            return JobShape(self.partition, self.cores, self.memory, self.processes,
-                            tuple(self.directives))
-        gpu = self.gpu
-        return JobShape(
-            gpu.partition if gpu.partition is not None else self.partition,
-            gpu.cores if gpu.cores is not None else self.cores,
-            gpu.memory if gpu.memory is not None else self.memory,
-            gpu.processes if gpu.processes is not None else self.processes,
-            (*self.directives, *gpu.directives, f"--gres=gpu:{gpu.gpus}"),
-        )
+    @property
+    def kind_names(self) -> tuple[str, ...]:
+        """Every kind of job: cpu, gpu, then the named kinds."""
+        return (*DEFAULT_KINDS, *self.kinds)
 
-    def threads(self, kind: str) -> int:
-        """Threads of each worker process of a ``kind`` job."""
-        job = self.job(kind)
-        if job.cores % job.processes:
-            where = "gpu." if kind == "gpu" else ""
+    def kind(self, name: str) -> Kind:
+        """The ``name`` kind of job, its unset fields those of CPU jobs; a ConfigError
+        naming the known kinds when there is none of that name."""
+        if name == "cpu":
+            return self._kind("cpu", KindOptions(gpus=0, max_jobs=self.max_jobs,
+                                                 min_jobs=self.min_jobs))
+        if name == "gpu":
+            return self._kind("gpu", self.gpu)
+        if name not in self.kinds:
             raise ConfigError(
-                f"slurm {where}cores {job.cores} cannot be split over {job.processes} "
-                f"worker processes: make {where}processes divide {where}cores")
-        return job.cores // job.processes
+                f"unknown SLURM job kind {name!r}; known kinds: {', '.join(self.kind_names)} "
+                "(named kinds are set in the settings dscheduler.slurm.kinds)")
+        return self._kind(name, self.kinds[name])
 
-    def slots(self, kind: str) -> int:
-        """What one ``kind`` job offers: threads (CPU) or GPUs."""
-        return self.gpu.gpus if kind == "gpu" else self.cores
+    def _kind(self, name: str, own: KindOptions) -> Kind:
+        def pick(field: str) -> Any:
+            value = getattr(own, field)
+            return value if value is not None else getattr(self, field)
 
-    def max_for(self, kind: str) -> int:
-        return self.gpu.max_jobs if kind == "gpu" else self.max_jobs
+        gpus = own.gpus or 0
+        qos = pick("qos")
+        directives = (*self.directives, *own.directives,
+                      *([f"--qos={qos}"] if qos else []),
+                      *([f"--gres=gpu:{gpus}"] if gpus else []))
+        return Kind(name, pick("partition"), pick("account"), pick("cores"), pick("memory"),
+                    pick("processes"), gpus, pick("walltime"), pick("max_jobs"),
+                    own.min_jobs, directives)
 
-    def lifetime_seconds(self) -> tuple[float, float] | None:
-        """(lifetime, stagger) of workers in seconds; None without walltime or lifetime."""
-        wall = walltime_seconds(self.walltime) if self.walltime is not None else None
+    def lifetime_seconds(self, kind: str = "cpu") -> tuple[float, float] | None:
+        """(lifetime, stagger) in seconds of the workers of a ``kind`` job; None without
+        walltime or lifetime."""
+        walltime = self.kind(kind).walltime
+        wall = walltime_seconds(walltime) if walltime is not None else None
         if self.lifetime is not None:
             life = _duration(self.lifetime, "lifetime")
             stagger = (_duration(self.lifetime_stagger, "lifetime_stagger", zero=True)
@@ -198,9 +328,10 @@ class SlurmOptions(_Strict):
         else:
             return None
         if wall is not None and life + stagger >= wall:
+            where = "" if kind == "cpu" else f" of {kind} jobs"
             raise ConfigError(
                 f"slurm lifetime {life:g} s (+ stagger {stagger:g} s) reaches the walltime "
-                f"{self.walltime!r}: SLURM would kill workers before they retire; shorten "
+                f"{walltime!r}{where}: SLURM would kill workers before they retire; shorten "
                 "lifetime or leave it null (derived from the walltime)")
         return life, stagger
 
@@ -216,7 +347,18 @@ FIELDS = tuple(SlurmOptions.model_fields)
 def _unknown(keys: set[str], where: str) -> ConfigError:
     return ConfigError(
         f"unknown slurm option(s) {sorted(keys)} in {where}; valid options: "
-        f"{', '.join(FIELDS)} (gpu: {', '.join(GpuOptions.model_fields)})")
+        f"{', '.join(FIELDS)} (gpu and each of kinds: {', '.join(KindOptions.model_fields)})")
+
+
+def _group(name: str, given: Any, configured: Any) -> dict[str, Any]:
+    """The ``configured`` group (``gpu``, a kind) updated by the keys ``given``."""
+    if isinstance(given, BaseModel):
+        given = given.model_dump(exclude_unset=True)
+    if given is not None and not isinstance(given, dict):
+        raise ConfigError(f"slurm {name}={given!r} must be a mapping such as "
+                          "{'gpus': 1, 'max_jobs': 2}")
+    merged = {**dict(configured or {}), **(given or {})}
+    return {str(k).replace("-", "_"): v for k, v in merged.items()}
 
 
 def resolve(**overrides: Any) -> SlurmOptions:
@@ -224,8 +366,8 @@ def resolve(**overrides: Any) -> SlurmOptions:
 
     A key in ``overrides`` wins with its value, even None (``account=None``
     clears a configured account; so does ``-o account=`` on the CLI); keys
-    inside ``gpu={...}`` likewise.  ``gpu=None`` leaves the ``gpu`` group as
-    configured.
+    inside ``gpu={...}`` and inside each kind of ``kinds={NAME: {...}}``
+    likewise.  ``gpu=None`` (``kinds=None``) leaves the group as configured.
 
     Raises
     ------
@@ -243,16 +385,15 @@ def resolve(**overrides: Any) -> SlurmOptions:
     # clear a configured value): ``settings.get`` reads a None override as "not given".
     values = {name: overrides[name] if name in overrides else settings.get(f"slurm.{name}")
               for name in FIELDS}
-    gpu_settings = dict(settings.get("slurm.gpu") or {})
-    gpu_override = overrides.get("gpu")
-    if isinstance(gpu_override, GpuOptions):
-        gpu_override = gpu_override.model_dump(exclude_unset=True)
-    if gpu_override is not None:
-        if not isinstance(gpu_override, dict):
-            raise ConfigError(f"slurm gpu={gpu_override!r} must be a mapping such as "
-                              "{'gpus': 1, 'max_jobs': 2}")
-        gpu_settings.update(gpu_override)
-    values["gpu"] = {str(k).replace("-", "_"): v for k, v in gpu_settings.items()}
+    values["gpu"] = _group("gpu", overrides.get("gpu"), settings.get("slurm.gpu"))
+    kinds = dict(settings.get("slurm.kinds") or {})
+    given = overrides.get("kinds") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"slurm kinds={given!r} must map names to kinds, such as "
+                          "{'preempt': {'partition': 'preempt', 'walltime': '1h'}}")
+    for name in dict.fromkeys([*kinds, *given]):  # in the order written
+        kinds[name] = _group(f"kinds.{name}", given.get(name), kinds.get(name))
+    values["kinds"] = kinds
     try:
         return SlurmOptions.model_validate(values)
     except ValidationError as err:
@@ -269,6 +410,8 @@ def _explain(err: ValidationError) -> str:
         message = str(problem["msg"]).removeprefix("Value error, ")
         if not where:  # raised by model_post_init: a whole sentence already
             parts.append(message)
-            continue
-        parts.append(f"slurm {where}={problem.get('input')!r}: {message}")
+        elif problem["type"] == "slurm_time":
+            parts.append(f"slurm {where} {problem.get('input')!r} {message}")
+        else:
+            parts.append(f"slurm {where}={problem.get('input')!r}: {message}")
     return "; ".join(parts)

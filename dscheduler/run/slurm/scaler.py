@@ -1,4 +1,4 @@
-"""Adaptive scaling per kind of job: CPU jobs for CPU tasks, GPU jobs for GPU tasks.
+"""Adaptive scaling per kind of job: each kind's jobs (cpu, gpu, named) for its own tasks.
 
 Written here rather than distributed's ``Adaptive`` (docs/design.md §13.2).  Every ``interval``
 seconds, on the cluster's event loop, :class:`Scaler`:
@@ -6,10 +6,11 @@ seconds, on the cluster's event loop, :class:`Scaler`:
 1. **forgets ended jobs**: one whose workers came and went, or that left ``squeue`` without
    connecting, leaves the worker spec at once;
 2. **measures demand** per kind, in slots: tasks that can run now (``no-worker``, ``queued``,
-   ``processing``), one slot each (a GPU task its ``GPU`` amount); tasks awaiting inputs do not;
-3. **asks for** ``min(max_jobs, ceil(demand / slots per job))`` jobs of the kind (never more
-   than runnable tasks), at least ``min_jobs`` CPU jobs; after a failed ``sbatch`` that kind
-   waits :data:`BACKOFF` seconds;
+   ``processing``), the amount of their kind's resource each (:mod:`.routing`); tasks awaiting
+   inputs do not;
+3. **asks for** ``min(max_jobs, ceil(demand / slots per job))`` jobs of each kind (never more
+   than runnable tasks), at least its ``min_jobs``; after a failed ``sbatch`` that kind waits
+   :data:`BACKOFF` seconds;
 4. **gives back surplus** jobs that stayed surplus ``idle_timeout`` seconds: pending ones are
    cancelled, running ones retired gracefully (data moved first) once their workers are idle.
 """
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tornado.ioloop import PeriodicCallback
 
 from .ledger import queue_states
-from .routing import KINDS, kind_of
+from .options import resource_of
+from .routing import kind_of
 
 if TYPE_CHECKING:
     from .options import SlurmOptions
@@ -71,15 +73,17 @@ class JobState:
 
 
 def demand(scheduler: Any, caps: Mapping[str, float]) -> dict[str, float]:
-    """Slots wanted per kind by the tasks that can run now (stops counting at ``caps``)."""
-    wanted = dict.fromkeys(KINDS, 0.0)
+    """Slots wanted per kind (the kinds of ``caps``) by the tasks that can run now (stops
+    counting at ``caps``)."""
+    wanted = dict.fromkeys(caps, 0.0)
+    by_resource = {resource_of(kind): kind for kind in caps}
     tasks: Iterable[Any] = chain(scheduler.unrunnable, scheduler.queued,
                                  *(ws.processing for ws in scheduler.workers.values()))
     for ts in tasks:
-        restrictions = ts.resource_restrictions
-        kind = kind_of(restrictions)
-        wanted[kind] += (restrictions or {}).get("GPU" if kind == "gpu" else "CPU", 1)
-        if all(wanted[k] >= caps[k] for k in KINDS):
+        kind, slots = kind_of(ts.resource_restrictions, by_resource)
+        if kind in wanted:
+            wanted[kind] += slots
+        if all(wanted[k] >= caps[k] for k in caps):
             break
     return wanted
 
@@ -88,19 +92,21 @@ def targets(wanted: Mapping[str, float], options: SlurmOptions) -> dict[str, int
     """Jobs wanted per kind for ``wanted`` slots (:func:`demand`).
 
     ``min(max_jobs, ceil(slots / slots per job))``: never more jobs than the
-    runnable tasks fill, nor than the kind's ``max_jobs``; at least
-    ``min_jobs`` CPU jobs.
+    runnable tasks fill, nor than the kind's ``max_jobs``; at least its
+    ``min_jobs``.
     """
     out = {}
-    for kind in KINDS:
-        target = min(options.max_for(kind), math.ceil(wanted[kind] / options.slots(kind)))
-        out[kind] = max(target, options.min_jobs) if kind == "cpu" else target
+    for name in options.kind_names:
+        kind = options.kind(name)
+        target = min(kind.max_jobs, math.ceil(wanted.get(name, 0) / kind.slots))
+        out[name] = max(target, kind.min_jobs)
     return out
 
 
 def slot_caps(options: SlurmOptions) -> dict[str, float]:
     """Slots per kind beyond which :func:`demand` need not count: all ``max_jobs`` full."""
-    return {kind: options.max_for(kind) * options.slots(kind) for kind in KINDS}
+    return {name: float(options.kind(name).max_jobs * options.kind(name).slots)
+            for name in options.kind_names}
 
 
 class Scaler:
@@ -110,7 +116,7 @@ class Scaler:
         self.cluster = cluster
         self.options = options
         self.jobs: dict[str, JobState] = {}
-        self.backoff = dict.fromkeys(KINDS, 0.0)
+        self.backoff = dict.fromkeys(options.kind_names, 0.0)
         self.errors: list[str] = []  # sbatch failures, newest last
         self._next_squeue = 0.0
         self._busy = False
