@@ -219,3 +219,76 @@ def test_breaking_puts_back_a_lease_taken_meanwhile_even_while_it_is_written(
     breaker = ds.Lease(path, ttl=0.1)
     assert not breaker._break(judged)
     assert path.exists() and path.read_bytes() == b""  # put back, not removed
+
+
+# -- fencing: check() after a stall (docs/design.md §7) -------------------------------------
+
+
+def test_check_touches_no_file_while_the_lease_is_fresh(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    lease = ds.Lease(tmp_path / "x.lease", ttl=60, poll=0.01)  # no heartbeat in this test
+    lease.acquire(timeout=10)
+    try:
+        def no_file_access(*args: object, **kwargs: object) -> None:
+            raise AssertionError(f"check() touched a file: {args}")
+
+        with monkeypatch.context() as m:
+            for name in ("open", "stat", "rename", "unlink", "link", "read"):
+                m.setattr(os, name, no_file_access)
+            lease.check()
+    finally:
+        lease.release()
+
+
+def test_check_after_a_stall_takes_the_lease_back_while_nobody_else_did(
+        tmp_path: Path) -> None:
+    path = tmp_path / "x.lease"
+    lease = ds.Lease(path, ttl=1, poll=0.01)
+    lease.acquire(timeout=10)
+    lease.stop_heartbeat()  # stalled: past ttl / 2, even past the ttl
+    time.sleep(1.2)
+    before = json.loads(path.read_text())["heartbeat"]
+    lease.check()  # nobody broke it: taken back with a fresh heartbeat
+    after = json.loads(path.read_text())
+    assert after["token"] == lease.token and after["heartbeat"] > before + 1
+    assert [p.name for p in tmp_path.iterdir()] == ["x.lease"]  # nothing left aside
+    lease.release()
+    assert not path.exists()
+
+
+def test_check_after_a_stall_says_lost_once_another_took_it(tmp_path: Path) -> None:
+    path = tmp_path / "x.lease"
+    stalled = ds.Lease(path, ttl=0.5, poll=0.01)
+    stalled.acquire(timeout=10)
+    stalled.stop_heartbeat()
+    time.sleep(0.7)
+    other = ds.Lease(path, ttl=30, poll=0.01)
+    assert other.try_acquire()  # broke the stale lease
+    assert not stalled.lost  # no heartbeat thread told it: only check() can
+    with pytest.raises(ds.LeaseError, match="was lost"):
+        stalled.check()
+    assert json.loads(path.read_text())["token"] == other.token  # left alone
+    stalled.release()  # lost: removes nothing
+    other.check()
+    other.release()
+    with pytest.raises(ds.LeaseError, match="was lost"):
+        stalled.check()
+
+
+def test_a_breaker_puts_back_a_lease_its_holder_took_back_meanwhile(tmp_path: Path) -> None:
+    # The waiter judged the stale file; before it renames the file aside, the holder
+    # wakes up and takes the lease back (same token, fresh heartbeat): the waiter
+    # must see another lease and put it back, not break it.
+    path = tmp_path / "x.lease"
+    holder = ds.Lease(path, ttl=0.5, poll=0.01)
+    holder.acquire(timeout=10)
+    holder.stop_heartbeat()
+    time.sleep(0.7)
+    judged = json.loads(path.read_text())
+    holder.check()  # taken back
+    waiter = ds.Lease(path, ttl=0.5)
+    assert not waiter._break(judged)
+    assert json.loads(path.read_text())["token"] == holder.token
+    holder.check()  # still its own
+    holder.release()
+    assert not path.exists()

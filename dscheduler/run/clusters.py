@@ -124,6 +124,7 @@ def local_cluster() -> Any:
                     "host": HOST, "dashboard": True, "protocol": "tls" if sec else "tcp",
                     "security": sec,
                     "dashboard_address": settings.get("local.dashboard_address"),
+                    "allowed_failures": int(settings.get("task.lost_workers")),
                 }},
                 workers=dict.fromkeys(range(n_workers), worker),
                 worker=worker,
@@ -288,6 +289,14 @@ def check_detachable(client: Any) -> None:
             "detach=True needs a scheduler that outlives this process, but this cluster's "
             "scheduler runs inside it: start one with `dscheduler cluster up` and pass "
             "cluster='store' (or its address)")
+
+
+def check_resources(client: Any, asks: dict[str, Any]) -> None:
+    """A ConfigError, before anything is submitted, when a task's resources (``asks``: task
+    name -> resources) ask for a kind of SLURM job, or GPUs, that ``client``'s scheduler does
+    not have (docs/design.md §13.2); the local cluster ignores resources."""
+    if not is_local(client):
+        slurm.check_resources(client, asks)
 
 
 def get_client(cluster: Any = "local", store: Store | None = None) -> Any:

@@ -30,7 +30,7 @@ from ..errors import LeaseError, StoreError
 from ..graph import Plan, plan
 from ..store import Store, atomic, store_of
 from . import dashboard
-from .clusters import check_detachable, get_client, is_local
+from .clusters import check_detachable, check_resources, get_client, is_local
 from .execute import build_task, node_task
 from .results import Handle, Results, flush_releases
 from .spec import NodeSpec, make_specs
@@ -171,6 +171,7 @@ def submit(*nodes: Any, store: StoreArg = None, cluster: Any = "local",
     client = get_client(cluster, store)
     if detach:
         check_detachable(client)
+    check_resources(client, {n.task.name: n.task.options_.resources or {} for n in to_run})
     if is_local(client):
         _quiet_failures(client)
     flush_releases(client)

@@ -5,7 +5,9 @@ Per-node states, in graph order: ``succeeded`` (ran now), ``cached``
 own attempts failed), ``blocked`` (an upstream node or its env build
 failed; Dask never ran it), ``cancelled``.  Failure and blocking are told
 apart by the graph, not by the exception Dask propagates, so the
-distinction survives Dask's error propagation.
+distinction survives Dask's error propagation.  The store has the last word:
+a node whose future erred (Dask gave up after losing workers, KilledWorker)
+but whose record says it succeeded with its key is reported so (§5.6).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import TaskError
+from ..errors import StoreError, TaskError
 from ..graph import Node, Plan, html
 from ..store import atomic
-from ..store.record import Record
+from ..store.record import SUCCEEDED, Record
 from ..store.records import read_node
 from ..store.values import load_value
 from . import progress as progress_bar
@@ -193,8 +195,10 @@ class Handle:
             return self._results.counts()
         c: Counter[str] = Counter()
         c["cached"] = len(self.plan.nodes) - len(self.futures)
-        for future in self.futures.values():
-            c[future.status] += 1
+        by_key = {n.key: n for n in self.plan.nodes}
+        for key, future in self.futures.items():
+            stored = self._stored_success(by_key[key], future)
+            c["finished" if stored == SUCCEEDED else stored or future.status] += 1
         return {k: v for k, v in c.items() if v}
 
     def cancel(self) -> None:
@@ -255,7 +259,13 @@ class Handle:
             if node.key in outcomes:
                 states[node.key] = outcomes[node.key][0]
                 continue
+            stored = self._stored_success(node, future)
+            if stored is not None:
+                states[node.key] = stored
+                continue
             bad = [up for up in node.upstream if states.get(up.key) not in ("succeeded", "cached")]
+            given_up = [up for up in node.upstream if up.key in self.futures
+                        and self.futures[up.key].status == "error"]
             if node.env_id in env_errors:
                 states[node.key] = "blocked"
                 errors[node.key] = f"{node.name} blocked: build_env-{node.env_id} failed"
@@ -263,6 +273,12 @@ class Handle:
                 states[node.key] = "blocked"
                 why = f"upstream {bad[0].name} {states[bad[0].key]}"
                 errors[node.key] = f"{node.name} blocked: {why}"
+            elif given_up and future.status == "error":
+                states[node.key] = "blocked"
+                errors[node.key] = (
+                    f"{node.name} blocked: Dask gave up on upstream {given_up[0].name} "
+                    f"({_error_text(self.futures[given_up[0].key]).splitlines()[0]}), "
+                    "whose result is stored all the same: run the graph again")
             elif future.status == "cancelled":
                 states[node.key] = "cancelled"
             else:
@@ -270,6 +286,30 @@ class Handle:
                 errors[node.key] = _error_text(future)
         return Results(p, states, errors, envs, env_errors,
                        dashboard=links(self.client)[0] if self.client is not None else None)
+
+    def _stored_success(self, node: Node, future: Any) -> str | None:
+        """"succeeded" (by this submission) or "cached" when ``future`` erred but the
+        node's record says it succeeded with its key; else None.
+
+        Dask gives a task up (KilledWorker) once workers holding it died more often
+        than its ``allowed-failures``: a job cancelled or preempted after the task
+        committed, or while it waited there.  The record is the truth (§5.6).  A
+        forced rerun counts only a success of this submission.  One read per erred
+        future: none while all goes well.
+        """
+        if future.status not in ("error", "lost"):
+            return None
+        try:
+            record = read_node(node.paths(self.plan.store).record)
+        except StoreError:
+            return None  # damaged: not a success
+        if record is None or record.key != node.key or record.state != SUCCEEDED \
+                or not record.attempts:
+            return None
+        if record.last.submission == self.submission:
+            return SUCCEEDED
+        why = self.plan.reason(node)
+        return "cached" if why is None or not why.forces_rerun else None
 
 
 def _outcomes(client: Any, futures: dict[str, Any]) -> dict[str, Any]:

@@ -5,14 +5,14 @@ Contract (the reasons, and why not ``flock``: docs/design.md §7):
 * taking a lease creates its file exclusively, content and all (:func:`atomic.create_exclusive`):
   token, owner, host, pid and its start time, ttl, heartbeat time.  A file unreadable for longer
   than the waiter's ttl lost its writer and is broken;
-* one daemon thread per process refreshes its leases' heartbeats every ``ttl / 4`` s, after
-  checking each token is its own;
-* a waiter may break a lease whose heartbeat is older than its ttl (rename aside, check, put
-  back otherwise), and with ``break_dead_local=True`` at once one whose holder on this host is
-  gone (pid and start time);
-* a holder whose token is gone marks the lease ``lost``; work committing under a lease calls
-  :meth:`Lease.check` first.  A live holder is never broken.  Hosts' clocks must agree to well
-  within the ttl.
+* one daemon thread per process refreshes its leases' heartbeats every ``ttl / 4`` s;
+* a waiter may break a lease whose heartbeat is older than its ttl (rename aside, check token
+  and heartbeat, put back otherwise), and with ``break_dead_local=True`` at once one whose
+  holder on this host is gone (pid and start time);
+* fencing: a lease written by its holder less than ``ttl / 2`` ago is its own for another half
+  ttl, so :meth:`Lease.check` costs no file access then; older (the holder was stopped or
+  starved), the holder takes its file back (rename aside, check, create anew) or counts the
+  lease lost.  Work publishes only after ``check()``.  Hosts' clocks agree well within a ttl.
 """
 
 from __future__ import annotations
@@ -72,6 +72,13 @@ def process_alive(pid: int, started: float | None = None) -> bool:
         return True  # another user's process: it exists
 
 
+def _same_lease(info: dict[str, Any], judged: dict[str, Any]) -> bool:
+    """Whether a lease file read now is the one judged before (its holder may have taken it
+    back since, with a fresh heartbeat: :meth:`Lease._reclaim`)."""
+    return (info.get("token"), info.get("heartbeat")) == (
+        judged.get("token"), judged.get("heartbeat"))
+
+
 def holder_gone(info: dict[str, Any]) -> bool:
     """Whether the lease's holder ran on this host and its process no longer exists."""
     if info.get("host") != socket.gethostname():
@@ -120,26 +127,19 @@ class _Heartbeats:
         with self.lock:
             self.leases.pop(id(lease), None)
 
+    def drop(self, lease: Lease) -> None:
+        """Forget a lost lease (``self.lock`` held)."""
+        self.leases.pop(id(lease), None)
+
     def _run(self) -> None:
         while True:
             with self.lock:
                 ttls = [lease.ttl for lease in self.leases.values()]
             time.sleep(max(min(ttls, default=4.0) / 8, 0.02))
-            now = time.time()
             with self.lock:
-                for key, lease in list(self.leases.items()):
-                    if now - lease.beaten < lease.ttl / 4:
-                        continue
-                    info = read_lease(lease.path)
-                    if info is None or info.get("token") != lease.token:
-                        lease.lost = True
-                        del self.leases[key]
-                        continue
-                    try:
-                        atomic.write_bytes(lease.path, lease._content(), durable=False)
-                        lease.beaten = now
-                    except OSError:
-                        pass  # a transient filesystem error; the next round tries again
+                for lease in list(self.leases.values()):
+                    if time.time() - lease.beaten >= lease.ttl / 4:
+                        lease._beat()
 
 
 _heartbeats = _Heartbeats()
@@ -207,7 +207,9 @@ class Lease:
     # A lease file matters only while its holder lives, and a machine crash
     # ends the holder: it is never fsynced (docs/design.md §7).
 
-    def _content(self) -> bytes:
+    def _content(self, now: float) -> bytes:
+        """The file's text, with heartbeat ``now``: the time :attr:`beaten` takes, so that
+        this process never thinks its lease fresher than its waiters do."""
         info = {
             **self.details,
             "token": self.token,
@@ -216,7 +218,7 @@ class Lease:
             "pid": os.getpid(),
             "started": own_start(),
             "ttl": self.ttl,
-            "heartbeat": time.time(),
+            "heartbeat": now,
         }
         return json.dumps(info).encode()
 
@@ -225,17 +227,17 @@ class Lease:
         if self.token:
             raise LeaseError(f"lease {self.path} is already held by this object")
         self.token = uuid.uuid4().hex
-        if atomic.create_exclusive(self.path, self._content()):
-            self._start_heartbeat()
+        now = time.time()
+        if atomic.create_exclusive(self.path, self._content(now)):
+            self._start_heartbeat(now)
             return True
         info = read_lease(self.path)
         stale = info is not None and (
             is_stale(info) or (self.break_dead_local and holder_gone(info)))
         if info is None and self._unreadable_for() > self.ttl:
             info, stale = {}, True  # its taker died between creating and writing it
-        if stale and info is not None and self._break(info) \
-                and atomic.create_exclusive(self.path, self._content()):
-            self._start_heartbeat()
+        now = time.time()
+        if stale and info is not None and self._break_and_take(info):
             return True
         self.token = ""
         return False
@@ -273,7 +275,7 @@ class Lease:
     def release(self) -> None:
         _heartbeats.remove(self)
         if self.token and not self.lost:
-            if time.time() - self.beaten < self.ttl / 2:
+            if self._fresh():
                 # Written by this process less than half a ttl ago: no waiter can have
                 # judged it stale (hosts keep their clocks well within a ttl) and its
                 # holder lives, so the file is still this lease.  One unlink, where
@@ -282,9 +284,9 @@ class Lease:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
             else:
-                info = read_lease(self.path)
-                if info is not None and info.get("token") == self.token:
-                    atomic.remove(self.path, ".released")
+                aside = self._take()
+                if aside is not None:
+                    aside.unlink(missing_ok=True)
         self.token = ""
 
     def __enter__(self) -> Lease:
@@ -296,16 +298,97 @@ class Lease:
         self.release()
 
     def check(self) -> None:
-        """Raise if the lease was lost (broken by a waiter after a stalled heartbeat)."""
+        """Raise LeaseError unless this process still holds the lease, and will for at
+        least the margin of half a ttl in which to publish (docs/design.md §7).
+
+        Free (no file access) when the last heartbeat is younger than ``ttl / 2``, as it
+        is unless this process was stopped or starved.  Older, a waiter may judge the
+        lease stale at any moment: the file is taken back (:meth:`_reclaim`) when it is
+        still this lease's, else the lease is lost and nothing may be published.
+        """
+        if not self.lost and self.token and self._fresh():
+            return
+        with _heartbeats.lock:  # not while the heartbeat thread rewrites it
+            if not self.lost and self.token and not self._fresh():
+                self._reclaim()
         if self.lost or not self.token:
             raise LeaseError(f"lease {self.path} was lost; another process may hold it now")
 
     # -- heartbeat and breaking -------------------------------------------------
 
-    def _start_heartbeat(self) -> None:
+    def _start_heartbeat(self, now: float) -> None:
         self.lost = False
-        self.beaten = time.time()
+        self.beaten = now
         _heartbeats.add(self)
+
+    def _fresh(self) -> bool:
+        """Whether this process wrote the lease less than half a ttl ago: then no waiter
+        can judge it stale for another half ttl (clocks agreeing well within a ttl)."""
+        return time.time() - self.beaten < self.ttl / 2
+
+    def _lose(self) -> None:
+        """Mark the lease lost and stop its heartbeats (``_heartbeats.lock`` held)."""
+        self.lost = True
+        _heartbeats.drop(self)
+
+    def _beat(self) -> None:
+        """Refresh the heartbeat (``_heartbeats.lock`` held).  While fresh, no waiter can
+        be breaking the file: read, check the token, replace.  Older (this process was
+        stopped or starved), a waiter may be breaking it right now, and a plain replace
+        could overwrite the lease it just took: :meth:`_reclaim` instead."""
+        if not self._fresh():
+            self._reclaim()
+            return
+        info = read_lease(self.path)
+        if info is None or info.get("token") != self.token:
+            self._lose()
+            return
+        now = time.time()
+        try:
+            atomic.write_bytes(self.path, self._content(now), durable=False)
+            self.beaten = now
+        except OSError:
+            pass  # a transient filesystem error; the next round tries again
+
+    def _reclaim(self) -> None:
+        """Take back a lease a waiter may judge stale, or mark it lost (``_heartbeats.lock``
+        held).  The file is renamed aside, so that no waiter can break it meanwhile, and
+        checked to be this lease; then it is created anew, exclusively, with a fresh
+        heartbeat.  A waiter that judged the old file and renames the new one aside sees
+        another heartbeat and puts it back (:meth:`_break`); one that finds the name free
+        meanwhile and creates it first wins, and this lease is lost."""
+        info = read_lease(self.path)
+        aside = self._take() if info is not None and info.get("token") == self.token \
+            else None
+        if aside is None:
+            self._lose()
+            return
+        now = time.time()
+        try:
+            if atomic.create_exclusive(self.path, self._content(now)):
+                self.beaten = now
+            else:
+                self._lose()
+        except OSError:
+            self._lose()
+        finally:
+            aside.unlink(missing_ok=True)
+
+    def _take(self) -> Path | None:
+        """Rename the lease file aside when it is this lease's: the aside path, or None
+        (gone, or someone else's, which is put back)."""
+        aside = atomic.temp_sibling(self.path, ".taken")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return None
+        moved = read_lease(aside)
+        if moved is not None and moved.get("token") == self.token:
+            return aside
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, self.path)
+        aside.unlink(missing_ok=True)
+        return None
 
     def stop_heartbeat(self) -> None:
         """Stop refreshing without releasing (tests use it to play a stalled holder)."""
@@ -318,6 +401,43 @@ class Lease:
         except FileNotFoundError:
             return 0.0
 
+    def _break_and_take(self, judged: dict[str, Any]) -> bool:
+        """Break the stale lease ``judged`` and create ours, one breaker at a time.
+
+        Breakers take the guard file ``.{name}.breaking`` first and hold it until
+        their own lease exists; they look again under it and go only if the lease
+        is still the one they judged.  Without the guard, a second breaker that
+        judged the same stale lease could move the first one's new lease aside and
+        put it back a moment later, and a third process could create the name in
+        that moment: two holders (seen on an NFS-like store, tests/test_slowfs.py).
+        """
+        guard = self.path.with_name(f".{self.path.name}.breaking")
+        if not atomic.create_exclusive(guard, b""):
+            self._clear_stale_guard(guard)
+            return False
+        try:
+            now_info = read_lease(self.path)
+            if now_info is not None and not _same_lease(now_info, judged):
+                return False  # broken and taken by another since we looked
+            if not self._break(judged):
+                return False
+            now = time.time()
+            if not atomic.create_exclusive(self.path, self._content(now)):
+                return False
+            self._start_heartbeat(now)
+            return True
+        finally:
+            guard.unlink(missing_ok=True)
+
+    def _clear_stale_guard(self, guard: Path) -> None:
+        """Remove a breaker's guard left by a breaker that died holding it: a breaker
+        holds it for a few file operations, so one older than a ttl is dead."""
+        try:
+            if time.time() - os.stat(guard).st_mtime > self.ttl:
+                guard.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+
     def _break(self, judged: dict[str, Any]) -> bool:
         """Move a stale lease aside; True when the stale one was removed."""
         aside = atomic.temp_sibling(self.path, ".broken")
@@ -326,10 +446,11 @@ class Lease:
         except FileNotFoundError:
             return True  # someone else removed it; creating may now succeed
         moved = read_lease(aside)
-        same = moved.get("token") == judged.get("token") if moved is not None else not judged
+        same = _same_lease(moved, judged) if moved is not None else not judged
         if not same:
             # Between our read and our rename a new holder took it (maybe still writing
-            # it, unreadable): put it back.
+            # it, unreadable), or its holder took it back with a fresh heartbeat
+            # (:meth:`Lease._reclaim`): put it back.
             with contextlib.suppress(FileExistsError):
                 os.link(aside, self.path)
             aside.unlink(missing_ok=True)
