@@ -37,6 +37,7 @@ from ..envs import BuiltEnv, mount
 from ..envs.commands import clean_env
 from ..errors import TaskError
 from ..graph import RunConfig
+from ..graph.files import HashedPath
 from ..store import atomic
 from ..store.record import Attempt
 from ..store.values import DATAARRAY_VARIABLE
@@ -90,6 +91,8 @@ class EnvPickler(SourcePickler):
     def reducer_override(self, obj: Any) -> Any:
         if obj is sys.modules.get("dscheduler") or obj is _runner:
             return importlib.import_module, ("_dscheduler_runner",)
+        if isinstance(obj, HashedPath):  # a ds.File value: a plain Path in the env
+            return Path, (str(obj),)
         if isinstance(obj, types.FunctionType) and obj.__module__ == _runner.__name__:
             name = obj.__name__
             if name in _TRACKING_NAMES and getattr(_runner, name) is obj:

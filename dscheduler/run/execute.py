@@ -34,7 +34,7 @@ import cloudpickle
 from .. import settings
 from ..envs import BuiltEnv, Env, build_env
 from ..errors import LeaseError, TaskError, tail
-from ..store import Lease, Store
+from ..store import TASK_STORE, Lease, Store, atomic
 from ..store.index import Entry
 from ..store.record import CANCELLED, FAILED, RUNNING, SUCCEEDED, Attempt, Record
 from ..store.records import (
@@ -94,10 +94,9 @@ def _take_lease(spec: NodeSpec) -> Lease:
     lease = spec.store.node_lease(spec.key16,
                                   owner=f"{spec.name} {_worker_address() or ''}".strip(),
                                   details={k: v for k, v in _slurm_fields().items() if v})
-    cancelled = spec.cancel_path
 
-    def abort() -> str | None:
-        return "its submission was cancelled" if cancelled.exists() else None
+    def abort() -> str | None:  # only while waiting: the path is made then
+        return "its submission was cancelled" if spec.cancel_path.exists() else None
 
     try:
         return lease.acquire(abort=abort)
@@ -120,7 +119,8 @@ def _earlier_attempts(spec: NodeSpec, previous: Record | None) -> list[Attempt] 
 
 def _interrupted(attempt: Attempt) -> str:
     return (f"attempt interrupted: the process running it (host {attempt.host}, "
-            f"pid {attempt.pid}, worker {attempt.worker}) died before finishing")
+            f"pid {attempt.pid}, worker {attempt.worker}) died, or stalled past its "
+            "lease, before finishing")
 
 
 def _broken_attempt(attempts: list[Attempt], holder: dict[str, Any]) -> list[Attempt]:
@@ -166,7 +166,8 @@ def _start_attempt(spec: NodeSpec, attempts: list[Attempt], previous: Record | N
     return record, attempt
 
 
-def _mark_running(spec: NodeSpec, record: Record, first: bool, announce: bool) -> _Later:
+def _mark_running(spec: NodeSpec, record: Record, first: bool, announce: bool,
+                  lease: Lease) -> _Later:
     """Write the record "running": the marker a killed attempt leaves; with
     ``announce``, its index entry too (for listings; a dropped result's entry was
     appended already, before its link went: :func:`_drop_result`).
@@ -182,6 +183,7 @@ def _mark_running(spec: NodeSpec, record: Record, first: bool, announce: bool) -
     def write() -> None:
         # Nothing changes the record while the task's function runs, and the attempt
         # cancels this call (waiting for it, if it runs) before it goes on.
+        lease.check()  # deferred: this process may have been stopped meanwhile
         write_record_text(spec.paths, record_text(record), final=False)
         if announce:
             spec.store.index.note(spec.paths, record)
@@ -289,8 +291,40 @@ def _load_arguments(spec: NodeSpec) -> tuple[Any, tuple[Any, ...], dict[str, Any
     return fn, map_nested(args, resolve), map_nested(kwargs, resolve)
 
 
-def _call(spec: NodeSpec, built: BuiltEnv | None, attempt: Attempt) -> Any:
+#: Seconds a worker process believes a submission's missing cancel file before it
+#: looks again: a tiny task's stat per task becomes one per second per worker.
+#: ``Handle.cancel`` also cancels the futures, so Dask starts no task that has not
+#: begun; this check only closes the race with tasks already handed to a worker.
+CANCEL_CHECK_EVERY = 1.0
+_not_cancelled: dict[str, float] = {}  # submission -> when its cancel file was missing
+
+
+def _cancelled(spec: NodeSpec) -> bool:
+    """Whether ``spec``'s submission was cancelled, as of at most
+    :data:`CANCEL_CHECK_EVERY` seconds ago (a missing file is remembered per process)."""
+    now = time.monotonic()
+    if now - _not_cancelled.get(spec.submission, -CANCEL_CHECK_EVERY) < CANCEL_CHECK_EVERY:
+        return False
     if spec.cancel_path.exists():
+        return True
+    if len(_not_cancelled) > 64:  # one per submission: forget old ones
+        _not_cancelled.clear()
+    _not_cancelled[spec.submission] = now
+    return False
+
+
+def _own_new_dir(spec: NodeSpec) -> bool:
+    """Make the node's own directory (``tasks/{task}/{key16}``) if missing; True when
+    this call made it.  Then no record, result or partial file can be there: the
+    attempt reads no record and writes its value in place (docs/design.md §14.2).
+    A node sharing its directory (a run's case) or run again makes nothing."""
+    if spec.rerun or spec.paths.dir.name != spec.key16:
+        return False
+    return atomic.make_new_dir(spec.paths.dir)
+
+
+def _call(spec: NodeSpec, built: BuiltEnv | None, attempt: Attempt) -> Any:
+    if _cancelled(spec):
         raise TaskError(f"{spec.name}: cancelled before it started")
     fn, args, kwargs = _load_arguments(spec)
     if spec.env is None:
@@ -334,7 +368,8 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> Outcome:
     """Run ``spec`` once under its lease; its :data:`Outcome` for the driver."""
     lease = _take_lease(spec)
     try:
-        previous = read_node(spec.paths.record)
+        made = _own_new_dir(spec)
+        previous = None if made else read_node(spec.paths.record)
         attempts = _earlier_attempts(spec, previous)
         if attempts is not None and lease.broken_holder is not None:
             attempts = _broken_attempt(attempts, lease.broken_holder)
@@ -346,18 +381,23 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> Outcome:
         record, attempt = _start_attempt(spec, attempts or [], previous)
         # No record and no lease broken: no earlier attempt left anything here.
         fresh = previous is None and lease.broken_holder is None
-        if previous is None and not fresh:
+        if previous is None and not fresh and not made:
             remove_partials(spec.paths)  # of a first attempt killed before its record
         running = _mark_running(spec, record, first=fresh,
-                                announce=previous is None or previous.state != SUCCEEDED)
+                                announce=previous is None or previous.state != SUCCEEDED,
+                                lease=lease)
         started = time.monotonic()
         try:
-            output = tracking.save(spec.paths, _call(spec, built, attempt), fresh=fresh,
-                                   here=spec.env is None)
-            lease.check()  # never commit under a lease that was broken meanwhile
+            value = _call(spec, built, attempt)
+            lease.check()  # never store a value under a lease that was broken meanwhile
+            output = tracking.save(spec.paths, value, fresh=fresh, here=spec.env is None,
+                                   new_dir=made)
+            lease.check()  # nor commit under one (docs/design.md §7: fencing)
             running.cancel()
         except BaseException as err:
             running.cancel()
+            if isinstance(err, Exception) and _lost(lease):  # the node's record is not ours
+                raise TaskError(f"{spec.name}: {err}") from None
             _fail(spec, record, attempt, err, started)
             if isinstance(err, Exception):  # Dask retries on it; the record has the details
                 raise TaskError(_failure_message(spec, attempt), record.to_json()) from None
@@ -366,6 +406,15 @@ def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> Outcome:
         return "succeeded", entry.text()
     finally:
         lease.release()
+
+
+def _lost(lease: Lease) -> bool:
+    """Whether another attempt may hold the node now (free while the lease is fresh)."""
+    try:
+        lease.check()
+    except LeaseError:
+        return True
+    return False
 
 
 def _stored_state(spec: NodeSpec, record: Record) -> str:
@@ -403,7 +452,11 @@ def _failure_message(spec: NodeSpec, attempt: Attempt) -> str:
 
 def node_task(spec: NodeSpec, built: BuiltEnv | None = None, *upstream: Any) -> Outcome:
     """The function behind a ``{task}-{key16}`` key; upstream outcomes only order it."""
-    return run_node(spec, built)
+    running = TASK_STORE.set(spec.store)  # ds.checkpoint(ref) in the task: this store
+    try:
+        return run_node(spec, built)
+    finally:
+        TASK_STORE.reset(running)
 
 
 def build_task(store: Store, env: Env) -> BuiltEnv:

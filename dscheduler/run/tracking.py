@@ -47,12 +47,13 @@ def begin(paths: NodePaths) -> _runner.Tracker:
     return tracker
 
 
-def save(paths: NodePaths, value: Any, *, fresh: bool = False,
-         here: bool = False) -> dict[str, Any]:
+def save(paths: NodePaths, value: Any, *, fresh: bool = False, here: bool = False,
+         new_dir: bool = False) -> dict[str, Any]:
     """Store the task's value, or the Zarr group it wrote through ``ds.output()``; then
     publish its ``ds.output("dir")`` files and artifacts.  The record's ``output``.
 
     ``fresh``: the node has no earlier result whose files would need replacing.
+    ``new_dir``: this attempt made the node's directory (:func:`save_value`).
     ``here``: the task ran in this thread (not in an env's subprocess), so it
     asked for its directories through this Tracker, and those it never asked
     for are not looked for: each look is a round trip on a shared
@@ -74,7 +75,7 @@ def save(paths: NodePaths, value: Any, *, fresh: bool = False,
             )
         out = commit_written(paths, Path(tracker.output_dir))
     else:
-        out = save_value(paths, value, fresh=fresh)
+        out = save_value(paths, value, fresh=fresh, new_dir=new_dir)
     if tracker is not None:
         for folder, final in ((tracker.files_dir, paths.files),
                               (tracker.artifacts_dir, paths.artifacts)):

@@ -2,6 +2,8 @@
 
 Writes go to a finished temporary sibling, then one rename (or ``os.link``
 for create-once); removals rename first, then delete (docs/design.md §7).
+Only a file nobody opens before a later write names it (:func:`write_new`: a
+node's value in the directory its attempt made) is written in place.
 Modes never follow the umask: a private store's dirs are 0755 and files 0644,
 a group store's (its root setgid and group-writable, :func:`learn_root`) 02775
 and 0664; nothing is ever world-writable (docs/design.md §3).
@@ -232,6 +234,38 @@ def write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = T
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_new(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to a new file ``path`` in place (``O_EXCL``), without a temporary
+    name: only for a file no reader opens before something written after it names
+    it (a node's value in a directory its attempt made, before its record).  A
+    failed write removes the file."""
+    fd = _create(path, 0o644)
+    try:
+        _write_all(fd, data, durable)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+def make_new_dir(path: Path) -> bool:
+    """Make directory ``path`` (and missing parents) with the store's mode; True when
+    this call made it, False when it existed.  ``mkdir`` is exclusive on every
+    filesystem, so one caller alone learns that the directory is new."""
+    try:
+        _mkdir(path, modes_for(path))
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        make_dirs(path.parent)
+        try:
+            _mkdir(path, modes_for(path))
+        except FileExistsError:
+            return False
+    return True
 
 
 def json_text(obj: Any) -> str:

@@ -175,11 +175,16 @@ def consolidate(path: Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-def save_value(paths: NodePaths, value: Any, *, fresh: bool = False) -> dict[str, Any]:
+def save_value(paths: NodePaths, value: Any, *, fresh: bool = False,
+               new_dir: bool = False) -> dict[str, Any]:
     """Store ``value`` in ``paths`` and describe how, for the record.
 
     ``fresh``: the node has no earlier result, so no output of the other kind
-    is looked for (a round trip on a shared filesystem).
+    is looked for (a round trip on a shared filesystem).  ``new_dir``: the
+    attempt made the node's directory under its lease, so no record there
+    can name the value before the attempt's own, written after it: a JSON
+    value is written in place, without a temporary name and a rename
+    (docs/design.md §14.2).
     """
     kind = zarr_kind(value)
     if kind is not None:
@@ -211,8 +216,11 @@ def save_value(paths: NodePaths, value: Any, *, fresh: bool = False) -> dict[str
             "lists and dicts with str keys (e.g. convert a pandas DataFrame with "
             "df.to_xarray())"
         ) from None
-    atomic.write_bytes(paths.value, (text + "\n").encode(),
-                       durable=bool(settings.get("task.fsync")))
+    data, durable = (text + "\n").encode(), bool(settings.get("task.fsync"))
+    if new_dir:
+        atomic.write_new(paths.value, data, durable=durable)
+    else:
+        atomic.write_bytes(paths.value, data, durable=durable)
     if not fresh:
         atomic.remove(paths.zarr)
     return {"kind": "json", "path": paths.value.name}

@@ -38,9 +38,14 @@ class Entry:
     summary: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:
-        """The segment line as text: one JSON array and a newline."""
-        return dumps([self.path, self.seq, self.state, self.key, self.summary],
-                     separators=(",", ":"), default=str) + "\n"
+        """The segment line as text: one JSON array and a newline (made once: a
+        worker appends it and returns it to the driver)."""
+        made = self.__dict__.get("_text")
+        if made is None:
+            made = dumps([self.path, self.seq, self.state, self.key, self.summary],
+                         separators=(",", ":"), default=str) + "\n"
+            object.__setattr__(self, "_text", made)
+        return made
 
     def line(self) -> bytes:
         """The segment line: one JSON array and a newline."""

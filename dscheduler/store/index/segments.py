@@ -130,17 +130,25 @@ class SegmentWriter:
             self._close()
 
 
-_writers: dict[tuple[int, str], SegmentWriter] = {}
+_writers: dict[tuple[int, str], SegmentWriter] = {}  # least recently used first
 _writers_lock = threading.Lock()
+#: Writers (each an open segment) a process keeps: a worker serving computes into
+#: one fresh store after another would otherwise hold a file open per store, for ever.
+KEEP_WRITERS = 8
 
 
 def writer(layout: Layout) -> SegmentWriter:
-    """This process's writer for the store at ``layout.root`` (a new one after fork)."""
+    """This process's writer for the store at ``layout.root`` (a new one after fork); the
+    least recently used beyond :data:`KEEP_WRITERS` are closed (a closed writer that is
+    used again starts a new segment)."""
     key = (os.getpid(), str(layout.root))
     with _writers_lock:
-        found = _writers.get(key)
+        found = _writers.pop(key, None)
         if found is None:
-            found = _writers[key] = SegmentWriter(Layout(layout.root))
+            found = SegmentWriter(Layout(layout.root))
+        _writers[key] = found
+        while len(_writers) > KEEP_WRITERS:
+            _writers.pop(next(iter(_writers))).close()
         return found
 
 

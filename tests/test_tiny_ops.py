@@ -1,0 +1,119 @@
+"""A tiny task's store work (docs/design.md §14.2): the file operations of a fresh node, a
+killed attempt's partial value in a directory it made, and the segment files a worker keeps
+open across stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import run_inline
+
+import dscheduler as ds
+from dscheduler.store import atomic
+from dscheduler.store.index import segments
+
+
+@ds.task(version="1", name="tinyops")
+def tinyops(x: int) -> dict[str, int]:
+    return {"x": x + 1}
+
+
+#: Runs fresh nodes through the worker's code path (node_task), after warm-up nodes,
+#: under strace; the markers in the output split the warm-up from the measured part.
+CHILD = textwrap.dedent("""
+    import os, pickle, sys
+    import cloudpickle, dask
+    import dscheduler as ds
+    from dscheduler.run.execute import node_task
+    from dscheduler.run.spec import make_specs
+
+    def inc(x):
+        return x + 1
+
+    task = ds.task(version="1", name="inc")(inc)
+    store = ds.Store(sys.argv[1])
+    n = int(sys.argv[2])
+    # a loaded machine may take longer than 0.2 s for a task: no deferred "running" write
+    with dask.config.set({"dscheduler.task.running_record_after": 600}):
+        for label, first in (("warm", -100), ("measured", 0)):
+            p = ds.plan([task(first + i) for i in range(n)], store=store)
+            specs = make_specs(p, "s" + label)
+            store.ensure()
+            blobs = [cloudpickle.dumps(specs[node.key]) for node in p.to_run]
+            os.access("/MARK-" + label, os.F_OK)
+            for blob in blobs:
+                node_task(pickle.loads(blob), None)
+            os.access("/MARK-end-" + label, os.F_OK)
+""")
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
+def test_fresh_tiny_node_costs_seven_file_operations(tmp_path: Path) -> None:
+    """Lease (create, unlink), the node's directory, its value (written in place), its
+    record (create, rename) and its .done link: nothing else touches the store."""
+    store, out, n = tmp_path / "store", tmp_path / "trace", 20
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.run(["strace", "-f", "-e", "trace=%file", "-o", str(out), sys.executable,
+                           str(script), str(store), str(n)], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = out.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "/MARK-measured" in line)
+    end = next(i for i, line in enumerate(lines) if "/MARK-end-measured" in line)
+    ops = [line for line in lines[start + 1:end] if str(store) in line
+           and "resumed>" not in line]
+    # and once per second per process: the stat of the submission's cancel file
+    assert len(ops) <= 7 * n + 2, "\n".join(ops[:40])
+    values = list(store.glob("tasks/inc/*/inc.value.json"))
+    assert len(values) == 2 * n and not list(store.glob("tasks/inc/*/.inc*partial"))
+
+
+def test_partial_value_of_killed_attempt_is_replaced(tmp_path: Path) -> None:
+    """An attempt that made the node's directory and died mid-value (no record) leaves a
+    torn value file: the next attempt writes over it, and the value reads back whole."""
+    store = ds.Store(tmp_path / "store")
+    node = tinyops(1)
+    paths = node.paths(store)
+    atomic.make_dirs(paths.dir)
+    paths.value.write_bytes(b'{"x": ')  # torn, as a kill mid-write leaves it
+    assert run_inline([node], store) == {node.name: "succeeded"}
+    assert store.read_record(paths.record)["state"] == "succeeded"  # type: ignore[index]
+    assert paths.value.read_text() == '{"x": 2}\n'
+    assert ds.plan(node, store=store).nothing_to_do
+
+
+def test_fresh_node_value_written_once_in_new_dir(tmp_path: Path) -> None:
+    """A fresh node's directory holds its value, record and link only: no temporary
+    names are left, and a second run of the plan finds it finished."""
+    store = ds.Store(tmp_path / "store")
+    nodes = [tinyops(i) for i in range(3)]
+    assert set(run_inline(nodes, store).values()) == {"succeeded"}
+    for node in nodes:
+        names = sorted(os.listdir(node.paths(store).dir))
+        assert names == [".tinyops.done", "tinyops.json", "tinyops.value.json"], names
+    assert ds.plan(nodes, store=store).nothing_to_do
+
+
+def test_segment_writers_per_process_are_bounded(tmp_path: Path) -> None:
+    """A worker serving computes into one fresh store after another keeps at most
+    KEEP_WRITERS segment files open, not one per store for ever."""
+    for i in range(segments.KEEP_WRITERS + 4):
+        store = ds.Store(tmp_path / f"s{i}")
+        run_inline([tinyops(i)], store)
+    open_segments = [fd for fd in os.listdir("/proc/self/fd")
+                     if "/index/segments/" in _target(fd) and str(tmp_path) in _target(fd)]
+    assert len(open_segments) <= segments.KEEP_WRITERS
+
+
+def _target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
