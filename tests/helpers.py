@@ -11,6 +11,7 @@ and the small task definitions several modules run live here:
   :func:`bound_v1`, :func:`bound_v2`
 * dashboards: :func:`assert_loopback_only`, :func:`page_json`
 * SLURM: :func:`our_jobs`, :func:`wait_until_gone`, :func:`run`
+* a store with network-filesystem latency: :func:`slow_mount` (tests/slowfs.py)
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlparse
@@ -37,6 +40,7 @@ from dscheduler.run import dashboard
 from dscheduler.run.execute import run_node
 from dscheduler.run.spec import make_specs
 from dscheduler.store import NodePaths
+from dscheduler.store.index import segments
 from dscheduler.store.records import set_done, write_record
 
 T = TypeVar("T")
@@ -204,3 +208,49 @@ def run(nodes: list[ds.Node], store: ds.Store | str, cluster: Any,
         timeout: float = 180) -> ds.Results:
     """``ds.compute`` that gives up after ``timeout`` seconds instead of hanging."""
     return ds.submit(nodes, store=store, cluster=cluster).wait(timeout=timeout, progress=False)
+
+
+# -- slowfs: a store with network-filesystem latency and caches -------------------------------
+
+SLOWFS = Path(__file__).with_name("slowfs.py")
+
+
+def mounted(path: Path) -> bool:
+    """Whether ``path`` is a mount point (from the mount table: a dead FUSE mount counts)."""
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == str(path) for line in f)
+
+
+@contextmanager
+def slow_mount(backing: Path, mountpoint: Path, *options: str) -> Iterator[Path]:
+    """``backing`` mounted at ``mountpoint`` through tests/slowfs.py (``options`` are its
+    flags: ``--delay-ms``, ``--attr-timeout``, ...) for the block, then always unmounted
+    (lazily when busy) and the process ended.  Started from the tests, it carries their
+    DSCHEDULER_TEST_SPAWNED_BY; it also unmounts itself if its parent dies."""
+    backing.mkdir(parents=True, exist_ok=True)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    log = mountpoint.with_name(f"{mountpoint.name}.slowfs.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(SLOWFS), str(backing), str(mountpoint),
+                                 *options], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: proc.poll() is not None or mounted(mountpoint), 60,
+                 f"slowfs to mount {mountpoint}")
+        if proc.poll() is not None:
+            raise AssertionError(f"slowfs exited with {proc.returncode}: {log.read_text()}")
+        yield mountpoint
+    finally:
+        # This process's index segment writers keep a file open on the mount: close them.
+        for writer in list(segments._writers.values()):
+            if writer.layout.root.is_relative_to(mountpoint):
+                writer.close()
+        if mounted(mountpoint) and subprocess.run(["fusermount3", "-u", str(mountpoint)],
+                                                  capture_output=True).returncode:
+            # Busy: detach it now; the files still open on it fail once slowfs is gone.
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+            proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
