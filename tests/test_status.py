@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import dscheduler as ds
 from dscheduler.cli import app
 from dscheduler.store import atomic
-from dscheduler.store.status import summarize
+from dscheduler.store.status import summarize, walk_summary
 
 pytestmark = pytest.mark.fast
 
@@ -44,7 +44,8 @@ def store(tmp_path: Path) -> Iterator[ds.Store]:
                                                             "attempts": [{}]}))
     boom = store.task("boom", "8" * 16)
     boom.dir.mkdir(parents=True)
-    boom.record.write_text("{not json")  # damaged
+    boom.record.write_text("{not json")  # damaged by hand: the index learns it from
+    store.index.damaged(boom, "not JSON")  # verify --repair (docs/design.md §14.1, point 4)
     # Envs: one published, one failed build, one building without a directory yet.
     built = store.env("e" * 16)
     built.dir.mkdir()
@@ -91,6 +92,31 @@ def test_summary_envs_and_failures(store: ds.Store) -> None:
     assert data["states"] == {"running": 1, "succeeded": 2, "failed": 2, "cancelled": 1,
                               "interrupted": 1, "damaged": 1}
     assert data["nodes"] == 8 and data["runs"] == 2
+
+
+def test_index_gives_what_the_walk_gives(store: ds.Store) -> None:
+    """summarize reads the index; the record walk it replaced finds the same summary."""
+    from_index, walked = summarize(store, failures=5).to_json(), walk_summary(store, 5).to_json()
+    assert from_index["nodes"] == 8
+    assert {**from_index, "updated": 0} == {**walked, "updated": 0}
+
+
+def test_summary_reads_the_index_and_rebuilds_a_damaged_one(tmp_path: Path) -> None:
+    store = ds.Store(tmp_path / "data").ensure()
+    # Entries alone, as workers append them: counted without a file per node.
+    keys = [f"{i:016x}" + "0" * 48 for i in range(1, 51)]
+    store.index.append([store.index.entry(store.task("solo", k[:16]), {
+        "key": k, "seq": 1, "state": "succeeded", "task": "solo"}) for k in keys])
+    assert summarize(store).by_task() == {"solo": {"succeeded": 50}}
+    assert walk_summary(store).by_task() == {}
+    # An unreadable index is rebuilt from the records, as `dscheduler runs` does: the
+    # old entries without files are forgotten (docs/design.md §14.1, Rebuild).
+    write_node_record(store.task("real", "1" * 16), "failed", 1, error="ValueError: real")
+    store.index_snapshot.write_text("not an index\n")
+    s = summarize(store)
+    assert s.by_task() == {"real": {"failed": 1}}
+    assert [f.error for f in s.failures] == ["ValueError: real"]
+    assert store.index.size() == 1  # published again
 
 
 def test_failure_without_log_shows_its_traceback(tmp_path: Path) -> None:

@@ -1,15 +1,14 @@
 """What a store or a running graph holds: the summary ``dscheduler status`` and the page share.
 
-A :class:`Summary` counts nodes by state per task name and per run label,
-lists environments (state, build time, image size) and the latest failures
-with their log tail; :meth:`Summary.to_json` is what ``/dscheduler.json``
-serves and what ``dscheduler status`` prints.  Two kinds exist:
+A :class:`Summary` counts nodes by state per task and per run label, lists envs
+(state, build time, size) and the latest failures with their log tail;
+:meth:`Summary.to_json` is what ``/dscheduler.json`` serves.  Two kinds exist:
 
 * ``store``: :func:`summarize`, read from the store's files alone, so it
-  needs no scheduler.  It is the ONE function that reads a whole store for
-  status: a store index can replace its body without touching its callers.
-  Finished records are not parsed (their ``.done`` link says so); a record
-  left ``running`` whose node lease is not held is ``interrupted``.
+  needs no scheduler: its index (counts, labels), the records of the newest
+  failures, the leases of running nodes (none held: ``interrupted``), envs.
+  Callers use it alone; :func:`walk_summary`, the record walk it replaced,
+  is kept for bench/status.py and the tests, which compare the two.
 * ``graph``: made by the dashboard plugin from a submitted graph's plan and
   the scheduler's task transitions; it adds ``queued``, ``cached`` and
   ``blocked``, which only a graph knows.
@@ -18,17 +17,28 @@ serves and what ``dscheduler status`` prints.  Two kinds exist:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import settings
 from ..errors import StoreError, tail
-from .layout import RUN_RECORD, Layout, done_name, record_task, walk_node_dirs
+from .index import RUN, Index, Table
+from .index.entries import UNLINKED
+from .layout import (
+    RUN_RECORD,
+    Layout,
+    NodePaths,
+    done_name,
+    done_task,
+    record_task,
+    walk_node_dirs,
+)
 from .lease import lease_held
 from .record import CANCELLED, DAMAGED, FAILED, INTERRUPTED, RUNNING, SUCCEEDED, Record
 from .records import read_node, read_record
@@ -235,11 +245,151 @@ def summarize(layout: Layout, failures: int | None = None) -> Summary:
     failures
         How many of the newest failures to keep (default: setting ``dashboard.failures``).
 
+    Counts come from the store index (docs/design.md §14.1), as ``store.runs()`` reads
+    it, rebuilt from the records by the same rule when missing or unreadable: a node
+    costs no file operation.  Its task is in its index path, its label is its run's
+    (the run's entry keeps run.json's).  Files are read only for running nodes (a
+    lease nobody holds: ``interrupted``), the newest failed records and envs.
+    """
+    keep = int(settings.get("dashboard.failures", failures))
+    out = Summary("store", layout.root, runs=0)
+    index = Index(layout)
+    for _ in range(5):
+        view = index.load()
+        tally = _tally(layout, view.values)
+        wanted = {tally.runs[r] for r in tally.bound if r in tally.runs} | set(tally.failed)
+        table = index.table(view, _all_but(wanted)) if wanted else Table.of([])
+        if table is not None:
+            break
+    else:
+        raise StoreError(f"the index of {layout.root} kept changing while it was read")
+    labels, ends = _labels_and_ends(layout, table)
+    out.runs = len(tally.runs)
+    counts: Counter[tuple[str, str, str]] = Counter()  # few keys, where runs are many
+    for (task, run, state), n in tally.counts.items():
+        counts[task, labels.get(run, NO_LABEL) if run else NO_LABEL, state] += n
+    for (task, label, state), n in counts.items():
+        out.count(task, label, state, n)
+    out.damaged = sorted(tally.damaged)
+    out.failures = _newest_failures(layout, tally.failed, ends, labels, keep)
+    out.envs = [env_row(layout, env_id) for env_id in _env_ids(layout)]
+    return out
+
+
+def _all_but(wanted: set[str]) -> Callable[[str], bool]:
+    """Which index paths the summaries table skips: every one but ``wanted``."""
+    return lambda path: path not in wanted
+
+
+@dataclass
+class _Tally:
+    """What the index's values alone say: nodes per (task, run_id, state), runs by
+    run_id (their index paths), failed nodes (index paths), damaged records."""
+
+    counts: Counter[tuple[str, str | None, str]] = field(default_factory=Counter)
+    runs: dict[str, str] = field(default_factory=dict)
+    bound: set[str] = field(default_factory=set)  # run_ids that have nodes
+    failed: list[str] = field(default_factory=list)
+    damaged: list[Path] = field(default_factory=list)
+
+
+def _tally(layout: Layout, values: dict[str, str]) -> _Tally:
+    out = _Tally()
+    tasks: dict[str, str | None] = {}  # link name -> task: a store has few names
+    for path, value in values.items():
+        state, _, seq_key = value.partition(" ")
+        if state == RUN:
+            run = layout.run_of_id(path)
+            if run is not None:
+                out.runs[run] = path
+            continue
+        name = path.rpartition("/")[2]
+        task = tasks[name] if name in tasks else tasks.setdefault(name, done_task(name))
+        if task is None:
+            continue
+        if state == UNLINKED:  # a succeeded record whose .done link is not made (yet)
+            state = SUCCEEDED
+        elif state == RUNNING:  # its lease nobody holds: interrupted
+            key = seq_key.partition(" ")[2]
+            state = state_of(layout, Record(state=RUNNING, key=key)) or RUNNING
+        elif state == FAILED:
+            out.failed.append(path)
+        elif state == DAMAGED:
+            out.damaged.append(_record_path(layout, path))
+        run = layout.run_of_node_id(path)
+        if run is not None:
+            out.bound.add(run)
+        out.counts[task, run, state] += 1
+    return out
+
+
+def _labels_and_ends(layout: Layout, table: Table) -> tuple[dict[str, str], dict[str, Any]]:
+    """Each run's label (by run_id) and each failed node's end (by index path)."""
+    labels: dict[str, str] = {}
+    ends: dict[str, Any] = {}
+    for path, label, end in zip(table.paths(), table.column("label"), table.column("end"),
+                                strict=True):
+        run = layout.run_of_id(path)
+        if run is not None:
+            labels[run] = str(label or NO_LABEL)
+        else:
+            ends[path] = end
+    return labels, ends
+
+
+def _newest_failures(layout: Layout, failed: list[str], ends: dict[str, Any],
+                     labels: dict[str, str], keep: int) -> list[Failure]:
+    """The ``keep`` newest failures, by their last attempt's end (the record's mtime when
+    it has none), read from their records."""
+    ranked = []
+    for path in failed:
+        record_path = _record_path(layout, path)
+        when = _epoch(ends.get(path))
+        if when is None:
+            try:
+                when = record_path.stat().st_mtime
+            except OSError:  # removed meanwhile
+                continue
+        ranked.append((when, path, record_path))
+    ranked.sort(key=lambda r: r[0], reverse=True)
+    out: list[Failure] = []
+    for _, path, record_path in ranked:
+        if len(out) >= keep:
+            break
+        try:
+            record = read_node(record_path)
+        except (StoreError, OSError):
+            continue
+        if record is not None:
+            run = layout.run_of_node_id(path)
+            out.append(failure_of(record_path, record, labels.get(run, NO_LABEL) if run
+                                  else NO_LABEL))
+    return out
+
+
+def _record_path(layout: Layout, path: str) -> Path:
+    """The record of the node whose index path (its ``.done`` link) is ``path``."""
+    folder, _, name = path.rpartition("/")
+    return NodePaths(layout.root / folder, done_task(name) or "").record
+
+
+def _epoch(end: Any) -> float | None:
+    """An attempt's ``end`` (ISO 8601) in seconds since the epoch; None without one."""
+    if not end:
+        return None
+    try:
+        return dt.datetime.fromisoformat(str(end)).timestamp()
+    except ValueError:
+        return None
+
+
+def walk_summary(layout: Layout, failures: int | None = None) -> Summary:
+    """The store summary read from its files, not its index: what :func:`summarize` did
+    before the index (bench/status.py compares them; tests check they agree).
+
     The walk (:func:`~dscheduler.store.layout.walk_node_dirs`) skips outputs
-    (``*.zarr`` ...) and ``logs`` directories: only a node's directory holds its
-    record and ``.done`` link.  Succeeded nodes cost no
-    read beyond the directory listing; failed, running and cancelled records
-    are parsed.
+    (``*.zarr`` ...) and ``logs`` directories.  Succeeded nodes cost no read beyond the
+    directory listing; failed, running and cancelled records are parsed.
     """
     keep = int(settings.get("dashboard.failures", failures))
     out = Summary("store", layout.root, runs=0)
@@ -261,7 +411,6 @@ def summarize(layout: Layout, failures: int | None = None) -> Summary:
     out.failures = [failure_of(p, r, lbl, t) for t, p, r, lbl in failed[:keep]]
     out.envs = [env_row(layout, env_id) for env_id in _env_ids(layout)]
     return out
-
 
 def _run_dir(runs_dir: Path, dirpath: str) -> str | None:
     """``runs/{env_id}/{config_hash}`` of a directory at or below it; None above it."""
