@@ -22,7 +22,6 @@ from typing import Any
 
 from ..errors import ConfigError
 from .runs import (
-    _GROUPS,
     _NAN,
     _RUN_INPUT,
     _RUN_STATE_ORDER,
@@ -31,6 +30,7 @@ from .runs import (
     Summaries,
     _check_states,
     _ordered_columns,
+    node_columns,
 )
 
 
@@ -84,14 +84,7 @@ def listing(summaries: Iterable[dict[str, Any]], *, state: str | list[str] | Non
 def _nodes(summaries: Summaries, columns: list[str]) -> Rows:
     """One row per summary, in the summaries' order: ``columns``, then each group's
     columns that some row has (``_node_frame``)."""
-    table = summaries.table
-    data = {c: table.column(c) for c in columns}
-    names = table.names()
-    for group in _GROUPS:
-        for name in sorted(n for n in names if n.startswith(f"{group}.")):
-            values = table.column(name)
-            if any(v is not None for v in values):
-                data[name] = values
+    data = node_columns(summaries, columns, lambda group, name, values, data: values)
     order = summaries.order
     if order is not None and order != list(range(len(order))):
         data = {c: [v[i] for i in order] for c, v in data.items()}

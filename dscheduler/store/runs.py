@@ -173,19 +173,28 @@ def _node_frame(summaries: Summaries, columns: list[str]) -> pd.DataFrame:
     summaries' columns: a DataFrame of 100,000 row dicts costs several times more."""
     import pandas as pd
 
+    frame = pd.DataFrame(node_columns(summaries, columns, _column))
+    order = summaries.order
+    if order is not None and order != list(range(len(order))):
+        frame = frame.take(order).reset_index(drop=True)
+    return frame
+
+
+def node_columns(summaries: Summaries, columns: list[str],
+                 convert: Callable[[str, str, list[Any], dict[str, Any]], Any]
+                 ) -> dict[str, Any]:
+    """``columns`` of the summaries' table, then each group's columns that some row has
+    (not null: else only dropped rows had it), each through ``convert(group, name,
+    values, data)``; in the table's order."""
     table = summaries.table
     data = {c: table.column(c) for c in columns}
     names = table.names()
     for group in _GROUPS:
         for name in sorted(n for n in names if n.startswith(f"{group}.")):
             values = table.column(name)
-            if any(v is not None for v in values):  # else only dropped rows had it
-                data[name] = _column(group, name, values, data)
-    frame = pd.DataFrame(data)
-    order = summaries.order
-    if order is not None and order != list(range(len(order))):
-        frame = frame.take(order).reset_index(drop=True)
-    return frame
+            if any(v is not None for v in values):
+                data[name] = convert(group, name, values, data)
+    return data
 
 
 def _column(group: str, name: str, values: list[Any], data: dict[str, Any]) -> Any:
