@@ -254,3 +254,25 @@ def slow_mount(backing: Path, mountpoint: Path, *options: str) -> Iterator[Path]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+#: Processes tests started through :func:`popen`; conftest's autouse fixture kills those
+#: still running after each test (stopped ones too), so a test that fails half-way
+#: leaves none behind.
+STARTED: list[subprocess.Popen[str]] = []
+
+
+def popen(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    """``subprocess.Popen`` with text pipes for stdout and stderr, killed after the test."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+    STARTED.append(proc)
+    return proc
+
+
+def kill_started() -> None:
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL ends a stopped process too
+        proc.communicate(timeout=60)

@@ -14,12 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cloudpickle
 import pytest
-from helpers import wait_for
+from helpers import popen, wait_for
 
 import dscheduler as ds
 from dscheduler.run.spec import make_specs
@@ -65,28 +64,13 @@ def stamp(log: str, nap: str) -> int:
     return os.getpid()
 
 
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftovers() -> Iterator[None]:
-    """A test that fails half-way leaves no process behind, stopped or not."""
-    yield
-    while _STARTED:
-        proc = _STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()  # SIGKILL ends a stopped process too
-        proc.communicate(timeout=60)
 
 
 def _attempt(spec_file: Path, *args: str, **settings: float) -> subprocess.Popen[str]:
     env = {**os.environ, "DASK_DSCHEDULER__TASK__LEASE_TTL": str(TTL),
            **{f"DASK_DSCHEDULER__TASK__{k.upper()}": str(v) for k, v in settings.items()},
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
-    proc = subprocess.Popen([sys.executable, "-c", RUN, str(spec_file), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _STARTED.append(proc)
-    return proc
+    return popen([sys.executable, "-c", RUN, str(spec_file), *args], env=env)
 
 
 def _spec_file(node: ds.Node, store: ds.Store, tmp: Path, name: str) -> Path:

@@ -8,11 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import popen, wait_for
 
 import dscheduler as ds
 from dscheduler.store.lease import lease_held
@@ -50,25 +49,10 @@ print("ok")
 """
 
 
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftovers() -> Iterator[None]:
-    """A test that fails half-way leaves no holder behind."""
-    yield
-    while _STARTED:
-        proc = _STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=60)
 
 
 def _start(code: str, *args: object) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _STARTED.append(proc)
-    return proc
+    return popen([sys.executable, "-c", code, *map(str, args)])
 
 
 def _started(path: Path) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import BoundCfg, bound_v1, run, run_inline, slow_mount, wait_for
+from helpers import BoundCfg, bound_v1, popen, run, run_inline, slow_mount, wait_for
 from typer.testing import CliRunner
 
 import dscheduler as ds
@@ -47,24 +47,10 @@ def hosts(tmp_path: Path, fuse_available: None) -> Iterator[tuple[Path, Path]]:
             for name in ("host-a", "host-b"))
 
 
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftovers() -> Iterator[None]:
-    yield
-    while _STARTED:
-        proc = _STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=60)
 
 
 def start(code: str, *args: object) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", code, TESTS, *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _STARTED.append(proc)
-    return proc
+    return popen([sys.executable, "-c", code, TESTS, *map(str, args)])
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 180) -> str:
