@@ -56,8 +56,9 @@ def as_attacker(script: str, tmp: Path) -> None:
 
 @pytest.fixture
 def shared(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A sticky dir every user can write (like /tmp), the victim's TMPDIR; removed after."""
-    tmp = Path(tempfile.mkdtemp(prefix="dscheduler-shared-", dir="/tmp"))
+    """A sticky dir every user can write (like /tmp), the victim's TMPDIR; removed after.
+    In /var/tmp (sticky too): the nodes of the multi-node SLURM cluster see it, not /tmp."""
+    tmp = Path(tempfile.mkdtemp(prefix="dscheduler-shared-", dir="/var/tmp"))
     tmp.chmod(0o1777)
     monkeypatch.setenv("TMPDIR", str(tmp))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))

@@ -74,8 +74,9 @@ print(json.dumps(out))
 
 @pytest.fixture
 def shared() -> Iterator[Path]:
-    """A dir both users can enter (pytest's tmp_path is 0700), the attacker's home in it."""
-    base = Path(tempfile.mkdtemp(prefix="dscheduler-tls-"))
+    """A dir both users can enter (pytest's tmp_path is 0700), the attacker's home in it;
+    in /var/tmp, which the nodes of the multi-node SLURM cluster see (not /tmp)."""
+    base = Path(tempfile.mkdtemp(prefix="dscheduler-tls-", dir="/var/tmp"))
     base.chmod(0o755)
     home = base / "attacker"
     home.mkdir(mode=0o700)

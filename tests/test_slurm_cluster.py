@@ -1,7 +1,7 @@
-"""Graphs on the real one-node SLURM: envs on workers, GPU routing, scancel, lifetime.
+"""Graphs on real SLURM (one node or three): envs on workers, GPU routing, scancel, lifetime.
 
 docs/design.md §13.  Jobs are small (1 core, 1 GB) so that a CPU job and a
-GPU job fit the 2-CPU node at once; every test ends with none of its jobs in
+GPU job fit a 2-CPU node at once; every test ends with none of its jobs in
 ``squeue``.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -52,13 +51,14 @@ def _build_starts(dask_scheduler: Any) -> dict[str, int]:
 
 
 def test_two_envs_ten_tasks_on_slurm_workers(slurm_available: str, node_dirs: Any,
+                                             slurm_node_cpus: dict[str, int],
                                              tmp_path: Path) -> None:
     store = ds.Store(tmp_path / "data")
     log = str(tmp_path / "log")
     cfgs = [Cfg(flavor="ab"[i % 2], x=i, log=log, sleep=1.0) for i in range(10)]
     nodes = [work(cfg, "c0") for cfg in cfgs]
-    # Two one-core CPU jobs (the 2-CPU node holds both): two workers that could race
-    # for the builds and mounts of the two envs.
+    # Two one-core CPU jobs (one 2-CPU node holds both; node_dirs' shared dirs when on
+    # two nodes): two workers that could race for the builds and mounts of the two envs.
     settings = {f"dscheduler.slurm.{k}": v for k, v in {**SMALL, "max_jobs": 2}.items()}
     with dask.config.set({**settings, "dscheduler.slurm.partition": slurm_available}):
         try:
@@ -88,7 +88,9 @@ def test_two_envs_ten_tasks_on_slurm_workers(slurm_available: str, node_dirs: An
     for node in nodes:
         [attempt] = attempts(results, node)
         jobs.add(attempt["slurm_job_id"])
-        assert attempt["slurm_node"] == socket.gethostname().split(".")[0]
+        # the node it ran on: the host on the one-node cluster, dsnI on the nodes
+        assert attempt["slurm_node"] in slurm_node_cpus, attempt
+        assert attempt["slurm_node"] == attempt["host"].split(".")[0], attempt
         worker_log = Path(attempt["worker_log"])
         assert worker_log.parent == store.slurm_logs_dir
         assert worker_log.name.endswith(f"-{attempt['slurm_job_id']}.log")

@@ -137,20 +137,24 @@ def sleeper(i: int) -> int:
     time.sleep(300)
     return i
 
-handle = ds.submit([sleeper(i) for i in range(6)], store=sys.argv[1], cluster="slurm")
+handle = ds.submit([sleeper(i) for i in range(int(sys.argv[2]) + 2)], store=sys.argv[1],
+                   cluster="slurm")
 print("submitted", flush=True)
 time.sleep(600)
 """
 
 
-def test_kill9_of_a_driver_leaves_no_job_in_the_queue(slurm_available: str,
-                                                       tmp_path: Path) -> None:
+def test_kill9_of_a_driver_leaves_no_job_in_the_queue(
+        slurm_available: str, slurm_node_cpus: dict[str, int], tmp_path: Path) -> None:
     store = ds.Store(tmp_path / "data")
-    # Four one-core jobs on a two-core node: two run, two wait.
+    # Two one-core jobs more than the partition has CPUs (4 on the one-node cluster,
+    # 8 on three 2-CPU nodes), and tasks for all: some jobs run, at least two wait.
+    jobs = sum(slurm_node_cpus.values()) + 2
     env = {**os.environ, "DASK_DSCHEDULER__SLURM__PARTITION": slurm_available,
            "DASK_DSCHEDULER__SLURM__CORES": "1", "DASK_DSCHEDULER__SLURM__MEMORY": "1GB",
-           "DASK_DSCHEDULER__SLURM__MAX_JOBS": "4"}
-    driver = subprocess.Popen([sys.executable, "-c", KILLED_DRIVER, str(store.root)], env=env,
+           "DASK_DSCHEDULER__SLURM__MAX_JOBS": str(jobs)}
+    driver = subprocess.Popen([sys.executable, "-c", KILLED_DRIVER, str(store.root),
+                               str(jobs)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                               start_new_session=True)
     try:

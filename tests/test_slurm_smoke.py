@@ -1,4 +1,4 @@
-"""Smoke tests of the real local SLURM cluster that ci/slurm/up starts.
+"""Smoke tests of the real SLURM cluster that ci/slurm/up starts (one node or three).
 
 They prove that Dask workers really run inside SLURM jobs (dask-jobqueue's
 SLURMCluster) and that GPU requests (--gres=gpu:N, two fake GPUs) are honoured.
@@ -7,7 +7,6 @@ SLURMCluster) and that GPU requests (--gres=gpu:N, two fake GPUs) are honoured.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,9 @@ pytestmark = pytest.mark.slurm
 GPU_VARS = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "GPU_DEVICE_ORDINAL")
 
 
-def test_slurmcluster_worker_runs_in_a_slurm_job(slurm_available: str, tmp_path: Path) -> None:
+def test_slurmcluster_worker_runs_in_a_slurm_job(slurm_available: str, slurm_interface: str,
+                                                 slurm_node_cpus: dict[str, int],
+                                                 tmp_path: Path) -> None:
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 
@@ -43,7 +44,7 @@ def test_slurmcluster_worker_runs_in_a_slurm_job(slurm_available: str, tmp_path:
             processes=1,
             memory="1GB",
             walltime="00:10:00",
-            interface="lo",
+            interface=slurm_interface,
             python=sys.executable,
             log_directory=str(tmp_path / "logs"),
             local_directory=str(tmp_path / "worker"),
@@ -61,7 +62,7 @@ def test_slurmcluster_worker_runs_in_a_slurm_job(slurm_available: str, tmp_path:
     assert result["value"] == 49
     assert result["job"], "the worker is not inside a SLURM job (no SLURM_JOB_ID)"
     assert result["job"] in job_ids
-    assert result["host"] == socket.gethostname()
+    assert result["host"] in slurm_node_cpus  # a node of the cluster (the host if one node)
 
 
 def _sbatch(partition: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
