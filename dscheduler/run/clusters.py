@@ -68,7 +68,7 @@ def _local_worker_class(extra: dict[str, Any] | None = None) -> type:
     class LocalWorker(SubprocessWorker):
         async def _start(self) -> None:
             config = {**dask.config.config, "logging": {
-                **dask.config.get("logging", {}), "distributed.preloading": "warning"}}
+                **dask.config.get("logging", {}), **_QUIET_LOGGERS}}
             config = dask.config.merge(config, slurm.jobs.NANNY_CONFIG, extra or {})
             env = {**os.environ, "DASK_INTERNAL_INHERIT_CONFIG": dask.config.serialize(config)}
             spec = json.dumps({"cls": self.worker_class, "opts": self.worker_kwargs})
@@ -103,6 +103,12 @@ def _local_spec(n_workers: int, threads: int,
     }
 
 
+#: distributed's loggers that speak at INFO only of what a user cannot act on: the
+#: preloads we load, and a comm closed under a batched send when the cluster closes
+#: (with a traceback). The embedded cluster sets them to warning, in its workers too.
+_QUIET_LOGGERS = {"distributed.preloading": "warning", "distributed.batched": "warning"}
+
+
 def local_cluster() -> Any:
     """The process's embedded cluster's Client, made on first use."""
     global _local, _local_certs
@@ -110,6 +116,9 @@ def local_cluster() -> Any:
         if _local is not None and _local[1].status == "running":
             return _local[1]
         from distributed import Client, Scheduler, SpecCluster
+
+        for name, level in _QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level.upper())
 
         # TLS with credentials of its own, else any user of the node could connect to
         # 127.0.0.1 and run code as us (docs/design.md §15)
