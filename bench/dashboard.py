@@ -28,7 +28,7 @@ import dask
 import dscheduler as ds
 from dscheduler.graph import plan
 from dscheduler.run import dashboard
-from dscheduler.run.spec import make_specs
+from dscheduler.run.nodespec import make_specs
 
 
 def inc(x: int) -> int:

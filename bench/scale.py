@@ -79,7 +79,7 @@ def child(mode: str, n: int, root: Path) -> dict[str, Any]:
         if len(p.cached) != n:
             raise SystemExit(f"expected {n} cached, got {p.summary()}")
     elif mode == "runs":
-        from dscheduler.store.runs import node_summary, runs_frame
+        from dscheduler.store.catalogue.runs import node_summary, runs_frame
 
         # Imports (pandas, lark) are not the listing's cost: one tiny listing first.
         runs_frame([node_summary({"run_id": "e/c", "task": "t", "state": "succeeded"})],

@@ -33,7 +33,7 @@ import plan as plan_bench
 
 import dscheduler as ds
 from dscheduler.run import clusters
-from dscheduler.store.verify import verify
+from dscheduler.store.catalogue.verify import verify
 
 SLOWFS = Path(__file__).resolve().parent.parent / "tests" / "slowfs.py"
 

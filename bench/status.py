@@ -5,9 +5,9 @@ Run:  .venv/bin/python bench/status.py [--nodes 10000] [--failed 10] [--repeat 3
 The store is bench/plan.py's (N finished runs over 10 envs: record, value, ``.done``
 link, ``run.json`` and index entry per run, one compaction), plus ``--failed`` failed
 nodes (record and index entry), whose errors the summary reads.  In a fresh process
-each time, :func:`~dscheduler.store.status.walk_summary` (what ``summarize`` did before:
+each time, :func:`~dscheduler.store.catalogue.status.walk_summary` (what ``summarize`` did before:
 one ``scandir`` per directory of ``runs/`` and ``tasks/``, the records of unfinished
-nodes) and :func:`~dscheduler.store.status.summarize` (the index) are timed on local
+nodes) and :func:`~dscheduler.store.catalogue.status.summarize` (the index) are timed on local
 disk (best of ``--repeat``, alternating) and with 1 ms injected into every
 readlink, newfstatat, openat and getdents64 (``strace -f -e inject=...:delay_enter=1000``,
 as on NFS, Lustre or GPFS; once each), and their metadata syscalls counted
@@ -60,7 +60,7 @@ def fill(root: Path, n: int, failed: int) -> None:
 
 def child(mode: str, root: Path) -> dict[str, Any]:
     """In a fresh process: the summary by ``mode`` (walk, index, or none: imports only)."""
-    from dscheduler.store.status import summarize, walk_summary
+    from dscheduler.store.catalogue.status import summarize, walk_summary
 
     store = ds.Store(root)
     start = time.perf_counter()

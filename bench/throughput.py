@@ -117,7 +117,7 @@ def ops_child(n: int, root: str, run: bool) -> None:
     import cloudpickle
 
     from dscheduler.run.execute import node_task
-    from dscheduler.run.spec import make_specs
+    from dscheduler.run.nodespec import make_specs
 
     warm = [ds_inc(-i - 1) for i in range(5)]
     store = ds.Store(root)

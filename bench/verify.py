@@ -4,7 +4,7 @@ Run:  .venv/bin/python bench/verify.py [--nodes 100000] [--cases 10] [--zarr-eve
 
 The store is written directly (records, JSON values and ``.done`` links in
 the layout run_node writes), N / cases runs with ``cases`` cases each; then
-:func:`dscheduler.store.verify.verify` checks it, and a plain loop that only
+:func:`dscheduler.store.catalogue.verify.verify` checks it, and a plain loop that only
 lists the directories and reads each record once runs as the baseline: the
 ratio says what the value checks and the thread pool cost on top of one
 pass over the records.  ``--zarr-every K``: every K-th node's value is a
@@ -24,9 +24,9 @@ from pathlib import Path
 
 from dscheduler import identity
 from dscheduler.store import Store
+from dscheduler.store.catalogue.verify import verify
 from dscheduler.store.layout import record_task
 from dscheduler.store.values import save_value
-from dscheduler.store.verify import verify
 
 
 def write_store(root: Path, nodes: int, cases: int, zarr_every: int = 0) -> Store:

@@ -38,7 +38,7 @@ import pytest
 import dscheduler as ds
 from dscheduler.run import dashboard
 from dscheduler.run.execute import run_node
-from dscheduler.run.spec import make_specs
+from dscheduler.run.nodespec import make_specs
 from dscheduler.store import NodePaths
 from dscheduler.store.index import segments
 from dscheduler.store.records import set_done, write_record

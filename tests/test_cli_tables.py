@@ -22,10 +22,10 @@ from dscheduler.cli import app
 from dscheduler.cli.common import console
 from dscheduler.cli.tables import clip, unique_prefixes
 from dscheduler.store import atomic
+from dscheduler.store.catalogue.listing import listing
+from dscheduler.store.catalogue.runs import node_summaries
 from dscheduler.store.layout import RUN_RECORD
-from dscheduler.store.listing import listing
 from dscheduler.store.records import write_record
-from dscheduler.store.runs import node_summaries
 
 LONG = "stencil-with-a-rather-long-label"
 LABELS = ["linear", "mlp", "mlp-ensemble", LONG]

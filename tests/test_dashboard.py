@@ -24,7 +24,7 @@ import dscheduler as ds
 from dscheduler.cli import app
 from dscheduler.run import dashboard
 from dscheduler.run.dashboard.web import _MARK
-from dscheduler.store.status import summarize
+from dscheduler.store.catalogue.status import summarize
 
 
 def get_json(url: str) -> dict[str, Any]:

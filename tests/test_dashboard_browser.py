@@ -21,7 +21,7 @@ from helpers import wait_for
 
 import dscheduler as ds
 from dscheduler.run import dashboard
-from dscheduler.store.status import summarize
+from dscheduler.store.catalogue.status import summarize
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

@@ -21,7 +21,7 @@ import pytest
 from helpers import popen, wait_for
 
 import dscheduler as ds
-from dscheduler.run.spec import make_specs
+from dscheduler.run.nodespec import make_specs
 from dscheduler.store.record import FAILED, RUNNING, SUCCEEDED
 from dscheduler.store.records import read_node
 

@@ -216,7 +216,7 @@ def test_version_bump_at_the_same_path_is_not_hidden(
 
 
 def test_verify_repair_tells_the_index(store: ds.Store, log: str) -> None:
-    from dscheduler.store.verify import verify
+    from dscheduler.store.catalogue.verify import verify
 
     nodes = [step(i, log) for i in range(2)]
     run_inline(nodes, store)
@@ -289,7 +289,7 @@ def test_a_dead_attempts_newer_entry_is_outranked_only_under_the_nodes_lease(
 def test_runs_are_listed_through_the_index(
     store: ds.Store, log: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from dscheduler.store import runs as runs_mod
+    from dscheduler.store.catalogue import runs as runs_mod
 
     cfgs = [BoundCfg(x=i, label=f"run{i}") for i in range(20)]
     for cfg in cfgs:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import dscheduler as ds
 from dscheduler.cli import app
 from dscheduler.errors import StoreError
-from dscheduler.store import runs as runs_mod
+from dscheduler.store.catalogue import runs as runs_mod
 from dscheduler.store.index import columns
 from dscheduler.store.index.snapshot import load
 

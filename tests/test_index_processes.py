@@ -24,7 +24,7 @@ from helpers import wait_for
 
 import dscheduler as ds
 from dscheduler.run.execute import run_node
-from dscheduler.run.spec import make_specs
+from dscheduler.run.nodespec import make_specs
 from dscheduler.store.state import Reason
 
 FAST_INDEX = {

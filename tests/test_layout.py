@@ -1,7 +1,8 @@
 """The package's layout shows its architecture: imports flow one way.
 
 Ranks, lowest first: the top-level modules (errors, settings, identity, lazy),
-then store, envs, graph, run, cli.  A module may import from its own rank
+then store (its storage primitives, then ``store.catalogue`` built on them, then the
+``Store`` facade of ``store/__init__``), envs, graph, run, cli.  A module may import from its own rank
 or below, never above; no module imports a dscheduler module inside a
 function (a way to dodge a cycle); no modules import each other, directly
 or round a circle.
@@ -51,11 +52,14 @@ def modules(package: Path = PACKAGE) -> dict[str, Path]:
     return {module_name(p, package): p for p in sorted(package.rglob("*.py"))}
 
 
-def rank(module: str) -> int:
+def rank(module: str) -> float:
     parts = module.split(".")
     if len(parts) == 1:  # dscheduler itself (its __init__ imports everything)
         return 99
     sub = parts[1] if parts[1] in RANKS else ""
+    if sub == "store":  # primitives, then the catalogue on them, then the Store facade
+        return RANKS[sub] + (0.5 if parts[2:3] == ["catalogue"] else 0.7 if len(parts) == 2
+                             else 0)
     return RANKS[sub]
 
 

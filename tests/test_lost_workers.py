@@ -23,7 +23,7 @@ from helpers import wait_for
 
 import dscheduler as ds
 from dscheduler import settings
-from dscheduler.run.spec import make_specs
+from dscheduler.run.nodespec import make_specs
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import pytest
 from helpers import run_inline
 
 import dscheduler as ds
-from dscheduler.run.spec import make_specs
+from dscheduler.run.nodespec import make_specs
 from dscheduler.store.index import Index
 from dscheduler.store.record import State
 from dscheduler.store.state import Reason, Why, judge

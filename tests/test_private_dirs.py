@@ -35,7 +35,7 @@ from dscheduler.envs.backends import BACKENDS
 from dscheduler.envs.build import build_env
 from dscheduler.envs.mount import SharedMount, mount
 from dscheduler.errors import UnsafePathError
-from dscheduler.run import _runner, clusters
+from dscheduler.run import clusters, runner
 from dscheduler.run.slurm.jobs import job_script
 from dscheduler.run.slurm.options import resolve
 
@@ -137,7 +137,7 @@ def test_private_dir_makes_missing_dirs_0700_and_accepts_its_own(shared: Path) -
 
 def _runner_name() -> str:
     """The versioned dir runner_dir() makes (same formula: the attacker can compute it)."""
-    source = Path(_runner.__file__).read_bytes()
+    source = Path(runner.__file__).read_bytes()
     tag = hashlib.sha256(source + cloudpickle.__version__.encode()).hexdigest()[:12]
     return f"{cloudpickle.__version__}-{tag}"
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import dscheduler as ds
-from dscheduler.store.query import apply_order
+from dscheduler.store.catalogue.query import apply_order
 from dscheduler.store.records import write_record
 
 pytestmark = pytest.mark.fast

@@ -14,10 +14,10 @@ import pytest
 import dscheduler as ds
 from dscheduler.errors import StoreError, TaskError
 from dscheduler.run.execute import run_node
-from dscheduler.run.spec import make_specs
+from dscheduler.run.nodespec import make_specs
+from dscheduler.store.catalogue.verify import verify
 from dscheduler.store.record import FAILED, SUCCEEDED, Attempt, Record
 from dscheduler.store.records import read_node, read_record, record_text, write_record
-from dscheduler.store.verify import verify
 
 pytestmark = pytest.mark.fast
 

@@ -74,7 +74,7 @@ def test_collect_writes_chunks_in_parallel_tasks_after_all_metadata(
     import xarray as xr
     from distributed import get_task_stream
 
-    from dscheduler.store import views
+    from dscheduler.store.catalogue import views
 
     cases = ("2020010100", "2020010112", "2020010200", "2020010212")
     cfg = Cfg(x=20, label="collected")

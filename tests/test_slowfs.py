@@ -28,8 +28,8 @@ from typer.testing import CliRunner
 
 import dscheduler as ds
 from dscheduler.cli import app
+from dscheduler.store.catalogue.verify import verify
 from dscheduler.store.state import Reason
-from dscheduler.store.verify import verify
 
 pytestmark = pytest.mark.slow
 

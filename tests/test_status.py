@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import dscheduler as ds
 from dscheduler.cli import app
 from dscheduler.store import atomic
-from dscheduler.store.status import summarize, walk_summary
+from dscheduler.store.catalogue.status import summarize, walk_summary
 
 pytestmark = pytest.mark.fast
 

@@ -31,7 +31,7 @@ CHILD = textwrap.dedent("""
     import cloudpickle, dask
     import dscheduler as ds
     from dscheduler.run.execute import node_task
-    from dscheduler.run.spec import make_specs
+    from dscheduler.run.nodespec import make_specs
 
     def inc(x):
         return x + 1

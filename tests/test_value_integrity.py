@@ -29,10 +29,10 @@ from typer.testing import CliRunner
 import dscheduler as ds
 from dscheduler.cli import app
 from dscheduler.run.execute import run_node
-from dscheduler.run.spec import make_specs
+from dscheduler.run.nodespec import make_specs
+from dscheduler.store.catalogue.verify import verify
 from dscheduler.store.records import read_record
 from dscheduler.store.state import Reason
-from dscheduler.store.verify import verify
 
 pytestmark = pytest.mark.fast
 

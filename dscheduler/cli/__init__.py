@@ -32,10 +32,10 @@ if TYPE_CHECKING:
     from .graph import run as run
     from .graph import status as status
     from .ids import ids as ids
-    from .results import compare as compare
-    from .results import explain as explain
-    from .results import rerun as rerun
-    from .results import show as show
+    from .inspect import compare as compare
+    from .inspect import explain as explain
+    from .inspect import rerun as rerun
+    from .inspect import show as show
     from .runs import runs as runs
     from .verify import verify as verify
 
@@ -47,7 +47,7 @@ _LAZY = {
     ".envs": ["envs"],
     # results, tracking and queries (docs/design.md §11)
     ".runs": ["runs"],
-    ".results": ["show", "compare", "explain", "rerun"],
+    ".inspect": ["show", "compare", "explain", "rerun"],
     ".cluster": ["cluster"],
     ".index": ["index"],
 }

@@ -26,8 +26,8 @@ from ..run import compute
 from ..run.clusters import close_local, close_slurm, local_running, slurm_running
 from ..run.slurm.ledger import cluster_jobs, reap_orphans
 from ..store import Store
+from ..store.catalogue.status import STATES, Summary, summarize
 from ..store.index.snapshot import paused_gc
-from ..store.status import STATES, Summary, summarize
 from .common import (
     ModelOption,
     RecipeOption,

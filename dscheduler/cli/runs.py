@@ -13,9 +13,9 @@ import typer
 
 from ..errors import DSchedulerError
 from ..store import Store
+from ..store.catalogue.listing import Rows, listing
+from ..store.catalogue.runs import node_summaries
 from ..store.index.snapshot import paused_gc
-from ..store.listing import Rows, listing
-from ..store.runs import node_summaries
 from .common import StoreOption, console, existing_store, fail, print_wide, say
 from .tables import frame_table, to_csv, to_json
 

@@ -226,7 +226,7 @@ def select(names: Sequence[str], patterns: Iterable[str]) -> list[str]:
     return chosen
 
 
-# -- store.runs() listings (dscheduler.store.listing.Rows) -----------------------------
+# -- store.runs() listings (dscheduler.store.catalogue.listing.Rows) -----------------------------
 
 #: Columns holding ids: shortened to unique prefixes unless --wide.
 ID_COLUMNS = ("run_id", "env_id", "config_hash", "key")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError, StoreError
-from ..store.verify import verify as verify_store
+from ..store.catalogue.verify import verify as verify_store
 from .common import StoreOption, existing_store, fail, say
 
 

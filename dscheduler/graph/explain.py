@@ -22,9 +22,9 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from ..store import Store, store_of
+from ..store.catalogue.runs import find, node_summaries
 from ..store.record import SUCCEEDED, Record
 from ..store.records import read_node
-from ..store.runs import find, node_summaries
 from . import drift
 from .calls import CONFIG, ENV, JSON, NODE, PATH, TIMES, TUPLE, describe, rebuild
 from .files import content_identity

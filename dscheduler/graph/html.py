@@ -1,7 +1,7 @@
 """How plans and results show themselves in a notebook: small, plain HTML tables.
 
 Jupyter calls ``_repr_html_``; :class:`~dscheduler.graph.plan.Plan` and
-:class:`~dscheduler.run.results.Results` build theirs from these helpers.
+:class:`~dscheduler.run.handle.Results` build theirs from these helpers.
 Every value is escaped: labels, errors and log lines are user text.
 """
 

@@ -17,11 +17,11 @@ from .compute import compute, submit
 
 if TYPE_CHECKING:
     from .clusters import connect
-    from .results import Handle, Results
+    from .handle import Handle, Results
     from .slurm import slurm_cluster
 
 # Loaded on first use (PEP 562), as the top package's names are (docs/design.md §4).
-_LAZY = {".clusters": ["connect"], ".results": ["Handle", "Results"],
+_LAZY = {".clusters": ["connect"], ".handle": ["Handle", "Results"],
          ".slurm": ["slurm_cluster"]}
 
 

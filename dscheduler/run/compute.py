@@ -2,11 +2,11 @@
 
 1. :func:`dscheduler.graph.plan` decides every node; nothing to run returns at once, without
    starting or contacting a cluster.  A store that cannot be written is a StoreError here.
-2. Specs of the nodes to run are made and pickled before any submit (:mod:`dscheduler.run.spec`).
+2. Node specs are made and pickled before any submit (:mod:`dscheduler.run.nodespec`).
 3. One graph is submitted: a task ``build_env-{env_id}`` per env to build and ``{task}-{key16}``
    per node, layers annotated with resources, retries and priority, upstream keys and the env
    build as arguments.  Tasks return small outcomes; values stay in the store.
-4. :class:`~dscheduler.run.results.Handle` waits and collects the states.
+4. :class:`~dscheduler.run.handle.Handle` waits and collects the states.
 
 On the embedded cluster every task asks ``CPU: 1``, the tasks' own resource asks are dropped with
 a note in the summary (§5.2) and workers log no "Compute Failed" for dscheduler tasks (§5.6);
@@ -32,8 +32,8 @@ from ..store import Store, atomic, store_of
 from . import dashboard
 from .clusters import check_detachable, check_resources, get_client, is_local
 from .execute import build_task, node_task
-from .results import Handle, Results, flush_releases
-from .spec import NodeSpec, make_specs
+from .handle import Handle, Results, flush_releases
+from .nodespec import NodeSpec, make_specs
 
 StoreArg = Store | str | os.PathLike[str] | None
 

@@ -41,11 +41,11 @@ from ..graph.files import HashedPath
 from ..store import atomic
 from ..store.record import Attempt
 from ..store.values import DATAARRAY_VARIABLE
-from . import _runner
+from . import runner
 from .payload import SourcePickler, dumps, map_nested
 
 if TYPE_CHECKING:
-    from .spec import NodeSpec
+    from .nodespec import NodeSpec
 
 
 def _view(value: Any) -> Any:
@@ -54,7 +54,7 @@ def _view(value: Any) -> Any:
         return value
     fields = {name: _views(getattr(value, name)) for name in type(value).model_fields}
     ids = {"env_id": value.env_id, "config_hash": value.config_hash, "run_id": value.run_id}
-    return _runner.ConfigView(type(value).__name__, fields, ids)
+    return runner.ConfigView(type(value).__name__, fields, ids)
 
 
 def _unannotated(fn: Any) -> Any:
@@ -89,24 +89,24 @@ class EnvPickler(SourcePickler):
     as the runner module ``_dscheduler_runner``, which is what an env has of it."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if obj is sys.modules.get("dscheduler") or obj is _runner:
+        if obj is sys.modules.get("dscheduler") or obj is runner:
             return importlib.import_module, ("_dscheduler_runner",)
         if isinstance(obj, HashedPath):  # a ds.File value: a plain Path in the env
             return Path, (str(obj),)
-        if isinstance(obj, types.FunctionType) and obj.__module__ == _runner.__name__:
+        if isinstance(obj, types.FunctionType) and obj.__module__ == runner.__name__:
             name = obj.__name__
-            if name in _TRACKING_NAMES and getattr(_runner, name) is obj:
-                return getattr, (_runner, name)
+            if name in _TRACKING_NAMES and getattr(runner, name) is obj:
+                return getattr, (runner, name)
         return super().reducer_override(obj)
 
 
 def from_exchange(value: Any, folder: Path) -> Any:
     """A value the runner returned, with arrays read back from its ``.npy`` files."""
-    if not (isinstance(value, dict) and set(value) == {_runner.EXCHANGE}):
+    if not (isinstance(value, dict) and set(value) == {runner.EXCHANGE}):
         return value
     import numpy as np
 
-    manifest = value[_runner.EXCHANGE]
+    manifest = value[runner.EXCHANGE]
 
     def read(name: str) -> Any:
         return np.load(folder / name, allow_pickle=False)
@@ -129,7 +129,7 @@ def from_exchange(value: Any, folder: Path) -> Any:
     return dataset
 
 
-def _merge_tracking(path: Path, tracker: _runner.Tracker | None) -> None:
+def _merge_tracking(path: Path, tracker: runner.Tracker | None) -> None:
     """Add the env's tracking lines to the worker's Tracker (a torn last line is skipped)."""
     if tracker is None or not path.exists():
         return
@@ -150,7 +150,7 @@ def runner_dir() -> Path:
     The base is checked on every call (one ``lstat``): a copy another user
     planted there would run in every env task (docs/design.md §15).
     """
-    source = Path(_runner.__file__).read_bytes()
+    source = Path(runner.__file__).read_bytes()
     tag = hashlib.sha256(source + cloudpickle.__version__.encode()).hexdigest()[:12]
     base = settings.node_local("task.runner_dir", "dscheduler-runner")
     final = base / f"{cloudpickle.__version__}-{tag}"
@@ -171,14 +171,14 @@ def runner_dir() -> Path:
     return final
 
 
-def _subprocess_env(runner: Path, spec: NodeSpec, tracking: Path,
-                    tracker: _runner.Tracker | None) -> dict[str, str]:
+def _subprocess_env(runner_path: Path, spec: NodeSpec, tracking: Path,
+                    tracker: runner.Tracker | None) -> dict[str, str]:
     places = {} if tracker is None else {
-        _runner.ENV_TRACKING: str(tracking), _runner.ENV_OUTPUT: tracker.output_dir,
-        _runner.ENV_FILES: tracker.files_dir, _runner.ENV_ARTIFACTS: tracker.artifacts_dir,
+        runner.ENV_TRACKING: str(tracking), runner.ENV_OUTPUT: tracker.output_dir,
+        runner.ENV_FILES: tracker.files_dir, runner.ENV_ARTIFACTS: tracker.artifacts_dir,
     }
     return clean_env(
-        PYTHONPATH=str(runner),  # only cloudpickle and the runner: see runner_dir()
+        PYTHONPATH=str(runner_path),  # only cloudpickle and the runner: see runner_dir()
         PYTHONNOUSERSITE="1",
         PYTHONUNBUFFERED="1",
         DSCHEDULER_NODE=spec.name,
@@ -195,13 +195,13 @@ def call_in_env(spec: NodeSpec, built: BuiltEnv, attempt: Attempt, fn: Any,
     Notes the subprocess's pid and exit code in ``attempt``; a failure in the
     function, a timeout, a cancellation or a killed process raise TaskError.
     """
-    runner = runner_dir()
+    runner_path = runner_dir()
     timeout = settings.get("task.timeout", spec.timeout)
     with tempfile.TemporaryDirectory(prefix="dscheduler-task-") as tmp:
         payload, result = Path(tmp) / "payload.pkl", Path(tmp) / "result.pkl"
         payload.write_bytes(dumps((_unannotated(fn), _views(args), _views(kwargs)),
-                                  extra=(_runner,), pickler=EnvPickler))
-        tracker, tracking = _runner.CURRENT.get(), Path(tmp) / "tracking.jsonl"
+                                  extra=(runner,), pickler=EnvPickler))
+        tracker, tracking = runner.CURRENT.get(), Path(tmp) / "tracking.jsonl"
         with mount(built, spec.store) as prefix, \
                 open(atomic.open_append(spec.paths.log), "ab") as log:
             log.write(f"=== {spec.name} attempt {attempt.attempt} {attempt.start} on "
@@ -211,7 +211,7 @@ def call_in_env(spec: NodeSpec, built: BuiltEnv, attempt: Attempt, fn: Any,
                    str(payload), str(result), str(os.getpid())]
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=_subprocess_env(runner, spec, tracking, tracker), start_new_session=True,
+                env=_subprocess_env(runner_path, spec, tracking, tracker), start_new_session=True,
             )
             attempt.subprocess_pid = proc.pid
             stop = threading.Event()

@@ -48,8 +48,8 @@ from ..store.records import (
 from ..store.values import load_value, remove_partials
 from . import tracking
 from .envcall import call_in_env
+from .nodespec import NodeSpec
 from .payload import Ref, load_function, map_nested
-from .spec import NodeSpec
 
 log = logging.getLogger("dscheduler.execute")
 

@@ -24,9 +24,9 @@ from ..graph.calls import Gate, rebuild
 from ..graph.explain import explain
 from ..graph.imports import own_file
 from ..store import Store, store_of
-from ..store.runs import find
+from ..store.catalogue.runs import find
 from .compute import compute
-from .results import Results
+from .handle import Results
 
 
 def own_code(on_load: Callable[[Path], None] | None = None) -> Gate:

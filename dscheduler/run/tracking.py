@@ -1,9 +1,9 @@
 """Tracking inside a task, the worker's half: ``ds.log_param``, ``log_metric``,
 ``set_tag``, ``log_artifact`` and ``ds.output``.
 
-The functions are implemented once, in :mod:`dscheduler.run._runner`, which
+The functions are implemented once, in :mod:`dscheduler.run.runner`, which
 also runs inside env subprocesses.  :mod:`dscheduler.run.execute` calls
-:func:`begin` when an attempt starts (a :class:`~dscheduler.run._runner.Tracker`
+:func:`begin` when an attempt starts (a :class:`~dscheduler.run.runner.Tracker`
 for this thread), :func:`save` to store the task's value with what it wrote
 through ``ds.output`` and ``ds.log_artifact``, and :func:`end` to put the
 tracked params, metrics, tags and artifacts into the record
@@ -22,28 +22,28 @@ from ..store import atomic
 from ..store.layout import NodePaths
 from ..store.record import Record
 from ..store.values import commit_dir, commit_written, save_value
-from . import _runner
+from . import runner
 
-log_param = _runner.log_param
-log_metric = _runner.log_metric
-set_tag = _runner.set_tag
-log_artifact = _runner.log_artifact
-output = _runner.output
+log_param = runner.log_param
+log_metric = runner.log_metric
+set_tag = runner.set_tag
+log_artifact = runner.log_artifact
+output = runner.output
 
 __all__ = ["begin", "end", "log_artifact", "log_metric", "log_param", "output", "save",
            "set_tag", "summarize"]
 
 
-def begin(paths: NodePaths) -> _runner.Tracker:
+def begin(paths: NodePaths) -> runner.Tracker:
     """A Tracker for the attempt starting now in this thread, with temporary output dirs
     beside the node's outputs (their names are those :func:`remove_partials` sweeps)."""
     # Strings with one token, not three temp_sibling Paths: a tiny task makes these
     # names and uses none of them.
     folder, token = str(paths.dir), os.urandom(6).hex()
-    tracker = _runner.Tracker(
+    tracker = runner.Tracker(
         None, *(f"{folder}/{atomic.temp_name(f'{paths.task}{suffix}', token)}"
                 for suffix in (".zarr", ".files", ".artifacts")))
-    _runner.CURRENT.set(tracker)
+    runner.CURRENT.set(tracker)
     return tracker
 
 
@@ -59,7 +59,7 @@ def save(paths: NodePaths, value: Any, *, fresh: bool = False, here: bool = Fals
     for are not looked for: each look is a round trip on a shared
     filesystem, and a tiny task uses none.
     """
-    tracker = _runner.CURRENT.get()
+    tracker = runner.CURRENT.get()
 
     def made(folder: str) -> bool:
         if here and tracker is not None and folder not in tracker.made:
@@ -114,8 +114,8 @@ def summarize(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 def end(record: Record, succeeded: bool) -> None:
     """Put the attempt's tracking into ``record``; drop outputs it did not commit."""
-    tracker = _runner.CURRENT.get()
-    _runner.CURRENT.set(None)
+    tracker = runner.CURRENT.get()
+    runner.CURRENT.set(None)
     if tracker is None:
         return
     fields = summarize(tracker.entries)

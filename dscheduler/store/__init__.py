@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import identity, settings
 from ..errors import ConfigError, LeaseError, StoreError
 from . import atomic
+from .catalogue.runs import node_summaries, runs_frame
+from .catalogue.views import collect, open_node
+from .catalogue.views import open_results as _open_results
 from .index import Index, run_entry
 from .index.snapshot import paused_gc
 from .layout import EnvPaths, Layout, NodePaths, RunPaths, check_name
 from .lease import Lease
 from .records import read_record
-from .runs import node_summaries, runs_frame
-from .views import collect, open_node
-from .views import open_results as _open_results
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -183,7 +183,7 @@ class Store(Layout):
         filter
             MLflow's search syntax plus ``or``, ``not`` and parentheses, e.g.
             ``"metrics.rmse < 1.5 and (params.model = 'linear' or tags.stage
-            like 'eval%')"`` (:mod:`dscheduler.store.query`).  A filter that
+            like 'eval%')"`` (:mod:`dscheduler.store.catalogue.query`).  A filter that
             does not parse is a ConfigError showing the position.
         order_by
             Columns, each optionally followed by ``asc`` or ``desc``.

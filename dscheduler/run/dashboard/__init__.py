@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from ... import lazy
 from ...graph import Node, Plan
-from ...store.status import NO_LABEL
-from ..spec import NodeSpec
+from ...store.catalogue.status import NO_LABEL
+from ..nodespec import NodeSpec
 
 if TYPE_CHECKING:
     from . import plugin as plugin

@@ -29,10 +29,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from ... import settings
 from ...errors import StoreError
-from ...store.layout import Layout
-from ...store.record import FAILED
-from ...store.records import read_node
-from ...store.status import (
+from ...store.catalogue.status import (
     EnvRow,
     Failure,
     Summary,
@@ -41,6 +38,9 @@ from ...store.status import (
     file_tail,
     summarize,
 )
+from ...store.layout import Layout
+from ...store.record import FAILED
+from ...store.records import read_node
 from . import web
 
 log = logging.getLogger("dscheduler.dashboard")

@@ -21,13 +21,13 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import ConfigError, StoreError, TaskError
-from . import atomic
-from .layout import Layout, NodePaths, record_task
-from .record import SUCCEEDED, Record
-from .records import read_node
+from ...errors import ConfigError, StoreError, TaskError
+from .. import atomic
+from ..layout import Layout, NodePaths, record_task
+from ..record import SUCCEEDED, Record
+from ..records import read_node
+from ..values import DATAARRAY_VARIABLE, load_value, write_zarr
 from .runs import find, iter_node_records
-from .values import DATAARRAY_VARIABLE, load_value, write_zarr
 
 
 class NodeLike(Protocol):

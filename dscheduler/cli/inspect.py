@@ -19,8 +19,8 @@ from ..graph.recipe import load_nodes
 from ..run.clusters import close_local, local_running
 from ..run.rerun import rerun as rerun_nodes
 from ..store import Store
+from ..store.catalogue.runs import find, lineage, node_summary, runs_frame
 from ..store.record import Record
-from ..store.runs import find, lineage, node_summary, runs_frame
 from .common import (
     ModelOption,
     RecipeOption,

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Set
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError
-from .index import Index
-from .layout import Layout, NodePaths
-from .record import DAMAGED, SUCCEEDED, Record
-from .records import loads, next_seq, node_folders, nodes_in, read_node, write_record
-from .values import missing_chunks, unreadable_chunk
+from ...errors import StoreError
+from ..index import Index
+from ..layout import Layout, NodePaths
+from ..record import DAMAGED, SUCCEEDED, Record
+from ..records import loads, next_seq, node_folders, nodes_in, read_node, write_record
+from ..values import missing_chunks, unreadable_chunk
 
 THREADS = 8
 

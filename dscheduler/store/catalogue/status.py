@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import settings
-from ..errors import StoreError, tail
-from .index import RUN, Index, Table
-from .index.entries import UNLINKED
-from .layout import (
+from ... import settings
+from ...errors import StoreError, tail
+from ..index import RUN, Index, Table
+from ..index.entries import UNLINKED
+from ..layout import (
     RUN_RECORD,
     Layout,
     NodePaths,
@@ -39,12 +39,12 @@ from .layout import (
     record_task,
     walk_node_dirs,
 )
-from .lease import lease_held
-from .record import CANCELLED, DAMAGED, FAILED, INTERRUPTED, RUNNING, SUCCEEDED, Record
-from .records import read_node, read_record
-from .state import state_of
+from ..lease import lease_held
+from ..record import CANCELLED, DAMAGED, FAILED, INTERRUPTED, RUNNING, SUCCEEDED, Record
+from ..records import read_node, read_record
+from ..state import state_of
 
-#: States only a graph knows (the dashboard's; run/results.py's are a graph's results).
+#: States only a graph knows (the dashboard's; run/handle.py's are a graph's results).
 QUEUED, CACHED, BLOCKED = "queued", "cached", "blocked"
 #: Node states (:class:`~dscheduler.store.record.State`) and a graph's, in the order
 #: tables show them.

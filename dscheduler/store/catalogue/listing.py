@@ -1,14 +1,14 @@
 """``store.runs()``' rows without pandas, for ``dscheduler runs`` when no query needs it.
 
 :func:`listing` gives the same rows and columns as
-:func:`~dscheduler.store.runs.runs_frame` with no filter and no order (state
+:func:`~dscheduler.store.catalogue.runs.runs_frame` with no filter and no order (state
 filtering included), as :class:`Rows`: column names and each column's values,
 made in plain Python from the index's columns.  Loading pandas costs a
 quarter of a second, more than the whole listing of a few hundred runs; with
 ``--filter`` or ``--sort`` the command still goes through the DataFrame
-(:mod:`dscheduler.store.query`).  Missing values are None (a metric logged as
+(:mod:`dscheduler.store.catalogue.query`).  Missing values are None (a metric logged as
 NaN stays a float NaN); a run's values are those of
-:func:`~dscheduler.store.runs.runs_frame`: state by precedence, metrics
+:func:`~dscheduler.store.catalogue.runs.runs_frame`: state by precedence, metrics
 averaged over its nodes, others the last given.  tests/test_cli_tables.py
 holds the two equal.
 """
@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .runs import (
     _NAN,
     _RUN_INPUT,

@@ -7,7 +7,7 @@ params, metrics, tags, code digest, upstream keys); :func:`node_summaries` is
 the ONE source listings read: the store index, which keeps these summaries
 (docs/design.md §11, §14).  :func:`runs_frame` turns summaries into the
 DataFrame of ``store.runs()``, one row per run or per node, filtered and
-ordered by :mod:`dscheduler.store.query`.
+ordered by :mod:`dscheduler.store.catalogue.query`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, StoreError
-from .index import Index, Table
-from .index.rebuild import pending_record
-from .layout import RUN_RECORD, Layout, record_task, walk_node_dirs
+from ...errors import ConfigError, StoreError
+from ..index import Index, Table
+from ..index.rebuild import pending_record
+from ..layout import RUN_RECORD, Layout, record_task, walk_node_dirs
+from ..record import DAMAGED, NODE_STATES, Record
+from ..records import node_summary as node_summary  # kept here too: listings use it
+from ..records import read_node, read_record
 from .query import apply_filter, apply_order
-from .record import DAMAGED, NODE_STATES, Record
-from .records import node_summary as node_summary  # kept here too: listings use it
-from .records import read_node, read_record
 
 if TYPE_CHECKING:
     import pandas as pd
