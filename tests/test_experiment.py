@@ -249,6 +249,16 @@ def test_runs_of_several_kinds_and_settings(write_kinds) -> None:
     assert exp.nodes() == []
 
 
+def test_model_in_the_file_maps_tags_to_classes(tmp_path: Path) -> None:
+    (tmp_path / "kinds.py").write_text(KINDS_RECIPE)
+    path = tmp_path / "eval.yaml"
+    path.write_text("model: {fc: kinds.py:Forecast, ip: 'kinds.py:Interpolate'}\n"
+                    "runs:\n  - fc: {label: f1, checkpoint: a}\n  - ip: {label: i1}\n")
+    exp = ds.load_experiment(path)
+    assert [type(r).__name__ for r in exp.runs] == ["Forecast", "Interpolate"]
+    assert exp.kinds == ["fc", "ip"]
+
+
 @pytest.mark.parametrize(
     ("body", "fragments"),
     [

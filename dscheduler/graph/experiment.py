@@ -159,6 +159,8 @@ def _models(src: Source, model: Any, module: Any) -> dict[str, type[RunConfig]]:
     if isinstance(model, str):
         model = import_object(model, base=src.path.parent)
     kinds = model if isinstance(model, dict) else {"": model}
+    kinds = {tag: import_object(cls, base=src.path.parent) if isinstance(cls, str) else cls
+             for tag, cls in kinds.items()}  # model: {tag: module:Class} in the file
     for tag, cls in kinds.items():
         if not (isinstance(cls, type) and issubclass(cls, RunConfig)):
             raise where(f"model {cls!r}{f' (kind {tag!r})' if tag else ''} is not a "
