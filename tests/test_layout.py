@@ -2,8 +2,8 @@
 
 Ranks, lowest first: the top-level modules (errors, settings, identity, lazy),
 then store (its storage primitives, then ``store.catalogue`` built on them, then the
-``Store`` facade of ``store/__init__``), envs, graph, run, cli.  A module may import from its own rank
-or below, never above; no module imports a dscheduler module inside a
+``Store`` facade of ``store/__init__``), envs, graph, run, cli.  A module may import
+from its own rank or below, never above; no module imports a dscheduler module inside a
 function (a way to dodge a cycle); no modules import each other, directly
 or round a circle.
 ``from __future__`` aside, every ``import`` statement counts, those under
