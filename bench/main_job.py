@@ -1,6 +1,6 @@
 """The README's main job, as a whole process: local disk, three SLURM nodes, slowfs.
 
-Run:  .venv/bin/python bench/main_job.py [--delay-ms 1] [--find-links /opt/pypi/files]
+Run:  .venv/bin/python bench/main_job.py [--delay-ms 1] [--find-links WHEELS]
 
 Each variant runs ``dscheduler run recipes/forecast_eval/experiment.yaml --store S`` (51
 nodes, 3 envs) in a new store S, then again (nothing to do), and prints both wall times
@@ -159,15 +159,17 @@ def caches(prefix: str, roots: list[Path]) -> Iterator[dict[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--delay-ms", type=float, default=1.0)
-    parser.add_argument("--find-links", default="/opt/pypi/files",
-                        help="a directory of wheels the nodes see (numpy, scipy)")
+    parser.add_argument("--find-links", default=os.environ.get("UV_FIND_LINKS"),
+                        help="a directory of wheels every variant installs from, offline "
+                             "(numpy, scipy): the nodes have no route to the package index; "
+                             "default $UV_FIND_LINKS, else the index (then (b) cannot build)")
     parser.add_argument("--keep", action="store_true", help="keep the stores")
     args = parser.parse_args()
     print(f"load before: {load()}  ({os.cpu_count()} CPUs)", flush=True)
     # not under /tmp: the nodes' /tmp is their own
     base = Path(tempfile.mkdtemp(prefix="ds-bench-mainjob-", dir="/var/tmp"))
     token = base.name
-    packages = {"UV_OFFLINE": "1", "UV_FIND_LINKS": args.find_links}
+    packages = {"UV_OFFLINE": "1", "UV_FIND_LINKS": args.find_links} if args.find_links else {}
     slurm = slurm_nodes()
     roots = [Path("/"), *node_roots()]
     slurm_env = {**os.environ, **packages, **slurm}
