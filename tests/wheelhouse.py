@@ -22,6 +22,7 @@ import base64
 import hashlib
 import shutil
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,12 +117,15 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def node_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+def node_dirs() -> Iterator[dict[str, Path]]:
     """Session-wide node-local dirs for uv's cache, build scratch and mounts.
 
     Set as environment variables too, so that builder subprocesses use them.
     """
-    base = tmp_path_factory.mktemp("node")
+    # In /tmp, not under pytest's basetemp (in /var/tmp, shared with the SLURM nodes of
+    # the multi-node cluster): each node has a /tmp of its own, so these stay node-local
+    # there too (made on first use on a node), as on a real cluster.
+    base = Path(tempfile.mkdtemp(prefix="dscheduler-test-node-", dir="/tmp"))
     dirs = {"uv_cache": base / "uv-cache", "scratch": base / "scratch", "mounts": base / "mounts"}
     for d in dirs.values():
         d.mkdir()
@@ -141,6 +145,8 @@ def node_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pa
             }
         ):
             yield dirs
+    if str(base) not in Path("/proc/self/mounts").read_text():  # never into a live mount
+        shutil.rmtree(base, ignore_errors=True)
 
 
 MakeEnv = Callable[..., ds.Env]  # the type of the make_env fixture
