@@ -276,3 +276,67 @@ def test_a_breaker_puts_back_a_lease_its_holder_took_back_meanwhile(tmp_path: Pa
     holder.check()  # still its own
     holder.release()
     assert not path.exists()
+
+
+# -- claims: a lease held by the directory it guards (docs/design.md §7) ---------------------
+
+
+def test_a_fresh_claim_writes_no_file_and_checks_free(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "x.lease"
+    lease = ds.Lease(path, ttl=60, poll=0.01).claim(time.time(), lambda: False)
+    with monkeypatch.context() as m:
+        def no_file_access(*args: object, **kwargs: object) -> None:
+            raise AssertionError(f"a claim touched a file: {args}")
+
+        for name in ("open", "stat", "rename", "unlink", "link", "read"):
+            m.setattr(os, name, no_file_access)
+        lease.check()
+        lease.release()
+    assert not path.exists()
+
+
+def test_a_claim_takes_its_file_once_a_waiter_that_looked_let_go(tmp_path: Path) -> None:
+    """A waiter may hold the file for a moment to judge the claim: while the claim is
+    fresh, its holder waits for the file rather than counting the lease lost."""
+    path = tmp_path / "x.lease"
+    claim = ds.Lease(path, ttl=8, poll=0.01).claim(time.time(), lambda: False)
+    waiter = ds.Lease(path, ttl=8, poll=0.01)
+    assert waiter.try_acquire()
+    proc = popen([sys.executable, "-c", "import sys, time, os; time.sleep(0.3); "
+                  "os.unlink(sys.argv[1])", str(path)])
+    claim.hold_file()
+    assert proc.wait(timeout=30) == 0
+    assert not claim.lost and json.loads(path.read_text())["token"] == claim.token
+    claim.check()
+    claim.release()
+    assert not path.exists()
+
+
+def test_a_stale_claim_is_lost_to_a_waiter_holding_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.lease"
+    claim = ds.Lease(path, ttl=8, poll=0.01).claim(time.time() - 2, lambda: False)
+    other = ds.Lease(path, ttl=8, poll=0.01)
+    assert other.try_acquire()  # judged the claim (2 s, a quarter ttl) stale
+    with pytest.raises(ds.LeaseError, match="was lost"):
+        claim.check()
+    claim.release()
+    assert json.loads(path.read_text())["token"] == other.token  # left alone
+    other.release()
+
+
+def test_a_stale_claim_is_lost_once_a_waiter_worked_and_left(tmp_path: Path) -> None:
+    """The waiter that broke the claim ran the node and let go of the file: the late
+    holder can create the file, but the node's record says someone worked meanwhile."""
+    path, record = tmp_path / "x.lease", tmp_path / "record"
+    record.write_text("{}")
+    claim = ds.Lease(path, ttl=8, poll=0.01).claim(time.time() - 2, record.exists)
+    with pytest.raises(ds.LeaseError, match="was lost"):
+        claim.check()
+    assert not path.exists()
+    record.unlink()  # nobody worked: the late holder takes the file and goes on
+    late = ds.Lease(path, ttl=8, poll=0.01).claim(time.time() - 2, record.exists)
+    late.check()
+    assert json.loads(path.read_text())["token"] == late.token
+    late.release()
+    assert not path.exists()

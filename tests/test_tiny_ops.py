@@ -4,19 +4,23 @@ open across stores."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import dask
 import pytest
 from helpers import run_inline
 
 import dscheduler as ds
 from dscheduler.store import atomic
 from dscheduler.store.index import segments
+from dscheduler.store.records import read_node
 
 
 @ds.task(version="1", name="tinyops")
@@ -54,9 +58,10 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
-def test_fresh_tiny_node_costs_seven_file_operations(tmp_path: Path) -> None:
-    """Lease (create, unlink), the node's directory, its value (written in place), its
-    record (create, rename) and its .done link: nothing else touches the store."""
+def test_fresh_tiny_node_costs_five_file_operations(tmp_path: Path) -> None:
+    """The node's directory (which holds it: no lease file, docs/design.md §7), its value
+    (written in place), its record (create, rename) and its .done link: nothing else
+    touches the store."""
     store, out, n = tmp_path / "store", tmp_path / "trace", 20
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -70,23 +75,45 @@ def test_fresh_tiny_node_costs_seven_file_operations(tmp_path: Path) -> None:
     ops = [line for line in lines[start + 1:end] if str(store) in line
            and "resumed>" not in line]
     # and once per second per process: the stat of the submission's cancel file
-    assert len(ops) <= 7 * n + 2, "\n".join(ops[:40])
+    assert len(ops) <= 5 * n + 2, "\n".join(ops[:40])
+    assert not [op for op in ops if ".lease" in op], "\n".join(ops[:40])
     values = list(store.glob("tasks/inc/*/inc.value.json"))
     assert len(values) == 2 * n and not list(store.glob("tasks/inc/*/.inc*partial"))
 
 
 def test_partial_value_of_killed_attempt_is_replaced(tmp_path: Path) -> None:
-    """An attempt that made the node's directory and died mid-value (no record) leaves a
-    torn value file: the next attempt writes over it, and the value reads back whole."""
+    """An attempt that made the node's directory and died mid-value (no lease, no record)
+    leaves a torn value file: once its claim is old, the next attempt writes over it, the
+    value reads back whole and the record lists the attempt that died."""
     store = ds.Store(tmp_path / "store")
     node = tinyops(1)
     paths = node.paths(store)
     atomic.make_dirs(paths.dir)
     paths.value.write_bytes(b'{"x": ')  # torn, as a kill mid-write leaves it
+    made = time.time() - 60  # the default lease ttl is 30 s: its claim went stale at 7.5 s
+    os.utime(paths.dir, (made, made))
     assert run_inline([node], store) == {node.name: "succeeded"}
-    assert store.read_record(paths.record)["state"] == "succeeded"  # type: ignore[index]
+    record = read_node(paths.record)
+    assert record is not None and [a.state for a in record.attempts] == ["failed", "succeeded"]
+    assert "left neither lease nor record" in str(record.attempts[0].error)
     assert paths.value.read_text() == '{"x": 2}\n'
     assert ds.plan(node, store=store).nothing_to_do
+
+
+def test_young_directory_without_record_is_waited_for(tmp_path: Path) -> None:
+    """A directory with neither lease nor record is another attempt's claim (§7): the
+    next attempt waits until the claim is a quarter ttl old before it runs the node."""
+    store = ds.Store(tmp_path / "store")
+    node = tinyops(2)
+    paths = node.paths(store)
+    atomic.make_dirs(paths.dir)
+    made = os.stat(paths.dir).st_mtime
+    with dask.config.set({"dscheduler.task.lease_ttl": 8}):  # claims hold 2 s
+        assert run_inline([node], store) == {node.name: "succeeded"}
+    record = read_node(paths.record)
+    assert record is not None and record.attempts[0].error is not None
+    started = dt.datetime.fromisoformat(str(record.attempts[-1].start)).timestamp()
+    assert started >= made + 2, (started - made)
 
 
 def test_fresh_node_value_written_once_in_new_dir(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from ..envs import BuiltEnv, Env, build_env
 from ..errors import LeaseError, TaskError, tail
 from ..store import TASK_STORE, Lease, Store, atomic
 from ..store.index import Entry
+from ..store.lease import claim_age, claim_ttl
 from ..store.record import CANCELLED, FAILED, RUNNING, SUCCEEDED, Attempt, Record
 from ..store.records import (
     clear_done,
@@ -85,23 +86,51 @@ def _log_tail(spec: NodeSpec, lines: int = 30) -> str:
 # -- the steps -------------------------------------------------------------------------
 
 
-def _take_lease(spec: NodeSpec) -> Lease:
-    """The node's lease; a holder on this host whose process died is broken at once.
+def _hold(spec: NodeSpec) -> tuple[Lease, bool, Record | None]:
+    """The node, held: its lease, whether this attempt made the node's directory, and
+    the record stored there (None when this attempt made the directory).
 
-    A worker killed with kill -9 leaves a lease whose process is gone; its
-    task, which Dask reschedules at once, should not wait a TTL for it.
+    A node with a directory of its own (``tasks/{task}/{key16}``) is first claimed
+    by making that directory: the one ``mkdir`` that makes it holds the node with no
+    lease file (:meth:`Lease.claim`, docs/design.md §7).  Otherwise the lease file is
+    taken; a holder on this host whose process died is broken at once (a worker killed
+    with kill -9 leaves a lease whose process is gone; its task, which Dask
+    reschedules at once, should not wait a TTL for it).  A directory found with
+    neither lease nor record is another attempt's claim: waited for while it is
+    younger than its ttl (:func:`~dscheduler.store.lease.claim_ttl`), broken after.
     """
-    lease = spec.store.node_lease(spec.key16,
-                                  owner=f"{spec.name} {_worker_address() or ''}".strip(),
-                                  details={k: v for k, v in _slurm_fields().items() if v})
+    own = spec.paths.dir.name == spec.key16
+    while True:
+        lease = spec.store.node_lease(
+            spec.key16, owner=f"{spec.name} {_worker_address() or ''}".strip(),
+            details={k: v for k, v in _slurm_fields().items() if v})
+        if own and atomic.make_new_dir(spec.paths.dir):
+            return lease.claim(time.time(), spec.paths.record.exists), True, None
 
-    def abort() -> str | None:  # only while waiting: the path is made then
-        return "its submission was cancelled" if spec.cancel_path.exists() else None
+        def abort() -> str | None:  # only while waiting: the path is made then
+            return "its submission was cancelled" if spec.cancel_path.exists() else None
 
-    try:
-        return lease.acquire(abort=abort)
-    except LeaseError as err:
-        raise TaskError(f"{spec.name}: {err}") from None
+        try:
+            lease.acquire(abort=abort)
+        except LeaseError as err:
+            raise TaskError(f"{spec.name}: {err}") from None
+        try:
+            previous = read_node(spec.paths.record)
+        except BaseException:
+            lease.release()
+            raise
+        if previous is not None or not own or lease.broken_holder is not None:
+            return lease, False, previous
+        age = claim_age(spec.paths.dir)
+        if age is None or age >= claim_ttl(lease.ttl):
+            if age is not None:  # its first attempt died before it took its lease
+                lease.broken_holder = {"claimed": time.time() - age}
+            return lease, False, None
+        lease.release()  # another attempt's claim, young: let it take its lease
+        if abort():
+            raise TaskError(f"{spec.name}: gave up waiting for another attempt's claim "
+                            f"on {spec.paths.dir}: its submission was cancelled")
+        time.sleep(lease.poll)
 
 
 def _earlier_attempts(spec: NodeSpec, previous: Record | None) -> list[Attempt] | None:
@@ -130,6 +159,8 @@ def _broken_attempt(attempts: list[Attempt], holder: dict[str, Any]) -> list[Att
     (:func:`_mark_running`) leaves only its lease, which names its host, pid
     and worker.
     """
+    if "claimed" in holder:
+        return [*attempts, _claim_attempt(len(attempts) + 1, float(holder["claimed"]))]
     if any(a.host == holder.get("host") and a.pid == holder.get("pid") for a in attempts):
         return attempts
     owner = str(holder.get("owner") or "").split(" ", 1)
@@ -139,6 +170,16 @@ def _broken_attempt(attempts: list[Attempt], holder: dict[str, Any]) -> list[Att
                       slurm_node=holder.get("slurm_node"), worker_log=holder.get("worker_log"))
     attempt.error = _interrupted(attempt)
     return [*attempts, attempt]
+
+
+def _claim_attempt(number: int, claimed: float) -> Attempt:
+    """The attempt that made the node's directory at ``claimed`` and left neither lease
+    nor record: killed or stopped within its first ``task.running_record_after`` s."""
+    when = dt.datetime.fromtimestamp(claimed, dt.UTC).isoformat(timespec="milliseconds")
+    return Attempt(attempt=number, state=FAILED, start=when, error=(
+        f"attempt interrupted: an attempt made the node's directory at {when} and left "
+        "neither lease nor record (its process died, or stalled, within its first "
+        f"{settings.get('task.running_record_after')} s); where it ran is not known"))
 
 
 def _slurm_fields() -> dict[str, str | None]:
@@ -183,6 +224,7 @@ def _mark_running(spec: NodeSpec, record: Record, first: bool, announce: bool,
     def write() -> None:
         # Nothing changes the record while the task's function runs, and the attempt
         # cancels this call (waiting for it, if it runs) before it goes on.
+        lease.hold_file()  # a claim's lease file comes with its first marker
         lease.check()  # deferred: this process may have been stopped meanwhile
         write_record_text(spec.paths, record_text(record), final=False)
         if announce:
@@ -231,24 +273,32 @@ def _later(delay: float, call: Callable[[], None]) -> _Later:
     return item
 
 
+#: Seconds at least between the timer thread's wakes: a tiny task's deferred write is
+#: cancelled long before it is due, and a wake per task (thousands a second) would cost
+#: the worker's other threads the GIL; a write due meanwhile waits at most this long.
+_LATER_GAP = 0.05
+
+
 def _run_later() -> None:
     while True:
         with _queue_cond:
             while not _queue:
                 _queue_cond.wait()
-            item = _queue[0]
-            wait = item.when - time.monotonic()
+            wait = _queue[0].when - time.monotonic()
             if wait > 0:
-                _queue_cond.wait(wait)
+                _queue_cond.wait(max(wait, _LATER_GAP))
                 continue
-            heapq.heappop(_queue)
-        with item.lock:
-            if not item.cancelled:
-                try:
-                    item.call()
-                except Exception:  # a marker that could not be written: the attempt goes on
-                    log.warning("deferred write failed", exc_info=True)
-            item.cancelled = True
+            now, due = time.monotonic(), []
+            while _queue and _queue[0].when <= now:
+                due.append(heapq.heappop(_queue))
+        for item in due:
+            with item.lock:
+                if not item.cancelled:
+                    try:
+                        item.call()
+                    except Exception:  # a marker that could not be written: the attempt goes on
+                        log.warning("deferred write failed", exc_info=True)
+                item.cancelled = True
 
 
 def _drop_result(spec: NodeSpec, record: Record, previous: Record | None) -> None:
@@ -313,16 +363,6 @@ def _cancelled(spec: NodeSpec) -> bool:
     return False
 
 
-def _own_new_dir(spec: NodeSpec) -> bool:
-    """Make the node's own directory (``tasks/{task}/{key16}``) if missing; True when
-    this call made it.  Then no record, result or partial file can be there: the
-    attempt reads no record and writes its value in place (docs/design.md §14.2).
-    A node sharing its directory (a run's case) or run again makes nothing."""
-    if spec.rerun or spec.paths.dir.name != spec.key16:
-        return False
-    return atomic.make_new_dir(spec.paths.dir)
-
-
 def _call(spec: NodeSpec, built: BuiltEnv | None, attempt: Attempt) -> Any:
     if _cancelled(spec):
         raise TaskError(f"{spec.name}: cancelled before it started")
@@ -366,10 +406,8 @@ def _fail(spec: NodeSpec, record: Record, attempt: Attempt, err: BaseException,
 
 def run_node(spec: NodeSpec, built: BuiltEnv | None = None) -> Outcome:
     """Run ``spec`` once under its lease; its :data:`Outcome` for the driver."""
-    lease = _take_lease(spec)
+    lease, made, previous = _hold(spec)
     try:
-        made = _own_new_dir(spec)
-        previous = None if made else read_node(spec.paths.record)
         attempts = _earlier_attempts(spec, previous)
         if attempts is not None and lease.broken_holder is not None:
             attempts = _broken_attempt(attempts, lease.broken_holder)

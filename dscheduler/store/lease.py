@@ -12,7 +12,12 @@ Contract (the reasons, and why not ``flock``: docs/design.md §7):
 * fencing: a lease written by its holder less than ``ttl / 2`` ago is its own for another half
   ttl, so :meth:`Lease.check` costs no file access then; older (the holder was stopped or
   starved), the holder takes its file back (rename aside, check, create anew) or counts the
-  lease lost.  Work publishes only after ``check()``.  Hosts' clocks agree well within a ttl.
+  lease lost.  Work publishes only after ``check()``.  Hosts' clocks agree well within a ttl;
+* a claim (:meth:`Lease.claim`): the exclusive ``mkdir`` of the directory a lease guards holds
+  it without a file for up to :func:`claim_ttl` (a fresh tiny task writes no lease at all); the
+  file is created when the holder writes its first marker, or before it publishes once the
+  claim is half that old.  A waiter that finds the directory with neither lease nor record
+  waits until it is :func:`claim_ttl` old (docs/design.md §7, "Claims").
 """
 
 from __future__ import annotations
@@ -70,6 +75,21 @@ def process_alive(pid: int, started: float | None = None) -> bool:
         return False
     except (psutil.AccessDenied, ValueError):
         return True  # another user's process: it exists
+
+
+def claim_ttl(ttl: float) -> float:
+    """Seconds a claim holds without a file: a quarter of the lease's ttl, the interval
+    in which a lease holder would have written its heartbeat anyway."""
+    return ttl / 4
+
+
+def claim_age(directory: Path) -> float | None:
+    """Seconds since ``directory`` was made or last changed (its mtime, set by the
+    filesystem's clock); None when it is missing.  A claim is judged by it."""
+    try:
+        return time.time() - os.stat(directory).st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def _same_lease(info: dict[str, Any], judged: dict[str, Any]) -> bool:
@@ -201,6 +221,10 @@ class Lease:
         #: The fields of the stale lease this one broke (its holder's host, pid, owner and
         #: ``details``), or None: its holder's attempt was cut short.
         self.broken_holder: dict[str, Any] | None = None
+        #: ``time.time()`` when this process made the directory the lease guards, while
+        #: it holds the lease by that claim and not yet by a file (:meth:`claim`).
+        self.claimed: float | None = None
+        self._overtaken: Callable[[], bool] = lambda: False
 
     # -- taking and giving back -------------------------------------------------
 
@@ -242,6 +266,48 @@ class Lease:
         self.token = ""
         return False
 
+    def claim(self, since: float, overtaken: Callable[[], bool]) -> Lease:
+        """Hold the lease by a claim: at ``since`` (``time.time()`` right after it)
+        this process made, exclusively, the directory the lease guards, so no one else
+        can have worked on it.  No file is written (a fresh tiny task's lease costs
+        nothing); :meth:`hold_file` writes one.
+
+        ``overtaken()`` says whether someone else's work reached the directory (its
+        record exists): checked when the file is created after the claim was old
+        enough for a waiter to judge it stale, which would make the file a late one.
+        """
+        if self.token:
+            raise LeaseError(f"lease {self.path} is already held by this object")
+        self.token = uuid.uuid4().hex
+        self.claimed, self._overtaken, self.lost = since, overtaken, False
+        return self
+
+    def hold_file(self) -> None:
+        """Turn a claim (:meth:`claim`) into a lease file with heartbeats; nothing for a
+        lease that has its file.  Marks the lease lost when a waiter judged the claim
+        stale and took the lease, or worked on the node since.
+
+        While the claim is fresh, a waiter may hold the file for a moment to look at
+        the claim (it then sees the directory young and lets go): wait for that.
+        """
+        if self.claimed is None or self.lost or not self.token:
+            return
+        while True:
+            fresh = self._fresh()
+            now = time.time()
+            if atomic.create_exclusive(self.path, self._content(now)):
+                if not fresh and self._overtaken():
+                    os.unlink(self.path)  # a waiter ran the node meanwhile: not ours
+                    self.lost = True
+                    return
+                self.claimed = None
+                self._start_heartbeat(now)
+                return
+            if not fresh:
+                self.lost = True
+                return
+            time.sleep(min(self.poll, 0.05))
+
     def acquire(
         self, timeout: float | None = None, abort: Callable[[], str | None] | None = None
     ) -> Lease:
@@ -274,6 +340,9 @@ class Lease:
 
     def release(self) -> None:
         _heartbeats.remove(self)
+        if self.claimed is not None:  # held by its directory alone: no file to remove
+            self.claimed, self.token = None, ""
+            return
         if self.token and not self.lost:
             if self._fresh():
                 # Written by this process less than half a ttl ago: no waiter can have
@@ -308,6 +377,8 @@ class Lease:
         """
         if not self.lost and self.token and self._fresh():
             return
+        if self.claimed is not None:
+            self.hold_file()
         with _heartbeats.lock:  # not while the heartbeat thread rewrites it
             if not self.lost and self.token and not self._fresh():
                 self._reclaim()
@@ -323,7 +394,10 @@ class Lease:
 
     def _fresh(self) -> bool:
         """Whether this process wrote the lease less than half a ttl ago: then no waiter
-        can judge it stale for another half ttl (clocks agreeing well within a ttl)."""
+        can judge it stale for another half ttl (clocks agreeing well within a ttl).
+        A claim likewise, with :func:`claim_ttl`."""
+        if self.claimed is not None:
+            return time.time() - self.claimed < claim_ttl(self.ttl) / 2
         return time.time() - self.beaten < self.ttl / 2
 
     def _lose(self) -> None:
