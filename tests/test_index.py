@@ -220,7 +220,10 @@ def test_verify_repair_tells_the_index(store: ds.Store, log: str) -> None:
 
     nodes = [step(i, log) for i in range(2)]
     run_inline(nodes, store)
-    nodes[0].paths(store).value.unlink()
+    record = nodes[0].paths(store).record
+    text = json.loads(record.read_text())
+    text["output"]["inline"] = '{"x": '  # its value, kept in the record, damaged
+    record.write_text(json.dumps(text))
     verify(store, repair=True)
     assert ds.plan(nodes, store=store).reason(nodes[0]) == Reason.DAMAGED
     agrees(store, nodes)
@@ -435,9 +438,11 @@ def test_tiny_first_attempt_writes_its_record_once_and_a_kill_is_still_listed(
     execute._later(float(settings.get("task.running_record_after")), passed.set)
     assert passed.wait(60), "the timer thread did not run the marker"
     assert writes.count("step.json") == 1  # once, not "running" then "succeeded"
-    # A first attempt killed before its "running" record leaves only its lease:
-    # the next attempt, breaking it, lists the killed one.
+    # A first attempt killed after its claim became a lease file (docs/design.md §7) and
+    # before its "running" record leaves its directory and lease: the next attempt,
+    # breaking the lease, lists the killed one.
     node = step(1, log)
+    atomic.make_dirs(node.paths(store).dir)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     lease = store.node_lease_path(node.key16)

@@ -164,8 +164,8 @@ def test_two_members_share_one_store(shared: Path) -> None:
     assert log.read_text().count("total") == 2
     assert all(state != "built" for out in outs for state in out["envs"].values())
     assert len([d for d in (store / "envs").iterdir()]) == 2  # no env built twice
-    owners = {p.stat().st_uid for p in store.rglob("*.value.json")}
-    assert owners <= {A, B}
+    owners = {p.stat().st_uid for p in store.rglob("work.json")}  # records, values inside
+    assert owners and owners <= {A, B}
     assert loose_modes(store, group=True) == []
     # B reads what A wrote (and vice versa: A's second run read B's records above).
     read = ("import dscheduler as ds, sys; s = ds.Store(sys.argv[1]); "
@@ -174,9 +174,9 @@ def test_two_members_share_one_store(shared: Path) -> None:
     assert run(shared, B, 0o002, [PYTHON, "-c", read, str(store)]).split(" ", 1)[1].strip() \
         == "[0, 1, 2, 3]"
     # verify --repair by B demotes a node whose files A owns; A redoes it.
-    value = next(p for p in store.rglob("work.value.json")
-                 if p.stat().st_uid == A and json.loads(p.read_text())["x"] == 0)
-    value.write_text("not json")
+    value = next(p for p in store.rglob("work.json") if p.stat().st_uid == A
+                 and json.loads(json.loads(p.read_text())["output"]["inline"])["x"] == 0)
+    value.write_text("not json")  # its record, which holds its value
     run(shared, B, 0o002, [*DSCHEDULER, "verify", "--repair", "--store", str(store)])
     assert not (value.parent / ".work.done").exists()
     finish(drive(shared, A, 0o002, store, log, 2, 1.0))

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.fast
 
 
 @ds.task(version="1")
-def value(x: int) -> dict[str, int]:
-    return {"x": x}
+def value(x: int) -> dict[str, Any]:
+    return {"x": x, "pad": "." * 2000}  # too long to be kept in the record: a file
 
 
 @ds.task(version="1")
@@ -95,7 +95,7 @@ def test_verify_finds_and_repair_demotes(finished: tuple[ds.Store, list[ds.Node]
     paths[1].value.unlink()  # value missing
     (paths[2].zarr / "zarr.json").write_text("{not json")  # zarr metadata damaged
     paths[3].done.unlink()  # link missing; record and value fine
-    good_value = paths[3].value.read_bytes()
+    good_record = paths[3].record.read_bytes()  # its small value is inside
 
     report = verify(store)
     whys = {p.path: p.why for p in report.problems}
@@ -113,7 +113,7 @@ def test_verify_finds_and_repair_demotes(finished: tuple[ds.Store, list[ds.Node]
     # Nothing good was deleted: the damaged record was moved aside, the good
     # node kept its value and got its link back.
     assert list(paths[0].dir.glob(f"{paths[0].record.name}.damaged-*"))
-    assert paths[3].value.read_bytes() == good_value and os.readlink(paths[3].done)
+    assert paths[3].record.read_bytes() == good_record and os.readlink(paths[3].done)
     # The next plan redoes exactly the demoted nodes (and what depends on them).
     p = ds.plan(nodes, store=store)
     assert p.reason(nodes[1]) == p.reason(nodes[2]) == Reason.DAMAGED

@@ -4,13 +4,16 @@ open across stores."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dask
@@ -18,7 +21,8 @@ import pytest
 from helpers import run_inline
 
 import dscheduler as ds
-from dscheduler.store import atomic
+from dscheduler.store import atomic, values
+from dscheduler.store.catalogue.verify import verify
 from dscheduler.store.index import segments
 from dscheduler.store.records import read_node
 
@@ -58,10 +62,10 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
-def test_fresh_tiny_node_costs_five_file_operations(tmp_path: Path) -> None:
-    """The node's directory (which holds it: no lease file, docs/design.md §7), its value
-    (written in place), its record (create, rename) and its .done link: nothing else
-    touches the store."""
+def test_fresh_tiny_node_costs_four_file_operations(tmp_path: Path) -> None:
+    """The node's directory (which holds it: no lease file, docs/design.md §7), its record
+    with its small value inside (create, rename) and its .done link: nothing else touches
+    the store."""
     store, out, n = tmp_path / "store", tmp_path / "trace", 20
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -75,10 +79,11 @@ def test_fresh_tiny_node_costs_five_file_operations(tmp_path: Path) -> None:
     ops = [line for line in lines[start + 1:end] if str(store) in line
            and "resumed>" not in line]
     # and once per second per process: the stat of the submission's cancel file
-    assert len(ops) <= 5 * n + 2, "\n".join(ops[:40])
+    assert len(ops) <= 4 * n + 2, "\n".join(ops[:40])
     assert not [op for op in ops if ".lease" in op], "\n".join(ops[:40])
-    values = list(store.glob("tasks/inc/*/inc.value.json"))
-    assert len(values) == 2 * n and not list(store.glob("tasks/inc/*/.inc*partial"))
+    records = list(store.glob("tasks/inc/*/inc.json"))
+    assert len(records) == 2 * n and not list(store.glob("tasks/inc/*/.inc*partial"))
+    assert not list(store.glob("tasks/inc/*/inc.value.json"))
 
 
 def test_partial_value_of_killed_attempt_is_replaced(tmp_path: Path) -> None:
@@ -96,7 +101,8 @@ def test_partial_value_of_killed_attempt_is_replaced(tmp_path: Path) -> None:
     record = read_node(paths.record)
     assert record is not None and [a.state for a in record.attempts] == ["failed", "succeeded"]
     assert "left neither lease nor record" in str(record.attempts[0].error)
-    assert paths.value.read_text() == '{"x": 2}\n'
+    assert ds.compute(node, store=store, progress=False).value(node) == {"x": 2}
+    assert not paths.value.exists()  # kept in the record; the torn file is gone
     assert ds.plan(node, store=store).nothing_to_do
 
 
@@ -116,16 +122,42 @@ def test_young_directory_without_record_is_waited_for(tmp_path: Path) -> None:
     assert started >= made + 2, (started - made)
 
 
-def test_fresh_node_value_written_once_in_new_dir(tmp_path: Path) -> None:
-    """A fresh node's directory holds its value, record and link only: no temporary
-    names are left, and a second run of the plan finds it finished."""
+@ds.task(version="1", name="sized")
+def sized(n: int) -> str:
+    return "v" * n
+
+
+def test_small_values_live_in_the_record_large_ones_in_a_file(tmp_path: Path) -> None:
+    """A JSON value of at most INLINE_BYTES is kept in its record (a fresh node's
+    directory holds its record and link only); a longer one in ``{task}.value.json``,
+    written in place; a rerun that changes the kind removes the other's file."""
     store = ds.Store(tmp_path / "store")
-    nodes = [tinyops(i) for i in range(3)]
-    assert set(run_inline(nodes, store).values()) == {"succeeded"}
-    for node in nodes:
-        names = sorted(os.listdir(node.paths(store).dir))
-        assert names == [".tinyops.done", "tinyops.json", "tinyops.value.json"], names
-    assert ds.plan(nodes, store=store).nothing_to_do
+    small, large = sized(values.INLINE_BYTES - 2), sized(values.INLINE_BYTES)  # JSON quotes
+    assert set(run_inline([small, large], store).values()) == {"succeeded"}
+    assert sorted(os.listdir(small.paths(store).dir)) == [".sized.done", "sized.json"]
+    assert sorted(os.listdir(large.paths(store).dir)) == [
+        ".sized.done", "sized.json", "sized.value.json"]
+    results = ds.compute([small, large], store=store, progress=False)
+    assert results.value(small) == "v" * (values.INLINE_BYTES - 2)
+    assert results.value(large) == "v" * values.INLINE_BYTES
+    assert ds.plan([small, large], store=store).nothing_to_do
+    assert verify(store).problems == []
+    # the large node's path, run again with a small value: its old file goes
+    record = json.loads(large.paths(store).record.read_text())
+    assert record["output"] == {"kind": "json", "path": "sized.value.json"}
+    with values_limit(values.INLINE_BYTES + 10):
+        assert run_inline([large], store, force=True) == {large.name: "succeeded"}
+    assert not large.paths(store).value.exists()
+    assert ds.compute(large, store=store, progress=False).value(large) == "v" * values.INLINE_BYTES
+
+
+@contextlib.contextmanager
+def values_limit(limit: int) -> Iterator[None]:
+    old, values.INLINE_BYTES = values.INLINE_BYTES, limit
+    try:
+        yield
+    finally:
+        values.INLINE_BYTES = old
 
 
 def test_segment_writers_per_process_are_bounded(tmp_path: Path) -> None:

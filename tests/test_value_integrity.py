@@ -177,8 +177,9 @@ def test_nan_and_infinity_are_stored_as_strict_json_and_read_back(tmp_path: Path
     value, metrics = plain("ok"), tracked("ok")
     run_inline([value, metrics], store)
 
-    paths = value.paths(store)
-    assert strict(paths.value.read_bytes())["rmse"] == {"$float": "NaN"}
+    paths = value.paths(store)  # a small value: kept in the record, as strict JSON text
+    inline = strict(paths.record.read_bytes())["output"]["inline"]
+    assert strict(inline.encode())["rmse"] == {"$float": "NaN"}
     got = store.open(value)
     assert math.isnan(got["rmse"]) and got["bounds"] == [-math.inf, math.inf]
     assert got["n"] == 3 and got["$float"] == "kept"

@@ -2,22 +2,16 @@
 
 Contract (the reasons, and why not ``flock``: docs/design.md §7):
 
-* taking a lease creates its file exclusively, content and all (:func:`atomic.create_exclusive`):
-  token, owner, host, pid and its start time, ttl, heartbeat time.  A file unreadable for longer
-  than the waiter's ttl lost its writer and is broken;
+* taking a lease creates its file exclusively, content and all: token, owner, host, pid and
+  start time, ttl, heartbeat.  A file unreadable for longer than the waiter's ttl is broken;
 * one daemon thread per process refreshes its leases' heartbeats every ``ttl / 4`` s;
-* a waiter may break a lease whose heartbeat is older than its ttl (rename aside, check token
-  and heartbeat, put back otherwise), and with ``break_dead_local=True`` at once one whose
-  holder on this host is gone (pid and start time);
-* fencing: a lease written by its holder less than ``ttl / 2`` ago is its own for another half
-  ttl, so :meth:`Lease.check` costs no file access then; older (the holder was stopped or
-  starved), the holder takes its file back (rename aside, check, create anew) or counts the
-  lease lost.  Work publishes only after ``check()``.  Hosts' clocks agree well within a ttl;
+* a waiter may break a lease whose heartbeat is older than its ttl, and with
+  ``break_dead_local=True`` at once one whose holder on this host is gone;
+* fencing: a lease written less than ``ttl / 2`` ago is its holder's for another half ttl, so
+  :meth:`Lease.check` is free then; older, the holder takes its file back or counts it lost;
 * a claim (:meth:`Lease.claim`): the exclusive ``mkdir`` of the directory a lease guards holds
-  it without a file for up to :func:`claim_ttl` (a fresh tiny task writes no lease at all); the
-  file is created when the holder writes its first marker, or before it publishes once the
-  claim is half that old.  A waiter that finds the directory with neither lease nor record
-  waits until it is :func:`claim_ttl` old (docs/design.md §7, "Claims").
+  it with no file for :func:`claim_ttl`; the file comes with the holder's first marker.  Hosts'
+  clocks agree well within a ttl.
 """
 
 from __future__ import annotations

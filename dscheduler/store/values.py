@@ -7,12 +7,12 @@ returned value                         stored as
 dict of numpy arrays (str keys)        ``{task}.zarr``: one array per key
 ``xarray.Dataset`` / ``DataArray``     ``{task}.zarr``
 ``None`` after ``ds.output()``         ``{task}.zarr`` as the task wrote it
-JSON values, numpy scalars             ``{task}.value.json`` (tuples come back as lists)
+JSON values, numpy scalars             in the record up to :data:`INLINE_BYTES`, else
+                                       ``{task}.value.json`` (tuples come back as lists)
 anything else                          an error naming the type and the fix (no pickle)
 =====================================  ===========================================
 
-Zarr values are v3 groups, consolidated, zstd, chunked by :func:`chunks_for` (design.md §3, §11);
-outputs are renamed into place from a temporary sibling, before the record that describes them.
+Zarr values: v3 groups, zstd, :func:`chunks_for`; renamed into place before their record (§3, §11).
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ DATAARRAY_VARIABLE = "__xarray_dataarray_variable__"
 #: write; the rest (chunks, codecs of the store it was read from) is decided here.
 _CF_ENCODING = ("units", "calendar", "dtype", "_FillValue", "missing_value",
                 "scale_factor", "add_offset")
+
+
+#: Longest JSON text of a value kept in its record (``output: {"kind": "json", "inline":
+#: TEXT}``) rather than in ``{task}.value.json``: a tiny task's value then costs no file
+#: of its own, and the record's rename publishes both at once (docs/design.md §14.2).
+INLINE_BYTES = 1024
 
 
 def _json_default(obj: Any) -> Any:
@@ -216,13 +222,17 @@ def save_value(paths: NodePaths, value: Any, *, fresh: bool = False,
             "lists and dicts with str keys (e.g. convert a pandas DataFrame with "
             "df.to_xarray())"
         ) from None
+    if not fresh:
+        atomic.remove(paths.zarr)
+    if len(text) <= INLINE_BYTES:
+        if not fresh:
+            atomic.remove(paths.value)
+        return {"kind": "json", "inline": text}
     data, durable = (text + "\n").encode(), bool(settings.get("task.fsync"))
     if new_dir:
         atomic.write_new(paths.value, data, durable=durable)
     else:
         atomic.write_bytes(paths.value, data, durable=durable)
-    if not fresh:
-        atomic.remove(paths.zarr)
     return {"kind": "json", "path": paths.value.name}
 
 
@@ -359,6 +369,11 @@ def load_value(paths: NodePaths, output: dict[str, Any] | None, *, load: bool = 
     passing downstream).  A value comes back as the task returned it (a numpy
     array, a dict of arrays); ``view=True`` gives the xarray form instead.
     """
+    if isinstance(output, dict) and output.get("kind") == "json" and "inline" in output:
+        try:
+            return loads(str(output["inline"]))
+        except ValueError as err:
+            raise damaged(paths.record, f"its value is unreadable ({err})") from None
     if not isinstance(output, dict) or "path" not in output:
         raise damaged(paths.record, "it describes no stored output")
     path = paths.dir / output["path"]

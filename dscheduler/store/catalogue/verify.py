@@ -100,6 +100,12 @@ def _zarr_readable(path: Path, output: dict[str, Any], deep: bool) -> str | None
 
 
 def _value_problem(paths: NodePaths, output: Any, deep: bool = False) -> str | None:
+    if isinstance(output, dict) and output.get("kind") == "json" and "inline" in output:
+        try:
+            loads(str(output["inline"]))
+        except ValueError as err:
+            return f"its value, kept in its record, is unreadable ({err})"
+        return None
     if not isinstance(output, dict) or "path" not in output:
         return "its record describes no stored value"
     path = paths.dir / str(output["path"])
