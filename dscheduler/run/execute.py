@@ -1,18 +1,18 @@
 """Running one node on a worker: lease, record, call, persist (docs/design.md §5.4).
 
-:func:`run_node` is what a ``{task}-{key16}`` Dask task calls.  Under the lease
-``locks/node-{key16}.lease`` it returns ``"cached"`` for a succeeded record with this key
-(restoring link and index entry), marks a record left ``running`` failed (killed), then: an
-index entry dropping any stored result (fsynced) before the ``.done`` link goes; the record
-``running``; the call, in this worker or the env's Python, and the value stored; the record
-``succeeded``, then the link, then the index entry; or ``failed``/``cancelled`` with every
-attempt kept.  Each record's ``seq`` is above its predecessor's
-(:func:`~dscheduler.store.records.next_seq`); the index entry also returns to the driver in the
-:data:`Outcome`, so its next plan sees it where the worker's writes are not yet visible (NFS).
+:func:`run_node` is what a ``{task}-{key16}`` Dask task calls. Under the lease
+``locks/node-{key16}.lease`` (or the claim of a directory it made, §7) it returns ``"cached"``
+for a succeeded record with this key (restoring link and index entry), marks a record left
+``running`` failed (killed), then: an index entry dropping any stored result (fsynced) before
+the ``.done`` link goes; the record ``running``; the call, in this worker or the env's Python,
+and the value stored; the record ``succeeded``, then the link, then the index entry; or
+``failed``/``cancelled`` with every attempt kept. Each record's ``seq`` is above its
+predecessor's (:func:`~dscheduler.store.records.next_seq`); the index entry also returns to the
+driver in the :data:`Outcome`, so its next plan sees it where the worker's writes are not yet
+visible (NFS).
 
 A failed attempt raises :class:`~dscheduler.errors.TaskError` so that Dask's ``retries=`` runs
-the next one.  Tasks without an env run in the worker's thread: output not captured, no time
-limit (§5.5).
+the next one.  Tasks without an env run in the worker's thread (§5.5).
 """
 
 from __future__ import annotations
@@ -216,8 +216,8 @@ def _mark_running(spec: NodeSpec, record: Record, first: bool, announce: bool,
     The first attempt of a node without an env writes it only once it has run
     ``task.running_record_after`` seconds: a tiny task then writes its record
     once, not twice (docs/design.md §14).  One killed in that first moment is
-    still listed by the next attempt, from the lease it leaves
-    (:func:`_broken_attempt`); until then the node has no record.  Every
+    still listed by the next attempt, from the lease or the claimed directory it
+    leaves (:func:`_broken_attempt`); until then the node has no record.  Every
     other attempt writes it at once, before any output moves: a stored
     record must never say "succeeded" over another attempt's value.
     """
