@@ -201,6 +201,9 @@ def test_scancel_of_a_workers_job_mid_task_runs_it_again_elsewhere(slurm: Any,
     node = victim(log)
     handle = ds.submit(node, store=slurm.store, cluster=slurm)
     first = wait_for(lambda: next(iter(lines(log)), None), what="the task to start").split()[1]
+    # past its first moment (running_record_after): its lease and "running" record name its
+    # job; one cancelled before holds its node by its directory alone (docs/design.md §7)
+    wait_for(lambda: node.paths(slurm.store).record.exists(), what="its running record")
     subprocess.run(["scancel", first], check=True, timeout=30)
     results = handle.wait(timeout=180, progress=False)
     assert results.state(node) == "succeeded", results.errors
