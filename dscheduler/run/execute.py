@@ -36,7 +36,7 @@ from ..envs import BuiltEnv, Env, build_env
 from ..errors import LeaseError, TaskError, tail
 from ..store import TASK_STORE, Lease, Store, atomic
 from ..store.index import Entry
-from ..store.lease import claim_age, claim_ttl
+from ..store.lease import claim_ttl, claimed_at
 from ..store.record import CANCELLED, FAILED, RUNNING, SUCCEEDED, Attempt, Record
 from ..store.records import (
     clear_done,
@@ -100,16 +100,16 @@ def _hold(spec: NodeSpec) -> tuple[Lease, bool, Record | None]:
     younger than its ttl (:func:`~dscheduler.store.lease.claim_ttl`), broken after.
     """
     own = spec.paths.dir.name == spec.key16
+    holder = {"owner": f"{spec.name} {_worker_address() or ''}".strip(),
+              "details": {k: v for k, v in _slurm_fields().items() if v}}
+
+    def abort() -> str | None:  # only while waiting: the path is made then
+        return "its submission was cancelled" if spec.cancel_path.exists() else None
+
     while True:
-        lease = spec.store.node_lease(
-            spec.key16, owner=f"{spec.name} {_worker_address() or ''}".strip(),
-            details={k: v for k, v in _slurm_fields().items() if v})
+        lease = spec.store.node_lease(spec.key16, **holder)
         if own and atomic.make_new_dir(spec.paths.dir):
             return lease.claim(time.time(), spec.paths.record.exists), True, None
-
-        def abort() -> str | None:  # only while waiting: the path is made then
-            return "its submission was cancelled" if spec.cancel_path.exists() else None
-
         try:
             lease.acquire(abort=abort)
         except LeaseError as err:
@@ -121,10 +121,10 @@ def _hold(spec: NodeSpec) -> tuple[Lease, bool, Record | None]:
             raise
         if previous is not None or not own or lease.broken_holder is not None:
             return lease, False, previous
-        age = claim_age(spec.paths.dir)
-        if age is None or age >= claim_ttl(lease.ttl):
-            if age is not None:  # its first attempt died before it took its lease
-                lease.broken_holder = {"claimed": time.time() - age}
+        made = claimed_at(spec.paths.dir)
+        if made is None or time.time() - made >= claim_ttl(lease.ttl):
+            if made is not None:  # its first attempt died before it took its lease
+                lease.broken_holder = {"claimed": made}
             return lease, False, None
         lease.release()  # another attempt's claim, young: let it take its lease
         if abort():

@@ -77,11 +77,11 @@ def claim_ttl(ttl: float) -> float:
     return ttl / 4
 
 
-def claim_age(directory: Path) -> float | None:
-    """Seconds since ``directory`` was made or last changed (its mtime, set by the
-    filesystem's clock); None when it is missing.  A claim is judged by it."""
+def claimed_at(directory: Path) -> float | None:
+    """When ``directory`` was made or last changed (its mtime, set by the filesystem's
+    clock); None when it is missing.  A claim is judged by it."""
     try:
-        return time.time() - os.stat(directory).st_mtime
+        return os.stat(directory).st_mtime
     except FileNotFoundError:
         return None
 

@@ -360,6 +360,13 @@ def unreadable_chunk(path: Path) -> str | None:
     return None
 
 
+def inline_text(output: Any) -> str | None:
+    """The JSON text of a value kept in its record (a record's ``output``), else None."""
+    if isinstance(output, dict) and output.get("kind") == "json" and "inline" in output:
+        return str(output["inline"])
+    return None
+
+
 def load_value(paths: NodePaths, output: dict[str, Any] | None, *, load: bool = False,
                view: bool = False, chunks: Any = None) -> Any:
     """The value described by a record's ``output``.
@@ -369,9 +376,10 @@ def load_value(paths: NodePaths, output: dict[str, Any] | None, *, load: bool = 
     passing downstream).  A value comes back as the task returned it (a numpy
     array, a dict of arrays); ``view=True`` gives the xarray form instead.
     """
-    if isinstance(output, dict) and output.get("kind") == "json" and "inline" in output:
+    text = inline_text(output)
+    if text is not None:
         try:
-            return loads(str(output["inline"]))
+            return loads(text)
         except ValueError as err:
             raise damaged(paths.record, f"its value is unreadable ({err})") from None
     if not isinstance(output, dict) or "path" not in output:

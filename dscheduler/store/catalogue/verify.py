@@ -28,7 +28,7 @@ from ..index import Index
 from ..layout import Layout, NodePaths
 from ..record import DAMAGED, SUCCEEDED, Record
 from ..records import loads, next_seq, node_folders, nodes_in, read_node, write_record
-from ..values import missing_chunks, unreadable_chunk
+from ..values import inline_text, missing_chunks, unreadable_chunk
 
 THREADS = 8
 
@@ -100,9 +100,10 @@ def _zarr_readable(path: Path, output: dict[str, Any], deep: bool) -> str | None
 
 
 def _value_problem(paths: NodePaths, output: Any, deep: bool = False) -> str | None:
-    if isinstance(output, dict) and output.get("kind") == "json" and "inline" in output:
+    text = inline_text(output)
+    if text is not None:
         try:
-            loads(str(output["inline"]))
+            loads(text)
         except ValueError as err:
             return f"its value, kept in its record, is unreadable ({err})"
         return None
